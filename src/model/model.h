@@ -1,0 +1,75 @@
+// The MoE transformer of DESIGN.md section 3: parameters, gradients and activations in flat
+// arenas; forward and backward written by hand as straight lists of kernel calls (model.cpp).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/config.h"
+#include "model/moe_layer.h"
+#include "model/params.h"
+
+namespace moe {
+
+// Loss terms of one forward pass (means over the micro-batch's B*T tokens).
+struct LossStats {
+  double loss = 0;      // ce + aux + seq_aux + z  (what the gradient is of)
+  double ce = 0;        // mean next-token cross-entropy, nats
+  double aux = 0, seq_aux = 0, z = 0;  // summed over MoE layers, coefficients applied
+  int64_t tokens = 0;
+  int64_t dropped = 0;  // routed slots dropped by capacity, all layers
+};
+
+struct Activations;  // model.cpp
+
+class Model {
+ public:
+  explicit Model(const ModelConfig& cfg);  // validates cfg, builds the layout, zero arenas
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  // normal(0, initializer_range); o_proj/down_proj scaled by 1/sqrt(2L); norms 1; bias 0.
+  // Element j of parameter p is a pure function of (seed, p's name, j).
+  void init_weights(uint64_t seed);
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  std::vector<float>& params() { return params_; }  // [total_numel]
+  std::vector<float>& grads() { return grads_; }    // [total_numel]
+  const std::vector<float>& params() const { return params_; }
+  const std::vector<float>& grads() const { return grads_; }
+  void zero_grads();
+
+  // tokens (B, T+1): inputs tokens[:, :T], targets tokens[:, 1:]. T <= max_position_embeddings.
+  // Forward, then (if backward) gradients accumulated into grads() with the loss scaled by
+  // grad_scale (e.g. 1/accumulation_steps). Routing loads are added to load().
+  LossStats forward_backward(const int32_t* tokens, int64_t B, int64_t T, float grad_scale = 1.0f);
+  // Forward only; logits() then holds (B*T, V).
+  LossStats forward(const int32_t* tokens, int64_t B, int64_t T);
+  const float* logits() const;
+
+  // Tokens that selected each expert, per layer (empty for dense layers), summed over the
+  // forward passes since reset_load(): the input of the auxiliary-loss-free bias update.
+  const std::vector<std::vector<int64_t>>& load() const { return load_; }
+  void reset_load();
+  // b_e += bias_update_rate * sign(mean(load) - load_e) on every MoE layer, then reset_load().
+  void update_balance_biases();
+
+  // Views for one layer (used by the MoE layer, inference and tests).
+  MoeWeights moe_weights(int64_t layer) const;
+  MoeGrads moe_grads(int64_t layer);
+
+ private:
+  LossStats run(const int32_t* tokens, int64_t B, int64_t T, bool backward, float grad_scale);
+
+  ModelConfig cfg_;
+  ParamLayout layout_;
+  std::vector<float> params_, grads_;
+  std::vector<std::vector<int64_t>> load_;
+  std::vector<float> rope_cos_, rope_sin_;  // (max_pos, Dh/2)
+  std::unique_ptr<Activations> acts_;
+};
+
+}  // namespace moe

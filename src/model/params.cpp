@@ -1,0 +1,103 @@
+#include "model/params.h"
+
+#include <cmath>
+
+namespace moe {
+
+const ParamSpec* ParamLayout::find(const std::string& name) const {
+  for (const auto& s : specs)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+namespace {
+
+struct Builder {
+  ParamLayout& out;
+  int64_t cursor = 0;
+
+  int64_t add(std::string name, std::vector<int64_t> shape, Region region, int64_t layer,
+              int64_t expert, double std, bool decay = true, bool one = false,
+              bool trainable = true) {
+    ParamSpec s;
+    s.name = std::move(name);
+    s.shape = std::move(shape);
+    s.numel = 1;
+    for (int64_t d : s.shape) s.numel *= d;
+    s.offset = cursor;
+    s.region = region;
+    s.layer = layer;
+    s.expert = expert;
+    s.init_std = std;
+    s.decay = decay;
+    s.init_one = one;
+    s.trainable = trainable;
+    cursor += s.numel;
+    out.specs.push_back(s);
+    return s.offset;
+  }
+};
+
+}  // namespace
+
+ParamLayout make_layout(const ModelConfig& c) {
+  ParamLayout lay;
+  Builder b{lay};
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const int64_t Dh = c.head_dim, F = c.intermediate_size, Fe = c.moe_intermediate_size;
+  const int64_t E = c.n_routed_experts, Fs = c.shared_width(), L = c.num_hidden_layers;
+  const double sd = c.initializer_range;
+  const double sd_out = sd / std::sqrt(2.0 * static_cast<double>(L));  // o_proj, down_proj
+  const auto R = Region::kReplicated;
+
+  lay.embed = b.add("model.embed_tokens.weight", {c.vocab_size, D}, R, -1, -1, sd);
+  lay.layers.resize(L);
+  for (int64_t l = 0; l < L; ++l) {
+    auto& o = lay.layers[l];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    o.input_norm = b.add(p + "input_layernorm.weight", {D}, R, l, -1, 0, false, true);
+    o.qkv = b.add(p + "self_attn.q_proj.weight", {H * Dh, D}, R, l, -1, sd);
+    b.add(p + "self_attn.k_proj.weight", {Hkv * Dh, D}, R, l, -1, sd);
+    b.add(p + "self_attn.v_proj.weight", {Hkv * Dh, D}, R, l, -1, sd);
+    o.o_proj = b.add(p + "self_attn.o_proj.weight", {D, H * Dh}, R, l, -1, sd_out);
+    o.post_norm = b.add(p + "post_attention_layernorm.weight", {D}, R, l, -1, 0, false, true);
+    if (!c.is_moe_layer(l)) {
+      o.mlp_gu = b.add(p + "mlp.gate_proj.weight", {F, D}, R, l, -1, sd);
+      b.add(p + "mlp.up_proj.weight", {F, D}, R, l, -1, sd);
+      o.mlp_down = b.add(p + "mlp.down_proj.weight", {D, F}, R, l, -1, sd_out);
+    } else {
+      o.router = b.add(p + "mlp.gate.weight", {E, D}, R, l, -1, sd);
+      o.bias = b.add(p + "mlp.gate.e_score_correction_bias", {E}, R, l, -1, 0, false, false,
+                     false);
+      if (Fs > 0) {
+        o.shared_gu = b.add(p + "mlp.shared_experts.gate_proj.weight", {Fs, D}, R, l, -1, sd);
+        b.add(p + "mlp.shared_experts.up_proj.weight", {Fs, D}, R, l, -1, sd);
+        o.shared_down =
+            b.add(p + "mlp.shared_experts.down_proj.weight", {D, Fs}, R, l, -1, sd_out);
+      }
+    }
+  }
+  lay.final_norm = b.add("model.norm.weight", {D}, R, -1, -1, 0, false, true);
+  lay.lm_head = c.tie_word_embeddings
+                    ? lay.embed
+                    : b.add("lm_head.weight", {c.vocab_size, D}, R, -1, -1, sd);
+  lay.replicated_numel = b.cursor;
+
+  // Expert region: per MoE layer, E contiguous blocks of gate [Fe,D], up [Fe,D], down [D,Fe].
+  lay.expert_block = 3 * Fe * D;
+  for (int64_t l = 0; l < L; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    const std::string p = "model.layers." + std::to_string(l) + ".mlp.experts.";
+    lay.layers[l].experts = b.cursor;
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string q = p + std::to_string(e) + ".";
+      b.add(q + "gate_proj.weight", {Fe, D}, Region::kExpert, l, e, sd);
+      b.add(q + "up_proj.weight", {Fe, D}, Region::kExpert, l, e, sd);
+      b.add(q + "down_proj.weight", {D, Fe}, Region::kExpert, l, e, sd_out);
+    }
+  }
+  lay.total_numel = b.cursor;
+  return lay;
+}
+
+}  // namespace moe
