@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moe {
@@ -47,5 +48,10 @@ void write_safetensors(const std::string& path, const std::vector<TensorRef>& te
                        const std::map<std::string, std::string>& metadata = {});
 
 size_t dtype_size(const std::string& dtype);  // throws on an unknown dtype
+
+// Writes the chunks to path + ".tmp", fsyncs, renames over path and fsyncs the directory, so a
+// reader sees the old file or the new one, never a torn one (also used for config.json).
+void write_file_atomic(const std::string& path,
+                       const std::vector<std::pair<const void*, size_t>>& chunks);
 
 }  // namespace moe

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace moe {
 
@@ -17,5 +18,10 @@ Corpus make_builtin_corpus(uint64_t seed, int64_t n_bytes);
 
 // The source's entropy rate in nats/byte (analytic; independent of seed and length).
 double builtin_corpus_entropy();
+
+// -ln P(line) under the source, for one complete line (ending in '\n') of the built-in corpus:
+// the line is decoded back into the random choices that made it. Throws on a line the source
+// cannot produce. Averaged over a long text it converges to builtin_corpus_entropy() per byte.
+double builtin_line_information(std::string_view line);
 
 }  // namespace moe

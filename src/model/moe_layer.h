@@ -51,6 +51,12 @@ struct MoeCache {
   std::vector<float> sorted_y;   // (M, D) expert outputs before gate weighting
   std::vector<float> shared_gu;  // (N, 2*S*Fe)
   std::vector<float> shared_h;   // (N, S*Fe)
+  std::vector<int64_t> load;      // (E)    tokens that selected e (before capacity drops)
+  std::vector<int64_t> seq_load;  // (B, E) the same per sequence (for seq_aux_loss)
+  // Backward scratch (same shapes as the forward buffers they are gradients of).
+  std::vector<float> dsorted_y, dh, dgu, dsorted_x;  // (M, D) (M, Fe) (M, 2*Fe) (M, D)
+  std::vector<float> dgate, dlogits;                 // (N, K) (N, E)
+  std::vector<float> dshared_h, dshared_gu;          // (N, S*Fe) (N, 2*S*Fe)
 };
 
 // x (N, D) is the normalized input, N = B*T tokens in B sequences of T (for seq_aux_loss).

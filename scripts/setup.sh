@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages moe.cpp needs (apt-get when root; otherwise prints the line).
+# usage: scripts/setup.sh [main|test]
+set -euo pipefail
+what=${1:-main}
+pkgs=(g++ cmake make libdnnl-dev nlohmann-json3-dev libcli11-dev)
+if [[ $what == test ]]; then
+  pkgs+=(libgtest-dev python3 python3-torch python3-numpy)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing packages; run as root:"
+    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+fi

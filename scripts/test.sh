@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every test: install what is missing, build everything, run ctest (unit, PyTorch parity,
+# integration). ctest's summary line ends the output.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build-test -j"$(nproc)"
+cd build-test
+ctest --output-on-failure --timeout 900 -j"$(nproc)"

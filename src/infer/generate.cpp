@@ -1,0 +1,175 @@
+// Decoding one token at a time: each layer keeps K and V of every past position (the KV cache),
+// so a new token costs one row of every projection plus attention over the cache.
+#include "infer/generate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/cpu/kernels.h"
+
+namespace moe {
+
+namespace {
+
+class Decoder {
+ public:
+  explicit Decoder(const Model& m) : m_(m), c_(m.config()) {
+    const int64_t half = c_.head_dim / 2, P = c_.max_position_embeddings;
+    cos_.resize(P * half);
+    sin_.resize(P * half);
+    cpu::rope_tables(cos_.data(), sin_.data(), P, c_.head_dim, c_.rope_theta);
+    const int64_t kvd = c_.num_key_value_heads * c_.head_dim;
+    k_.assign(c_.num_hidden_layers, std::vector<float>(P * kvd));
+    v_.assign(c_.num_hidden_layers, std::vector<float>(P * kvd));
+    caches_.resize(c_.num_hidden_layers);
+  }
+
+  int64_t pos() const { return pos_; }
+  void reset() { pos_ = 0; }
+
+  // Feeds one token at position pos(); returns the logits (V) of the next one.
+  const std::vector<float>& step(int32_t token) {
+    const ModelConfig& c = c_;
+    MOE_CHECK(token >= 0 && token < c.vocab_size, "generate", "token ", token,
+              " is outside the vocabulary [0, ", c.vocab_size, ")");
+    MOE_CHECK(pos_ < c.max_position_embeddings, "generate", "KV cache full");
+    const ParamLayout& lay = m_.layout();
+    const float* P = m_.params().data();
+    const int64_t D = c.hidden_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads;
+    const int64_t Dh = c.head_dim, Qd = c.qkv_dim(), A = H * Dh, F = c.intermediate_size;
+    const int64_t kvd = Hkv * Dh, group = H / Hkv;
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    x_.resize(D), ln_.resize(D), qkv_.resize(Qd), atto_.resize(A), tmp_.resize(D);
+    scores_.resize(pos_ + 1);
+    float rstd;
+
+    cpu::embedding_forward(x_.data(), &token, P + lay.embed, 1, D);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const LayerOffsets& o = lay.layers[l];
+      cpu::rmsnorm_forward(ln_.data(), &rstd, x_.data(), P + o.input_norm, 1, D, eps);
+      cpu::linear_forward(qkv_.data(), ln_.data(), P + o.qkv, 1, D, Qd);
+      cpu::rope_apply(qkv_.data(), cos_.data(), sin_.data(), 1, 1, H, Dh, Qd, pos_, false);
+      cpu::rope_apply(qkv_.data() + A, cos_.data(), sin_.data(), 1, 1, Hkv, Dh, Qd, pos_, false);
+      float* kc = k_[l].data();  // (P, Hkv*Dh)
+      float* vc = v_[l].data();
+      std::copy(qkv_.begin() + A, qkv_.begin() + A + kvd, kc + pos_ * kvd);
+      std::copy(qkv_.begin() + A + kvd, qkv_.begin() + A + 2 * kvd, vc + pos_ * kvd);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+      for (int64_t h = 0; h < H; ++h) {
+        const float* q = qkv_.data() + h * Dh;
+        const int64_t kv = h / group;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j <= pos_; ++j) {
+          const float* k = kc + j * kvd + kv * Dh;
+          float s = 0;
+          for (int64_t d = 0; d < Dh; ++d) s += q[d] * k[d];
+          scores_[j] = s * scale;
+          mx = std::max(mx, scores_[j]);
+        }
+        float den = 0;
+        for (int64_t j = 0; j <= pos_; ++j) den += (scores_[j] = std::exp(scores_[j] - mx));
+        float* out = atto_.data() + h * Dh;
+        std::fill(out, out + Dh, 0.0f);
+        for (int64_t j = 0; j <= pos_; ++j) {
+          const float p = scores_[j] / den;
+          const float* v = vc + j * kvd + kv * Dh;
+          for (int64_t d = 0; d < Dh; ++d) out[d] += p * v[d];
+        }
+      }
+      cpu::linear_forward(tmp_.data(), atto_.data(), P + o.o_proj, 1, A, D);
+      for (int64_t i = 0; i < D; ++i) x_[i] += tmp_[i];
+
+      cpu::rmsnorm_forward(ln_.data(), &rstd, x_.data(), P + o.post_norm, 1, D, eps);
+      if (!c.is_moe_layer(l)) {
+        gu_.resize(2 * F), h_.resize(F);
+        cpu::linear_forward(gu_.data(), ln_.data(), P + o.mlp_gu, 1, D, 2 * F);
+        cpu::swiglu_forward(h_.data(), gu_.data(), 1, F);
+        cpu::linear_forward(tmp_.data(), h_.data(), P + o.mlp_down, 1, F, D);
+      } else {
+        MoeStats stats;
+        moe_forward(tmp_.data(), ln_.data(), m_.moe_weights(l), c, 1, 1, caches_[l], stats);
+      }
+      for (int64_t i = 0; i < D; ++i) x_[i] += tmp_[i];
+    }
+    cpu::rmsnorm_forward(ln_.data(), &rstd, x_.data(), P + lay.final_norm, 1, D, eps);
+    logits_.resize(c.vocab_size);
+    cpu::linear_forward(logits_.data(), ln_.data(), P + lay.lm_head, 1, D, c.vocab_size);
+    ++pos_;
+    return logits_;
+  }
+
+ private:
+  const Model& m_;
+  const ModelConfig& c_;
+  std::vector<float> cos_, sin_;
+  std::vector<std::vector<float>> k_, v_;  // per layer (P, Hkv*Dh)
+  std::vector<MoeCache> caches_;
+  std::vector<float> x_, ln_, qkv_, atto_, tmp_, gu_, h_, scores_, logits_;
+  int64_t pos_ = 0;
+};
+
+int32_t sample(const std::vector<float>& logits, const GenerateOptions& opt, uint64_t draw) {
+  const int64_t V = static_cast<int64_t>(logits.size());
+  if (opt.temperature <= 0)
+    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  std::vector<int32_t> idx(V);
+  std::iota(idx.begin(), idx.end(), 0);
+  const int64_t k = (opt.top_k > 0 && opt.top_k < V) ? opt.top_k : V;
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                    [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  std::vector<double> p(k);
+  const double mx = logits[idx[0]];
+  double den = 0;
+  for (int64_t i = 0; i < k; ++i)
+    den += (p[i] = std::exp((logits[idx[i]] - mx) / opt.temperature));
+  double u = uniform01(opt.seed, stream_id("generate"), draw) * den;
+  for (int64_t i = 0; i < k; ++i) {
+    u -= p[i];
+    if (u <= 0) return idx[i];
+  }
+  return idx[k - 1];
+}
+
+}  // namespace
+
+std::vector<float> next_token_logits(const Model& model, const std::vector<int32_t>& context) {
+  MOE_CHECK(!context.empty(), "generate", "empty context");
+  Decoder dec(model);
+  std::vector<float> out;
+  for (int32_t t : context) out = dec.step(t);
+  return out;
+}
+
+std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt,
+                              const GenerateOptions& opt,
+                              const std::function<void(int32_t)>& on_token) {
+  const int64_t P = model.config().max_position_embeddings;
+  Decoder dec(model);
+  std::vector<int32_t> context = prompt;
+  if (context.empty()) context.push_back('\n');
+  if (static_cast<int64_t>(context.size()) > P)
+    context.erase(context.begin(), context.end() - P / 2);
+  std::vector<float> logits;
+  for (int32_t t : context) logits = dec.step(t);
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
+    const int32_t t = sample(logits, opt, static_cast<uint64_t>(i));
+    out.push_back(t);
+    context.push_back(t);
+    if (on_token) on_token(t);
+    if (i + 1 == opt.max_new_tokens) break;
+    if (dec.pos() == P) {  // cache full: restart from the last half of the context
+      dec.reset();
+      context.erase(context.begin(), context.end() - P / 2);
+      for (int32_t c : context) logits = dec.step(c);
+    } else {
+      logits = dec.step(t);
+    }
+  }
+  return out;
+}
+
+}  // namespace moe

@@ -1,0 +1,29 @@
+// Autoregressive generation with a KV cache, temperature and top-k sampling.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "model/model.h"
+
+namespace moe {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 200;
+  double temperature = 0.8;  // 0 = greedy
+  int64_t top_k = 40;        // 0 = whole vocabulary
+  uint64_t seed = 0;
+};
+
+// Returns the new tokens; on_token (if set) sees each one as it is sampled. When the context
+// reaches max_position_embeddings, the cache is rebuilt from the last half of it.
+std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt,
+                              const GenerateOptions& opt,
+                              const std::function<void(int32_t)>& on_token = {});
+
+// Logits (V) of the next token after `context` computed with the KV-cache path (for tests:
+// must match the full forward's last row).
+std::vector<float> next_token_logits(const Model& model, const std::vector<int32_t>& context);
+
+}  // namespace moe

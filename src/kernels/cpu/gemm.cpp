@@ -1,0 +1,262 @@
+// GEMM, linear layers and grouped expert GEMM on oneDNN's matmul primitive.
+//
+// Creating a matmul primitive costs 0.1-1 ms (JIT); executing one costs microseconds, so
+// primitives are cached. gemm() caches one per full shape (oneDNN's brgemm implementation, the
+// fastest for fixed shapes) and lets oneDNN thread it. The grouped kernels see new row counts on
+// every step, so their primitives take the varying dimension as DNNL_RUNTIME_DIM_VAL: created
+// once per (in, out, kind), reused for every group and step. Transposes and sub-matrices are
+// memory-descriptor strides (no copies); beta != 0 is a sum post-op.
+//
+// Scratchpads are user-managed (a per-thread buffer): oneDNN's default global scratchpad only
+// allows a primitive to run on the thread that created it, and the cache shares primitives
+// across threads.
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cpu/kernels.h"
+
+namespace moe::cpu {
+namespace {
+
+using dnnl::memory;
+using Dims = memory::dims;
+constexpr int64_t kRt = DNNL_RUNTIME_DIM_VAL;
+
+// Grouped GEMMs are cut into tasks that threads take one at a time, each a single-threaded
+// GEMM: rows of the forward / backward_x outputs, rows of dW in backward_w. Fixed sizes, so
+// results do not depend on the thread count.
+constexpr int64_t kTaskRows = 256;
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One stream per thread: GEMMs may run from inside parallel regions (oneDNN then runs the
+// primitive on the calling thread alone).
+dnnl::stream& thread_stream() {
+  thread_local dnnl::stream stream(cpu_engine());
+  return stream;
+}
+
+// The per-thread scratchpad, grown to the largest size any primitive asked for.
+void* thread_scratchpad(size_t bytes) {
+  thread_local std::vector<char> buf;
+  if (buf.size() < bytes) buf.resize(bytes);
+  return buf.data();
+}
+
+// A row-major matrix of logical shape [rows, cols] with leading dimension ld, stored
+// transposed ([cols, rows]) if `trans`. rows or cols may be kRt, but not the strided one.
+memory::desc matrix_desc(int64_t rows, int64_t cols, bool trans, int64_t ld) {
+  return trans ? memory::desc({rows, cols}, memory::data_type::f32, Dims{1, ld})
+               : memory::desc({rows, cols}, memory::data_type::f32, Dims{ld, 1});
+}
+
+// A GEMM's shape: C[M,N] (ldc) = alpha * op(A)[M,K] (lda) @ op(B)[K,N] (ldb) + beta * C.
+struct Shape {
+  int64_t M, N, K;
+  bool ta, tb;
+  int64_t lda, ldb, ldc;
+};
+
+uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool, int64_t, int64_t, int64_t, uint32_t,
+                       uint32_t>;
+
+struct Prim {
+  dnnl::matmul matmul;
+  size_t scratch_bytes;
+};
+
+// Primitives by (shape, alpha, beta); M or K may be kRt.
+class MatmulCache {
+ public:
+  const Prim& get(const Shape& s, float alpha, float beta) {
+    const Key key{s.M, s.N, s.K, s.ta, s.tb, s.lda, s.ldb, s.ldc, bits_of(alpha), bits_of(beta)};
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = cache_.find(key);
+    if (it != cache_.end()) return it->second;
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+    if (beta != 0.0f) {
+      dnnl::post_ops po;
+      po.append_sum(beta);
+      attr.set_post_ops(po);
+    }
+    const dnnl::matmul::desc desc(matrix_desc(s.M, s.K, s.ta, s.lda),
+                                  matrix_desc(s.K, s.N, s.tb, s.ldb),
+                                  matrix_desc(s.M, s.N, false, s.ldc));
+    const dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
+    // std::map nodes are stable: the reference stays valid after later inserts.
+    return cache_.emplace(key, Prim{dnnl::matmul(pd), pd.scratchpad_desc().get_size()})
+        .first->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<Key, Prim> cache_;
+};
+
+MatmulCache& cache() {
+  static MatmulCache c;
+  return c;
+}
+
+// Runs `p` (built for a shape whose M or K may be runtime) on the actual sizes in `s`.
+void run(const Prim& p, const Shape& s, float* C, const float* A, const float* B) {
+  auto& eng = cpu_engine();
+  memory a(matrix_desc(s.M, s.K, s.ta, s.lda), eng, const_cast<float*>(A));
+  memory b(matrix_desc(s.K, s.N, s.tb, s.ldb), eng, const_cast<float*>(B));
+  memory c(matrix_desc(s.M, s.N, false, s.ldc), eng, C);
+  memory pad(memory::desc({int64_t(p.scratch_bytes)}, memory::data_type::u8, Dims{1}), eng,
+             thread_scratchpad(p.scratch_bytes));
+  auto& stream = thread_stream();
+  p.matmul.execute(stream, {{DNNL_ARG_SRC, a},
+                            {DNNL_ARG_WEIGHTS, b},
+                            {DNNL_ARG_DST, c},
+                            {DNNL_ARG_SCRATCHPAD, pad}});
+  stream.wait();
+}
+
+void check_groups(const char* op, const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
+  MOE_CHECK(E >= 0 && in >= 0 && out >= 0, op, "sizes must be >= 0, got E=", E, " in=", in,
+            " out=", out);
+  MOE_CHECK(E == 0 || offsets != nullptr, op, "offsets is null (needs E+1 = ", E + 1,
+            " entries)");
+  if (E == 0) return;
+  MOE_CHECK(offsets[0] == 0, op, "offsets[0] must be 0, got ", offsets[0]);
+  for (int64_t e = 0; e < E; ++e)
+    MOE_CHECK(offsets[e + 1] >= offsets[e], op, "offsets must be non-decreasing, offsets[", e,
+              "]=", offsets[e], " > offsets[", e + 1, "]=", offsets[e + 1]);
+}
+
+// One piece of a grouped GEMM: expert e, units [u0, u0 + n) of its rows.
+struct Task {
+  int64_t e, u0, n;
+};
+
+// Runs fn(task) for every chunk of every expert's `units(e)`, spread over threads.
+template <class Units, class Fn>
+void for_each_task(int64_t E, Units units, Fn fn) {
+  int64_t count = 0;
+  for (int64_t e = 0; e < E; ++e) count += (units(e) + kTaskRows - 1) / kTaskRows;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t t = 0; t < count; ++t) {
+    // Find task t by walking the experts: E is small next to the work of one task.
+    int64_t e = 0, first = 0;
+    for (;; ++e) {
+      const int64_t n = (units(e) + kTaskRows - 1) / kTaskRows;
+      if (t < first + n) break;
+      first += n;
+    }
+    const int64_t u0 = (t - first) * kTaskRows;
+    const int64_t n = units(e) - u0 < kTaskRows ? units(e) - u0 : kTaskRows;
+    fn(Task{e, u0, n});
+  }
+}
+
+}  // namespace
+
+void gemm(float* C, const float* A, const float* B, int64_t M, int64_t N, int64_t K, bool trans_a,
+          bool trans_b, float alpha, float beta) {
+  MOE_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm", "sizes must be >= 0, got M=", M, " N=", N,
+            " K=", K);
+  if (M == 0 || N == 0) return;
+  MOE_CHECK(C != nullptr, "gemm", "C is null for M=", M, " N=", N);
+  if (K == 0) {  // empty product: C = beta * C
+    for (int64_t i = 0; i < M * N; ++i) C[i] = beta == 0.0f ? 0.0f : beta * C[i];
+    return;
+  }
+  MOE_CHECK(A != nullptr && B != nullptr, "gemm", "A or B is null for M=", M, " N=", N, " K=", K);
+  const Shape s{M, N, K, trans_a, trans_b, trans_a ? M : K, trans_b ? K : N, N};
+  run(cache().get(s, alpha, beta), s, C, A, B);
+}
+
+void linear_forward(float* y, const float* x, const float* W, int64_t N, int64_t in, int64_t out) {
+  gemm(y, x, W, N, out, in, false, true);  // (N,out) = (N,in) @ [out,in]^T
+}
+
+void linear_backward_x(float* dx, const float* dy, const float* W, int64_t N, int64_t in,
+                       int64_t out, bool accumulate) {
+  gemm(dx, dy, W, N, in, out, false, false, 1.0f, accumulate ? 1.0f : 0.0f);  // (N,in)
+}
+
+void linear_backward_w(float* dW, const float* dy, const float* x, int64_t N, int64_t in,
+                       int64_t out) {
+  gemm(dW, dy, x, out, in, N, true, false, 1.0f, 1.0f);  // [out,in] += (N,out)^T @ (N,in)
+}
+
+void grouped_linear_forward(float* y, const float* x, const float* W, int64_t w_stride,
+                            const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
+  check_groups("grouped_linear_forward", offsets, E, in, out);
+  if (E == 0 || out == 0) return;
+  if (in == 0) {
+    std::memset(y, 0, sizeof(float) * size_t(offsets[E] * out));
+    return;
+  }
+  // y rows [r, r+n) (n,out) = x rows (n,in) @ W_e^T; n is the runtime M.
+  const Prim& p = cache().get(Shape{kRt, out, in, false, true, in, in, out}, 1.0f, 0.0f);
+  for_each_task(
+      E, [&](int64_t e) { return offsets[e + 1] - offsets[e]; },
+      [&](const Task& t) {
+        const int64_t r = offsets[t.e] + t.u0;
+        run(p, Shape{t.n, out, in, false, true, in, in, out}, y + r * out, x + r * in,
+            W + t.e * w_stride);
+      });
+}
+
+void grouped_linear_backward_x(float* dx, const float* dy, const float* W, int64_t w_stride,
+                               const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
+  check_groups("grouped_linear_backward_x", offsets, E, in, out);
+  if (E == 0 || in == 0) return;
+  if (out == 0) {
+    std::memset(dx, 0, sizeof(float) * size_t(offsets[E] * in));
+    return;
+  }
+  // dx rows [r, r+n) (n,in) = dy rows (n,out) @ W_e [out,in]; n is the runtime M.
+  const Prim& p = cache().get(Shape{kRt, in, out, false, false, out, in, in}, 1.0f, 0.0f);
+  for_each_task(
+      E, [&](int64_t e) { return offsets[e + 1] - offsets[e]; },
+      [&](const Task& t) {
+        const int64_t r = offsets[t.e] + t.u0;
+        run(p, Shape{t.n, in, out, false, false, out, in, in}, dx + r * in, dy + r * out,
+            W + t.e * w_stride);
+      });
+}
+
+void grouped_linear_backward_w(float* dW, int64_t w_stride, const float* dy, const float* x,
+                               const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
+  check_groups("grouped_linear_backward_w", offsets, E, in, out);
+  if (E == 0 || in == 0 || out == 0) return;
+  // dW_e rows [o, o+n) (n,in) += dy_g[:, o:o+n]^T (n,rows) @ x_g (rows,in): each element of dW
+  // is one task's full sum over the group's rows. rows is the runtime K; the M of a task is n.
+  const int64_t M = out < kTaskRows ? out : kTaskRows;
+  const Prim& full = cache().get(Shape{M, in, kRt, true, false, out, in, in}, 1.0f, 1.0f);
+  const int64_t tail_rows = out % kTaskRows;
+  const Prim* tail = out > kTaskRows && tail_rows != 0
+                         ? &cache().get(Shape{tail_rows, in, kRt, true, false, out, in, in},
+                                        1.0f, 1.0f)
+                         : nullptr;
+  for_each_task(
+      E, [&](int64_t e) { return offsets[e + 1] == offsets[e] ? int64_t(0) : out; },
+      [&](const Task& t) {
+        const int64_t r0 = offsets[t.e], rows = offsets[t.e + 1] - r0;
+        run(t.n == M ? full : *tail, Shape{t.n, in, rows, true, false, out, in, in},
+            dW + t.e * w_stride + t.u0 * in, dy + r0 * out + t.u0, x + r0 * in);
+      });
+}
+
+}  // namespace moe::cpu

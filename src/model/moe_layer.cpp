@@ -1,0 +1,180 @@
+// The MoE layer (DESIGN.md sections 3 and 9) on one process: route -> permute -> experts ->
+// weighted unpermute, plus shared experts. Backward is the same list reversed.
+#include "model/moe_layer.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "kernels/cpu/kernels.h"
+#include "kernels/cpu/moe_kernels.h"
+
+namespace moe {
+
+namespace {
+
+struct Dims {
+  int64_t N, D, E, K, Fe, SF;  // SF = S*Fe, the shared width
+  int64_t block;               // floats per routed expert: 3*Fe*D
+};
+
+Dims dims_of(const ModelConfig& cfg, int64_t B, int64_t T, const char* op) {
+  Dims d{B * T, cfg.hidden_size, cfg.n_routed_experts, cfg.num_experts_per_tok,
+         cfg.moe_intermediate_size, cfg.shared_width(), 0};
+  d.block = 3 * d.Fe * d.D;
+  MOE_CHECK(B > 0 && T > 0, op, "need B > 0 and T > 0, got B=", B, " T=", T);
+  MOE_CHECK(d.K >= 1 && d.K <= d.E, op, "num_experts_per_tok=", d.K,
+            " must be in [1, n_routed_experts=", d.E, "]");
+  MOE_CHECK(d.N * d.K < (int64_t(1) << 31), op, "N*K=", d.N * d.K,
+            " slots overflow int32 rows; use smaller micro-batches");
+  return d;
+}
+
+cpu::RouterSpec router_spec(const ModelConfig& cfg, const char* op) {
+  MOE_CHECK(cfg.scoring_func == "softmax" || cfg.scoring_func == "sigmoid", op,
+            "scoring_func must be \"softmax\" or \"sigmoid\", got \"", cfg.scoring_func, "\"");
+  cpu::RouterSpec s;
+  s.E = cfg.n_routed_experts;
+  s.K = cfg.num_experts_per_tok;
+  s.scoring = cfg.scoring_func == "sigmoid" ? cpu::ScoringFunc::kSigmoid
+                                            : cpu::ScoringFunc::kSoftmax;
+  s.norm_topk_prob = cfg.norm_topk_prob;
+  s.routed_scaling_factor = cfg.routed_scaling_factor;
+  return s;
+}
+
+cpu::RouterLossCoefs loss_coefs(const ModelConfig& cfg, double scale) {
+  return {cfg.aux_loss_alpha * scale, cfg.seq_aux_alpha * scale, cfg.z_loss_coef * scale};
+}
+
+// Grow-only: buffers are sized for the worst case (every slot kept) so that the number of
+// kept rows M can change between steps without reallocating.
+template <class V>
+void grow(V& v, int64_t n) {
+  if (int64_t(v.size()) < n) v.resize(size_t(n));
+}
+
+}  // namespace
+
+void moe_forward(float* y, const float* x, const MoeWeights& w, const ModelConfig& cfg, int64_t B,
+                 int64_t T, MoeCache& c, MoeStats& stats) {
+  const Dims d = dims_of(cfg, B, T, "moe_forward");
+  const cpu::RouterSpec spec = router_spec(cfg, "moe_forward");
+  MOE_CHECK(w.router && w.experts && (d.SF == 0 || (w.shared_gu && w.shared_down)),
+            "moe_forward", "missing weights (router, experts, or shared with S=",
+            cfg.n_shared_experts, ")");
+  const int64_t NK = d.N * d.K;
+  RoutingPlan& p = c.plan;
+  grow(c.logits, d.N * d.E), grow(c.scores, d.N * d.E);
+  grow(p.topk_idx, NK), grow(p.topk_w, NK), grow(p.slot_row, NK);
+  grow(p.expert_count, d.E), grow(p.offsets, d.E + 1);
+  grow(c.load, d.E), grow(c.seq_load, B * d.E);
+  grow(c.sorted_x, NK * d.D), grow(c.gu, NK * 2 * d.Fe), grow(c.h, NK * d.Fe);
+  grow(c.sorted_y, NK * d.D);
+  grow(c.shared_gu, d.N * 2 * d.SF), grow(c.shared_h, d.N * d.SF);
+
+  // 1. Route: logits in fp32, scores, top-k, gate weights; the dispatch plan; loss terms.
+  cpu::linear_forward(c.logits.data(), x, w.router, d.N, d.D, d.E);  // (N, E)
+  cpu::router_forward(c.scores.data(), p.topk_idx.data(), p.topk_w.data(), c.logits.data(),
+                      w.bias, d.N, spec);
+  cpu::router_counts(c.load.data(), c.seq_load.data(), p.topk_idx.data(), B, T, d.E, d.K);
+  const int64_t cap = cpu::expert_capacity(cfg.capacity_factor, d.N, d.K, d.E);
+  stats.dropped = cpu::route_plan(p.slot_row.data(), p.expert_count.data(), p.offsets.data(),
+                                  p.topk_idx.data(), d.N, d.E, d.K, cap);
+  const cpu::RouterLosses losses =
+      cpu::router_losses(c.logits.data(), c.scores.data(), c.load.data(), c.seq_load.data(), B,
+                         T, spec, loss_coefs(cfg, 1.0));
+  stats.aux_loss = losses.aux, stats.seq_aux_loss = losses.seq_aux, stats.z_loss = losses.z;
+  stats.load.assign(c.load.begin(), c.load.begin() + d.E);
+
+  // 2. Dispatch: token rows to their experts' rows.
+  cpu::permute(c.sorted_x.data(), x, p.slot_row.data(), d.N, d.K, d.D);  // (M, D)
+
+  // 3. Experts: gate/up (one [2Fe, D] matrix per expert), SwiGLU, down.
+  const int64_t* off = p.offsets.data();
+  const int64_t M = off[d.E];
+  cpu::grouped_linear_forward(c.gu.data(), c.sorted_x.data(), w.experts, d.block, off, d.E, d.D,
+                              2 * d.Fe);                               // (M, 2Fe)
+  cpu::swiglu_forward(c.h.data(), c.gu.data(), M, d.Fe);               // (M, Fe)
+  cpu::grouped_linear_forward(c.sorted_y.data(), c.h.data(), w.experts + 2 * d.Fe * d.D, d.block,
+                              off, d.E, d.Fe, d.D);                    // (M, D)
+
+  // 4. Shared experts write y; the routed rows are then added with their gate weights.
+  if (d.SF > 0) {
+    cpu::linear_forward(c.shared_gu.data(), x, w.shared_gu, d.N, d.D, 2 * d.SF);  // (N, 2SF)
+    cpu::swiglu_forward(c.shared_h.data(), c.shared_gu.data(), d.N, d.SF);       // (N, SF)
+    cpu::linear_forward(y, c.shared_h.data(), w.shared_down, d.N, d.SF, d.D);     // (N, D)
+  } else {
+    std::memset(y, 0, sizeof(float) * size_t(d.N * d.D));
+  }
+  cpu::unpermute_weighted(y, c.sorted_y.data(), p.topk_w.data(), p.slot_row.data(), d.N, d.K,
+                          d.D);
+}
+
+void moe_backward(float* dx, const float* dy, const float* x, const MoeWeights& w,
+                  const MoeGrads& g, const ModelConfig& cfg, int64_t B, int64_t T, MoeCache& c,
+                  float aux_grad_scale) {
+  const Dims d = dims_of(cfg, B, T, "moe_backward");
+  const cpu::RouterSpec spec = router_spec(cfg, "moe_backward");
+  const int64_t NK = d.N * d.K;
+  RoutingPlan& p = c.plan;
+  MOE_CHECK(int64_t(p.slot_row.size()) >= NK && int64_t(c.seq_load.size()) >= B * d.E,
+            "moe_backward", "cache holds no forward pass for N=", d.N,
+            "; call moe_forward with the same B, T first");
+  MOE_CHECK(g.router && g.experts && (d.SF == 0 || (g.shared_gu && g.shared_down)),
+            "moe_backward", "missing gradient buffers (router, experts, or shared with S=",
+            cfg.n_shared_experts, ")");
+  grow(c.dsorted_y, NK * d.D), grow(c.dh, NK * d.Fe), grow(c.dgu, NK * 2 * d.Fe);
+  grow(c.dsorted_x, NK * d.D), grow(c.dgate, NK), grow(c.dlogits, d.N * d.E);
+  grow(c.dshared_h, d.N * d.SF), grow(c.dshared_gu, d.N * 2 * d.SF);
+  const int64_t* off = p.offsets.data();
+  const int64_t M = off[d.E];
+  const float* w_down = w.experts + 2 * d.Fe * d.D;
+  float* g_down = g.experts + 2 * d.Fe * d.D;
+
+  // 4. Combine: gate-weighted rows -> d rows and d gate weights.
+  cpu::unpermute_weighted_backward(c.dsorted_y.data(), c.dgate.data(), dy, c.sorted_y.data(),
+                                   p.topk_w.data(), p.slot_row.data(), d.N, d.K, d.D);
+
+  // 3. Experts, reversed.
+  cpu::grouped_linear_backward_w(g_down, d.block, c.dsorted_y.data(), c.h.data(), off, d.E, d.Fe,
+                                 d.D);
+  cpu::grouped_linear_backward_x(c.dh.data(), c.dsorted_y.data(), w_down, d.block, off, d.E,
+                                 d.Fe, d.D);                                    // (M, Fe)
+  cpu::swiglu_backward(c.dgu.data(), c.dh.data(), c.gu.data(), M, d.Fe);        // (M, 2Fe)
+  cpu::grouped_linear_backward_w(g.experts, d.block, c.dgu.data(), c.sorted_x.data(), off, d.E,
+                                 d.D, 2 * d.Fe);
+  cpu::grouped_linear_backward_x(c.dsorted_x.data(), c.dgu.data(), w.experts, d.block, off, d.E,
+                                 d.D, 2 * d.Fe);                                // (M, D)
+
+  // 2. Dispatch, reversed: dx is the sum of each token's kept rows.
+  cpu::permute_backward(dx, c.dsorted_x.data(), p.slot_row.data(), d.N, d.K, d.D);  // (N, D)
+
+  // Shared experts (dx +=).
+  if (d.SF > 0) {
+    cpu::linear_backward_w(g.shared_down, dy, c.shared_h.data(), d.N, d.SF, d.D);
+    cpu::linear_backward_x(c.dshared_h.data(), dy, w.shared_down, d.N, d.SF, d.D, false);
+    cpu::swiglu_backward(c.dshared_gu.data(), c.dshared_h.data(), c.shared_gu.data(), d.N, d.SF);
+    cpu::linear_backward_w(g.shared_gu, c.dshared_gu.data(), x, d.N, d.D, 2 * d.SF);
+    cpu::linear_backward_x(dx, c.dshared_gu.data(), w.shared_gu, d.N, d.D, 2 * d.SF, true);
+  }
+
+  // 1. Route, reversed: gate weights and the auxiliary terms -> logits -> router and x.
+  cpu::router_backward(c.dlogits.data(), c.dgate.data(), c.logits.data(), c.scores.data(),
+                       p.topk_idx.data(), p.topk_w.data(), c.load.data(), c.seq_load.data(), B,
+                       T, spec, loss_coefs(cfg, double(aux_grad_scale)));      // (N, E)
+  cpu::linear_backward_w(g.router, c.dlogits.data(), x, d.N, d.D, d.E);
+  cpu::linear_backward_x(dx, c.dlogits.data(), w.router, d.N, d.D, d.E, true);
+}
+
+void update_balance_bias(float* bias, const int64_t* load, int64_t E, double rate) {
+  // sign(mean - load_e) = sign(sum - E * load_e), exact in integers.
+  int64_t sum = 0;
+  for (int64_t e = 0; e < E; ++e) sum += load[e];
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t diff = sum - E * load[e];
+    const int sign = (diff > 0) - (diff < 0);
+    bias[e] += float(rate) * float(sign);  // fp32, as a float32 parameter update would
+  }
+}
+
+}  // namespace moe

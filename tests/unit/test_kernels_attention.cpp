@@ -1,0 +1,158 @@
+// Causal GQA attention: fast kernels against attention_*_ref in float on sizes that cross the
+// kernel's row blocks, GQA groupings (H = Hkv, H = 2 Hkv, Hkv = 1), T = 1; the saved
+// probabilities' shape (rows sum to 1, zeros above the diagonal); bitwise determinism.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cpu/kernels.h"
+#include "kernels/cpu/ref.h"
+
+namespace moe::cpu {
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+::testing::AssertionResult close(const std::vector<float>& a, const std::vector<float>& b,
+                                 double tol, const std::string& what) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << what << ": size mismatch";
+  double max_diff = 0, max_mag = 1e-30;
+  size_t worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(double(a[i]) - double(b[i]));
+    if (!(d <= max_diff)) max_diff = d, worst = i;
+    max_mag = std::max(max_mag, std::fabs(double(b[i])));
+  }
+  const double rel = max_diff / max_mag;
+  if (rel <= tol) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << what << ": max |diff| " << max_diff << " at [" << worst << "] (fast " << a[worst]
+         << ", ref " << b[worst] << "), relative to max |ref| " << max_mag << " = " << rel
+         << " > tol " << tol;
+}
+
+struct AttnShape {
+  int64_t B, T, H, Hkv, Dh;
+  std::string name() const {
+    return "B=" + std::to_string(B) + " T=" + std::to_string(T) + " H=" + std::to_string(H) +
+           " Hkv=" + std::to_string(Hkv) + " Dh=" + std::to_string(Dh);
+  }
+};
+
+std::vector<float> scratch_for(int64_t T, int64_t Dh) {
+  return std::vector<float>(attention_backward_scratch(T, Dh, omp_get_max_threads()));
+}
+
+TEST(Attention, ForwardAndBackwardMatchRef) {
+  const AttnShape shapes[] = {{1, 1, 1, 1, 8},   {2, 1, 4, 2, 16},  {2, 7, 4, 2, 16},
+                              {2, 33, 4, 4, 8},  {1, 70, 3, 1, 32}, {2, 130, 4, 2, 64},
+                              {1, 129, 4, 1, 24}, {3, 64, 2, 2, 64},
+                              {1, 520, 2, 1, 128}};  // K^T too big for the stack path
+  uint32_t seed = 1;
+  for (const auto& s : shapes) {
+    const int64_t C = (s.H + 2 * s.Hkv) * s.Dh;
+    const auto qkv = randn(s.B * s.T * C, seed++, 1.5f);
+    const auto dout = randn(s.B * s.T * s.H * s.Dh, seed++);
+    std::vector<float> out(s.B * s.T * s.H * s.Dh), out_ref(out.size());
+    std::vector<float> att(s.B * s.H * s.T * s.T, -1.0f), att_ref(att.size());
+    attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.Dh);
+    attention_forward_ref<float>(out_ref.data(), att_ref.data(), qkv.data(), s.B, s.T, s.H,
+                                 s.Hkv, s.Dh);
+    EXPECT_TRUE(close(out, out_ref, 1e-5, "attention_forward out " + s.name()));
+    EXPECT_TRUE(close(att, att_ref, 1e-5, "attention_forward att " + s.name()));
+    for (int64_t r = 0; r < s.B * s.H * s.T; ++r) {  // each row: a distribution over j <= i
+      const int64_t i = r % s.T;
+      double sum = 0;
+      for (int64_t j = 0; j < s.T; ++j) {
+        const float p = att[r * s.T + j];
+        if (j > i) {
+          ASSERT_EQ(p, 0.0f) << s.name() << " row " << r << " col " << j;
+        }
+        sum += p;
+      }
+      ASSERT_NEAR(sum, 1.0, 1e-5) << s.name() << " row " << r;
+    }
+    auto dqkv = randn(qkv.size(), seed++);  // overwritten, so start from garbage
+    std::vector<float> dqkv_ref(qkv.size());
+    auto scratch = scratch_for(s.T, s.Dh);
+    attention_backward(dqkv.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B, s.T,
+                       s.H, s.Hkv, s.Dh);
+    std::vector<float> ref_scratch(std::max<int64_t>(s.T, 1));
+    attention_backward_ref<float>(dqkv_ref.data(), dout.data(), qkv.data(), att.data(),
+                                  ref_scratch.data(), s.B, s.T, s.H, s.Hkv, s.Dh);
+    EXPECT_TRUE(close(dqkv, dqkv_ref, 2e-5, "attention_backward dqkv " + s.name()));
+  }
+}
+
+TEST(Attention, BackwardIsBitwiseDeterministic) {
+  const AttnShape s{2, 200, 4, 2, 32};
+  const int64_t C = (s.H + 2 * s.Hkv) * s.Dh;
+  const auto qkv = randn(s.B * s.T * C, 7);
+  const auto dout = randn(s.B * s.T * s.H * s.Dh, 8);
+  std::vector<float> out(s.B * s.T * s.H * s.Dh), att(s.B * s.H * s.T * s.T);
+  attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.Dh);
+  std::vector<float> d1(qkv.size()), d2(qkv.size(), 5.0f);
+  auto scratch = scratch_for(s.T, s.Dh);
+  attention_backward(d1.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B, s.T,
+                     s.H, s.Hkv, s.Dh);
+  std::fill(scratch.begin(), scratch.end(), 3.0f);  // stale scratch must not matter
+  attention_backward(d2.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B, s.T,
+                     s.H, s.Hkv, s.Dh);
+  EXPECT_EQ(std::memcmp(d1.data(), d2.data(), d1.size() * sizeof(float)), 0);
+  std::vector<float> out2(out.size()), att2(att.size());
+  attention_forward(out2.data(), att2.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.Dh);
+  EXPECT_EQ(std::memcmp(out.data(), out2.data(), out.size() * sizeof(float)), 0);
+}
+
+// Tasks run whole on one thread, so the thread count does not change a bit.
+TEST(Attention, SameBitsForOneAndAllThreads) {
+  const AttnShape s{2, 150, 4, 2, 32};
+  const int64_t C = (s.H + 2 * s.Hkv) * s.Dh;
+  const auto qkv = randn(s.B * s.T * C, 17);
+  const auto dout = randn(s.B * s.T * s.H * s.Dh, 18);
+  auto run = [&](std::vector<float>& out, std::vector<float>& att, std::vector<float>& dqkv) {
+    out.assign(s.B * s.T * s.H * s.Dh, 0.0f);
+    att.assign(s.B * s.H * s.T * s.T, 0.0f);
+    dqkv.assign(qkv.size(), 0.0f);
+    auto scratch = scratch_for(s.T, s.Dh);
+    attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.Dh);
+    attention_backward(dqkv.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B,
+                       s.T, s.H, s.Hkv, s.Dh);
+  };
+  std::vector<float> o1, a1, d1, on, an, dn;
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  run(o1, a1, d1);
+  omp_set_num_threads(saved);
+  run(on, an, dn);
+  EXPECT_EQ(std::memcmp(o1.data(), on.data(), o1.size() * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(a1.data(), an.data(), a1.size() * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(d1.data(), dn.data(), d1.size() * sizeof(float)), 0);
+}
+
+TEST(Attention, RejectsBadHeads) {
+  std::vector<float> buf(1024);
+  EXPECT_THROW(attention_forward(buf.data(), buf.data(), buf.data(), 1, 2, 3, 2, 4), moe::Error);
+  try {
+    attention_forward(buf.data(), buf.data(), buf.data(), 1, 2, 3, 2, 4);
+  } catch (const moe::Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("[attention_forward]", 0), 0u) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace moe::cpu
