@@ -131,8 +131,13 @@ TEST_F(Cli, TopKLargerThanExperts) {
                "num_experts_per_tok");
 }
 
-TEST_F(Cli, HeadsNotDividing) {
-  expect_error("train --config " + write("c.json", R"({"num_attention_heads":6,"num_key_value_heads":4})"),
+TEST_F(Cli, HeadsNotDividingHidden) {
+  expect_error("train --config " + write("c.json", R"({"num_attention_heads":6,"num_key_value_heads":6})"),
+               "num_attention_heads");
+}
+
+TEST_F(Cli, KvHeadsNotDividingHeads) {
+  expect_error("train --config " + write("c.json", R"({"num_attention_heads":4,"num_key_value_heads":3})"),
                "num_key_value_heads");
 }
 
