@@ -51,6 +51,8 @@ struct Case {
   ModelConfig cfg;
   float bias_std;  // nonzero: random balancing bias in the checkpoint
 };
+// Test names and ctest listings show the case's name, not its bytes.
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 ModelConfig base_config() {
   ModelConfig c;
