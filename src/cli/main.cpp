@@ -146,7 +146,10 @@ int main(int argc, char** argv) {
   CLI::App app{"moe.cpp: train Mixture-of-Experts language models on CPU"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "OpenMP threads (default: all cores)");
+  app.add_option("--threads", threads, "OpenMP threads (default: all cores)")
+      ->check(CLI::PositiveNumber)
+      ->trigger_on_parse()  // before any subcommand callback runs
+      ->each([](const std::string& n) { omp_set_num_threads(std::stoi(n)); });
 
   TrainConfig tc;
   std::string config_path, data_path, out_dir = "runs/default";
@@ -184,19 +187,18 @@ int main(int argc, char** argv) {
   ev->add_option("--seq-len", eval_seq, "window length (default max_position_embeddings)");
   ev->add_flag("--json", json, "print {\"loss\": L, \"tokens\": N}");
 
+  // Subcommands added by add_*_commands run in CLI11 callbacks during parse(), so one try
+  // covers parsing and running.
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  try {
-    if (threads > 0) omp_set_num_threads(threads);
     if (*tr) {
       tc.out_dir = out_dir;
       return cmd_train(config_path, data_path, tc, samples);
     }
     if (*ge) return cmd_generate(ckpt, prompt, go);
     if (*ev) return cmd_eval(eval_ckpt, eval_data, eval_seq, json);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
   } catch (const moe::Error& e) {
     std::fprintf(stderr, "moe: error: %s\n", e.what());
     return 1;
