@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int threads = 0;
   app.add_option("--threads", threads, "OpenMP threads (default: all cores)")
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Range(1, 4096))
       ->trigger_on_parse()  // before any subcommand callback runs
       ->each([](const std::string& n) { omp_set_num_threads(std::stoi(n)); });
 
