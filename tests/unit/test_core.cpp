@@ -177,3 +177,28 @@ TEST(Arena, ZeroClearsWhatWasHandedOut) {
 
 }  // namespace
 }  // namespace moe
+
+#include "core/checksum.h"
+
+namespace moe {
+namespace {
+
+// Published check value of CRC-32C (RFC 3720 appendix B.4 vectors too).
+TEST(Crc32c, KnownVectorsAndChaining) {
+  EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);
+  const std::string zeros(32, '\0');
+  EXPECT_EQ(crc32c(zeros.data(), zeros.size()), 0x8A9136AAu);
+  const std::string ones(32, '\xFF');
+  EXPECT_EQ(crc32c(ones.data(), ones.size()), 0x62A8AB43u);
+  std::string inc(32, '\0');
+  for (int i = 0; i < 32; ++i) inc[size_t(i)] = char(i);
+  EXPECT_EQ(crc32c(inc.data(), inc.size()), 0x46DD794Eu);
+  // Chaining over any split equals one pass.
+  const std::string s = "The quick brown fox jumps over the lazy dog, 0123456789";
+  for (size_t k = 0; k <= s.size(); ++k)
+    EXPECT_EQ(crc32c(s.data() + k, s.size() - k, crc32c(s.data(), k)), crc32c(s.data(), s.size()));
+  EXPECT_EQ(crc32c(nullptr, 0), 0u);
+}
+
+}  // namespace
+}  // namespace moe
