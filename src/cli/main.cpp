@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -17,36 +18,14 @@
 #include "infer/generate.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
+#include "train/run_config.h"
 #include "train/trainer.h"
+#include "model/flops.h"
+#include "core/safetensors.h"
 
 namespace {
 
 using namespace moe;
-
-// The default model of `moe train`: DeepSeek-style routing, small enough for two minutes on
-// two cores.
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 256;
-  c.hidden_size = 128;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 32;
-  c.intermediate_size = 384;
-  c.moe_intermediate_size = 128;
-  c.n_routed_experts = 8;
-  c.n_shared_experts = 1;
-  c.num_experts_per_tok = 2;
-  c.first_k_dense_replace = 1;
-  c.scoring_func = "sigmoid";
-  c.norm_topk_prob = true;
-  c.routed_scaling_factor = 1.0;
-  c.max_position_embeddings = 256;
-  c.seq_aux_alpha = 1e-4;
-  c.bias_update_rate = 1e-3;
-  return c;
-}
 
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -61,37 +40,61 @@ void print_sample(const std::string& prompt, const std::vector<int32_t>& out) {
   std::printf("---\n%s\n", s.c_str());
 }
 
-int cmd_train(const std::string& config_path, const std::string& data_path, TrainConfig tc,
-              int64_t samples) {
-  ModelConfig cfg = config_path.empty() ? tiny_config() : load_config(config_path);
-  TokenData data;
-  if (data_path.empty()) {
-    const Corpus train = make_builtin_corpus(1, 4 << 20);
-    const Corpus val = make_builtin_corpus(2, 1 << 18);
-    data.train = byte_encode(train.text);
-    data.val = byte_encode(val.text);
-    data.entropy_floor = train.entropy_nats_per_byte;
-    data.name = "built-in corpus";
-  } else {
-    const std::vector<int32_t> all = byte_encode(read_file(data_path));
-    const size_t cut = all.size() - all.size() / 10;  // last 10% held out
-    data.train.assign(all.begin(), all.begin() + cut);
-    data.val.assign(all.begin() + cut, all.end());
-    data.name = data_path;
+int cmd_train(const std::string& config_path, std::vector<Override> overrides, int64_t samples) {
+  // A config.json is a model config: the run takes its other settings from the defaults.
+  std::string toml_path = config_path;
+  if (config_path.size() > 5 && config_path.substr(config_path.size() - 5) == ".json") {
+    overrides.insert(overrides.begin(), {"model.config", config_path});
+    toml_path.clear();
   }
-  if (tc.seq_len > cfg.max_position_embeddings) tc.seq_len = cfg.max_position_embeddings;
-  Model model(cfg);
-  model.init_weights(tc.seed);
-  std::printf("moe train: %lld parameters (%lld in routed experts), %d threads, data: %s "
-              "(%zu tokens)",
-              static_cast<long long>(model.layout().total_numel),
-              static_cast<long long>(model.layout().total_numel - model.layout().replicated_numel),
-              omp_get_max_threads(), data.name.c_str(), data.train.size());
+  RunConfig rc;
+  if (!toml_path.empty() || overrides.empty() || overrides.front().first != "model.config") {
+    rc = load_run_config(toml_path, overrides);
+  } else {
+    const std::string json_path = overrides.front().second;
+    overrides.erase(overrides.begin());
+    rc = load_run_config("", overrides);
+    std::vector<Override> model_over;
+    for (const auto& o : overrides)
+      if (o.first.rfind("model.", 0) == 0) model_over.push_back(o);
+    rc.model = load_config(json_path);
+    rc.model_origin = json_path;
+    if (!model_over.empty()) {
+      MOE_FAIL("config", "--model.* overrides need a TOML run config; put them in ", json_path);
+    }
+    if (rc.train.seq_len > rc.model.max_position_embeddings)
+      rc.train.seq_len = rc.model.max_position_embeddings;
+  }
+  const TokenData data = load_data(rc.data);
+  Model model(rc.model);
+  model.init_weights(rc.train.seed);
+  const TrainConfig& tc = rc.train;
+  const ParamCounts pc = count_params(rc.model);
+  std::printf("moe train: %.2fM parameters (%.2fM active per token), model from %s, %d threads\n"
+              "data: %s (%zu train tokens, %zu held out)",
+              double(pc.total) / 1e6, double(pc.active) / 1e6, rc.model_origin.c_str(),
+              omp_get_max_threads(), data.name.c_str(), data.train.size(), data.val.size());
   if (data.entropy_floor >= 0) std::printf(", entropy floor %.4f nats/byte", data.entropy_floor);
-  std::printf("\nsteps %lld, batch %lld x seq %lld, lr %.1e\n", static_cast<long long>(tc.steps),
-              static_cast<long long>(tc.batch), static_cast<long long>(tc.seq_len), tc.lr);
+  std::printf("\nsteps %lld, batch %lld x seq %lld x accum %lld, lr %.1e (%s), run folder %s\n",
+              static_cast<long long>(tc.steps), static_cast<long long>(tc.batch),
+              static_cast<long long>(tc.seq_len), static_cast<long long>(tc.accum), tc.lr,
+              tc.schedule.c_str(), tc.out_dir.empty() ? "(none)" : tc.out_dir.c_str());
   std::fflush(stdout);
-  train(model, data, tc);
+  if (!tc.out_dir.empty()) {
+    std::filesystem::create_directories(tc.out_dir);
+    const std::string toml = run_config_to_toml(rc);
+    write_file_atomic(tc.out_dir + "/run.toml", {{toml.data(), toml.size()}});
+  }
+  const TrainResult r = train(model, data, tc);
+  if (r.interrupted) {
+    std::printf("interrupted: checkpoint written; continue with --resume\n");
+    return 130;
+  }
+  if (r.stopped) {
+    std::printf("stopped after %lld steps (checkpoint.stop_after): continue with --resume\n",
+                static_cast<long long>(r.steps_run));
+    return 0;
+  }
   if (samples > 0) {
     std::printf("samples:\n");
     const char* prompts[] = {"", "7+", "("};
@@ -99,7 +102,7 @@ int cmd_train(const std::string& config_path, const std::string& data_path, Trai
       GenerateOptions go;
       go.max_new_tokens = 160;
       go.seed = static_cast<uint64_t>(i);
-      const std::string prompt = data_path.empty() ? prompts[i % 3] : "";
+      const std::string prompt = rc.data.source == "builtin" ? prompts[i % 3] : "";
       print_sample(prompt, generate(model, byte_encode(prompt), go));
     }
   }
@@ -142,6 +145,7 @@ int cmd_eval(const std::string& dir, const std::string& data_path, int64_t seq_l
 
 }  // namespace
 
+
 int main(int argc, char** argv) {
   CLI::App app{"moe.cpp: train Mixture-of-Experts language models on CPU"};
   app.require_subcommand(1);
@@ -151,22 +155,31 @@ int main(int argc, char** argv) {
       ->trigger_on_parse()  // before any subcommand callback runs
       ->each([](const std::string& n) { omp_set_num_threads(std::stoi(n)); });
 
-  TrainConfig tc;
-  std::string config_path, data_path, out_dir = "runs/default";
+  std::string config_path;
+  std::vector<Override> shortcuts;
   int64_t samples = 3;
-  auto* tr = app.add_subcommand("train", "train a model (no arguments: the default tiny model)");
-  tr->add_option("--config", config_path, "model config.json (default: built-in tiny config)");
-  tr->add_option("--data", data_path, "training text file, byte tokens (default: built-in corpus)");
-  tr->add_option("--steps", tc.steps, "optimizer steps")->capture_default_str();
-  tr->add_option("--batch", tc.batch, "sequences per micro-batch")->capture_default_str();
-  tr->add_option("--seq-len", tc.seq_len, "sequence length")->capture_default_str();
-  tr->add_option("--accum", tc.accum, "micro-batches per step")->capture_default_str();
-  tr->add_option("--lr", tc.lr, "peak learning rate")->capture_default_str();
-  tr->add_option("--warmup", tc.warmup, "warmup steps")->capture_default_str();
-  tr->add_option("--seed", tc.seed, "seed for weights and data order")->capture_default_str();
-  tr->add_option("--log-every", tc.log_every, "steps between log lines")->capture_default_str();
-  tr->add_option("--out", out_dir, "checkpoint directory")->capture_default_str();
+  bool resume = false, help_config = false;
+  auto* tr = app.add_subcommand(
+      "train",
+      "train a model (no arguments: the default tiny model on the built-in corpus); any run "
+      "config key can be overridden as --section.key VALUE, e.g. --train.steps 200");
+  tr->add_option("--config", config_path,
+                 "run config (TOML, see configs/) or a model config.json");
+  auto shortcut = [&](const char* flag, const char* key, const char* help) {
+    tr->add_option_function<std::string>(
+        flag, [&shortcuts, key](const std::string& v) { shortcuts.emplace_back(key, v); }, help);
+  };
+  shortcut("--steps", "train.steps", "= --train.steps");
+  shortcut("--batch", "train.batch", "= --train.batch");
+  shortcut("--seq-len", "train.seq_len", "= --train.seq_len");
+  shortcut("--seed", "train.seed", "= --train.seed");
+  shortcut("--lr", "optim.lr", "= --optim.lr");
+  shortcut("--data", "data.source", "= --data.source (a text file, or builtin)");
+  shortcut("--out", "checkpoint.dir", "= --checkpoint.dir (run folder)");
+  tr->add_flag("--resume", resume, "continue from the newest valid checkpoint in the run folder");
   tr->add_option("--samples", samples, "samples printed at the end")->capture_default_str();
+  tr->add_flag("--help-config", help_config, "list every run config key and exit");
+  tr->allow_extras();
 
   std::string ckpt, prompt;
   GenerateOptions go;
@@ -192,8 +205,14 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
     if (*tr) {
-      tc.out_dir = out_dir;
-      return cmd_train(config_path, data_path, tc, samples);
+      if (help_config) {
+        std::fputs(run_config_reference().c_str(), stdout);
+        return 0;
+      }
+      std::vector<Override> overrides = shortcuts;
+      for (const auto& o : parse_overrides(tr->remaining())) overrides.push_back(o);
+      if (resume) overrides.emplace_back("checkpoint.resume", "true");
+      return cmd_train(config_path, overrides, samples);
     }
     if (*ge) return cmd_generate(ckpt, prompt, go);
     if (*ev) return cmd_eval(eval_ckpt, eval_data, eval_seq, json);

@@ -42,6 +42,7 @@ class BpeTokenizer {
 
   int vocab_size() const { return int(tokens_.size()); }
   const std::string& token_bytes(int32_t id) const { return tokens_[size_t(id)]; }
+  bool is_special(int32_t id) const { return special_[size_t(id)]; }  // an added token
   bool operator==(const BpeTokenizer& o) const;
 
  private:

@@ -24,6 +24,9 @@ class AdamW {
   // One step at learning rate lr over every trainable parameter.
   void step(float* params, const float* grads, double lr);
   int64_t steps() const { return t_; }
+  void set_steps(int64_t t) { t_ = t; }  // when resuming
+  const std::vector<float>& m() const { return m_; }
+  const std::vector<float>& v() const { return v_; }
   std::vector<float>& m() { return m_; }
   std::vector<float>& v() { return v_; }
 

@@ -3,20 +3,41 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstdarg>
 #include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "data/corpus.h"
+#include "data/tokenizer.h"
+#include "infer/generate.h"
+#include "kernels/cpu/peak.h"
 #include "model/checkpoint.h"
+#include "model/flops.h"
+#include "train/guards.h"
+#include "train/metrics.h"
+#include "train/train_state.h"
 
 namespace moe {
 
 double lr_at(const TrainConfig& tc, int64_t step) {
   if (tc.warmup > 0 && step < tc.warmup)
     return tc.lr * static_cast<double>(step + 1) / static_cast<double>(tc.warmup);
+  const double floor = tc.lr * tc.min_lr_ratio;
+  if (tc.schedule == "constant") return tc.lr;
+  if (tc.schedule == "wsd") {  // warmup, stable, then linear decay over the last decay_frac
+    const double decay_steps = std::max(1.0, tc.decay_frac * double(tc.steps));
+    const double into = double(step) - (double(tc.steps) - decay_steps);
+    if (into <= 0) return tc.lr;
+    return tc.lr + (floor - tc.lr) * std::min(1.0, into / decay_steps);
+  }
   const double span = std::max<int64_t>(1, tc.steps - tc.warmup);
   const double progress = std::min(1.0, static_cast<double>(step - tc.warmup) / span);
-  const double floor = tc.lr * tc.min_lr_ratio;
   return floor + 0.5 * (tc.lr - floor) * (1.0 + std::cos(M_PI * progress));
 }
 
@@ -57,7 +78,55 @@ double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64
   return count ? sum / static_cast<double>(count) : 0.0;
 }
 
+TokenData load_data(const DataConfig& dc) {
+  TokenData data;
+  MOE_CHECK(dc.tokenizer == "byte", "data", "[data] tokenizer = \"", dc.tokenizer,
+            "\": only \"byte\" is supported for text sources here");
+  if (dc.source == "builtin") {
+    const Corpus train = make_builtin_corpus(1, dc.builtin_bytes);
+    const Corpus val = make_builtin_corpus(2, std::max<int64_t>(dc.builtin_bytes / 16, 1 << 16));
+    data.train = byte_encode(train.text);
+    data.val = byte_encode(val.text);
+    data.entropy_floor = train.entropy_nats_per_byte;
+    data.name = "built-in corpus";
+  } else {
+    std::ifstream f(dc.source, std::ios::binary);
+    MOE_CHECK(f.good(), "data", "cannot read [data] source '", dc.source,
+              "': give a text file or \"builtin\"");
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    const std::vector<int32_t> all = byte_encode(ss.str());
+    const auto cut = static_cast<size_t>(double(all.size()) * (1.0 - dc.val_fraction));
+    data.train.assign(all.begin(), all.begin() + cut);
+    data.val.assign(all.begin() + cut, all.end());
+    data.name = dc.source;
+  }
+  data.decode = [](const std::vector<int32_t>& t) { return byte_decode(t); };
+  data.sample_prompt = byte_encode("\n");
+  return data;
+}
+
 namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Installs SIGINT/SIGTERM handlers for the duration of a run and restores the old ones.
+struct StopSignals {
+  struct sigaction old_int{}, old_term{};
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa{};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  }
+};
 
 double global_grad_norm(const std::vector<float>& g) {
   double s = 0;
@@ -66,81 +135,294 @@ double global_grad_norm(const std::vector<float>& g) {
   return std::sqrt(s);
 }
 
+std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char* f, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, f);
+  std::vsnprintf(buf, sizeof buf, f, ap);
+  va_end(ap);
+  return buf;
+}
+
+std::string duration_str(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const auto t = static_cast<long long>(s + 0.5);
+  if (t >= 3600) return fmt("%lldh%02lldm", t / 3600, t / 60 % 60);
+  if (t >= 60) return fmt("%lldm%02llds", t / 60, t % 60);
+  return fmt("%llds", t);
+}
+
+std::string iso_now() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+nlohmann::json train_config_json(const TrainConfig& tc) {
+  return {{"steps", tc.steps},       {"batch", tc.batch},         {"seq_len", tc.seq_len},
+          {"accum", tc.accum},       {"seed", tc.seed},           {"lr", tc.lr},
+          {"schedule", tc.schedule}, {"warmup", tc.warmup},       {"grad_clip", tc.grad_clip},
+          {"weight_decay", tc.adamw.weight_decay}};
+}
+
+// Per MoE layer: load over the log interval and what it says about balance.
+void write_moe_records(MetricsLog& log, const Model& model, int64_t step,
+                       const std::vector<std::vector<int64_t>>& load, int64_t dropped,
+                       int64_t slots) {
+  const ModelConfig& c = model.config();
+  const int64_t moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (!c.is_moe_layer(l) || load[size_t(l)].empty()) continue;
+    const auto& ld = load[size_t(l)];
+    double sum = 0, mx = 0, mn = HUGE_VAL, ent = 0;
+    for (int64_t v : ld) sum += double(v), mx = std::max(mx, double(v)), mn = std::min(mn, double(v));
+    for (int64_t v : ld)
+      if (v > 0) ent -= double(v) / sum * std::log(double(v) / sum);
+    const double mean = sum / double(ld.size());
+    const float* bias = model.params().data() + model.layout().layers[size_t(l)].bias;
+    log.write({{"kind", "moe"},
+               {"step", step},
+               {"layer", l},
+               {"load", ld},
+               {"max_over_mean", mean > 0 ? mx / mean : 0.0},
+               {"min_over_mean", mean > 0 ? mn / mean : 0.0},
+               {"router_entropy", ent},
+               {"dropped_frac", slots > 0 ? double(dropped) / double(slots * moe_layers) : 0.0},
+               {"bias", std::vector<float>(bias, bias + ld.size())}});
+  }
+}
+
 }  // namespace
 
 TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
   MOE_CHECK(tc.steps > 0 && tc.batch > 0 && tc.seq_len > 0 && tc.accum > 0, "train",
             "steps, batch, seq_len and accum must be positive");
+  namespace fs = std::filesystem;
   const int64_t B = tc.batch, T = tc.seq_len;
+  const ModelConfig& cfg = model.config();
   AdamW opt(model.layout(), tc.adamw);
-  std::vector<int32_t> tokens(B * (T + 1));
+  TrainState st;
+  SpikeGuard guard(tc.guard);
+  FaultInjector faults(tc.fault_inject);
+  const bool has_dir = !tc.out_dir.empty();
+  MetricsLog metrics(has_dir && tc.metrics ? (fs::path(tc.out_dir) / "metrics.jsonl").string()
+                                           : "");
+  Progress progress(tc.progress);
   TrainResult r;
+
+  // Resume: the newest checkpoint whose files match its manifest.
+  if (tc.resume && has_dir) {
+    std::vector<std::string> skipped;
+    const std::vector<std::string> valid = list_train_checkpoints(tc.out_dir, &skipped);
+    for (const auto& s : skipped) {
+      progress.message("resume: skipping invalid checkpoint " + s);
+      metrics.event(-1, "resume", "skipped invalid checkpoint " + s);
+    }
+    if (!valid.empty()) {
+      load_train_checkpoint(valid.front(), model, opt, &st);
+      guard.window() = st.loss_window;
+      guard.spike_steps() = st.spike_steps;
+      progress.message(fmt("resume: continuing from %s (step %lld of %lld)", valid.front().c_str(),
+                           static_cast<long long>(st.step), static_cast<long long>(tc.steps)));
+      metrics.event(st.step, "resume", valid.front());
+    } else {
+      progress.message("resume: no valid checkpoint in " + tc.out_dir + "/checkpoints; starting fresh");
+    }
+  }
+  if (st.step == 0) {
+    const ParamCounts pc = count_params(cfg);
+    metrics.write({{"kind", "run"},
+                   {"params", pc.total},
+                   {"active_params", pc.active},
+                   {"model", nlohmann::json::parse(config_to_json(cfg))},
+                   {"train", train_config_json(tc)},
+                   {"data", data.name},
+                   {"started", iso_now()}});
+  }
+
+  const double flops_per_token = train_flops_per_token(cfg, T);
+  const double peak = cpu::measure_fp32_peak_flops(0.2);
+  const int64_t tokens_per_step = tc.accum * B * T;
+  std::vector<int32_t> tokens(static_cast<size_t>(B * (T + 1)));
+  StopSignals signals;
   const auto t_start = std::chrono::steady_clock::now();
   auto t_log = t_start;
-  double ce_window = 0;
-  int64_t window_steps = 0;
+  const int64_t first_step = st.step;
+  const double base_elapsed = st.elapsed_s;
+  double ce_window = 0, loss_last = 0, gnorm_last = 0;
+  int64_t window_steps = 0, window_dropped = 0;
+  std::vector<std::vector<int64_t>> window_load(size_t(cfg.num_hidden_layers));
 
-  for (int64_t step = 0; step < tc.steps; ++step) {
+  auto checkpoint = [&](const char* why) {
+    if (!has_dir) return;
+    st.loss_window = guard.window();
+    st.spike_steps = guard.spike_steps();
+    st.elapsed_s = base_elapsed +
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const std::string dir = save_train_checkpoint(tc.out_dir, model, opt, st, tc.ckpt_keep);
+    metrics.event(st.step, "checkpoint", dir);
+    if (std::string(why) != "periodic") progress.message(std::string("checkpoint: ") + dir);
+  };
+  auto validate = [&]() {
+    if (tc.eval_tokens <= 0 || data.val.empty()) return -1.0;
+    int64_t n = 0;
+    const double ce = evaluate(model, data.val, T, B, tc.eval_tokens, &n);
+    metrics.write({{"kind", "val"}, {"step", st.step}, {"loss", ce}, {"ppl", std::exp(ce)}});
+    std::string line = fmt("held-out: ce %.4f nats/token over %lld tokens", ce,
+                           static_cast<long long>(n));
+    if (data.entropy_floor >= 0)
+      line += fmt(" | entropy floor %.4f | gap %.4f", data.entropy_floor, ce - data.entropy_floor);
+    progress.message(line);
+    return ce;
+  };
+
+  while (st.step < tc.steps) {
+    const int64_t step = st.step;
     model.zero_grads();
     LossStats sum;
     for (int64_t m = 0; m < tc.accum; ++m) {
-      sample_batch(tokens.data(), data.train, B, T, tc.seed, step, m);
-      const LossStats st =
+      sample_batch(tokens.data(), data.train, B, T, tc.seed, step + st.data_offset, m);
+      const LossStats s =
           model.forward_backward(tokens.data(), B, T, 1.0f / static_cast<float>(tc.accum));
-      sum.loss += st.loss / tc.accum;
-      sum.ce += st.ce / tc.accum;
-      sum.dropped += st.dropped;
+      sum.loss += s.loss / double(tc.accum);
+      sum.ce += s.ce / double(tc.accum);
+      sum.dropped += s.dropped;
     }
-    MOE_CHECK(std::isfinite(sum.loss), "train", "loss is ", sum.loss, " at step ", step,
-              "; lower the learning rate (--lr) or check the data");
-    const double gnorm = global_grad_norm(model.grads());
-    if (tc.grad_clip > 0 && gnorm > tc.grad_clip) {
-      const float k = static_cast<float>(tc.grad_clip / gnorm);
-      auto& g = model.grads();
-#pragma omp parallel for schedule(static)
-      for (size_t i = 0; i < g.size(); ++i) g[i] *= k;
-    }
-    const double lr = lr_at(tc, step);
-    opt.step(model.params().data(), model.grads().data(), lr);
-    model.update_balance_biases();
-    r.losses.push_back(sum.loss);
-    ce_window += sum.ce;
-    ++window_steps;
+    double gnorm = global_grad_norm(model.grads());
+    const double observed = faults.apply(step, sum.loss, &gnorm);
+    std::string why;
+    const Verdict verdict = guard.check(step, observed, gnorm, &why);
+    r.losses.push_back(observed);
 
-    if ((step + 1) % tc.log_every == 0 || step + 1 == tc.steps) {
+    if (verdict == Verdict::kAccept) {
+      if (tc.grad_clip > 0 && gnorm > tc.grad_clip) {
+        const float k = static_cast<float>(tc.grad_clip / gnorm);
+        auto& g = model.grads();
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < g.size(); ++i) g[i] *= k;
+      }
+      opt.step(model.params().data(), model.grads().data(), lr_at(tc, step) * st.lr_scale);
+      for (size_t l = 0; l < window_load.size(); ++l) {
+        const auto& ld = model.load()[l];
+        if (window_load[l].size() != ld.size()) window_load[l].assign(ld.size(), 0);
+        for (size_t e = 0; e < ld.size(); ++e) window_load[l][e] += ld[e];
+      }
+      model.update_balance_biases();
+      ce_window += sum.ce;
+      window_dropped += sum.dropped;
+      ++window_steps;
+      loss_last = sum.loss, gnorm_last = gnorm;
+      ++st.step;
+      st.tokens += tokens_per_step;
+    } else if (verdict == Verdict::kRollback) {
+      model.reset_load();
+      metrics.event(step, "rollback", why);
+      const std::vector<std::string> valid = has_dir ? list_train_checkpoints(tc.out_dir)
+                                                     : std::vector<std::string>{};
+      TrainState now = st;
+      if (!valid.empty()) {
+        load_train_checkpoint(valid.front(), model, opt, &st);
+        guard.window() = st.loss_window;
+        // Fresh data from here on: skip the batches between the checkpoint and this step.
+        st.data_offset = now.data_offset + (step + 1 - st.step);
+        progress.message(fmt("guard: %s: rolled back to %s, lr x%.3g", why.c_str(),
+                             valid.front().c_str(), now.lr_scale * tc.guard.rollback_lr_factor));
+      } else {
+        ++st.step;  // nothing to return to: drop this step and go on at a lower lr
+        progress.message("guard: " + why + ": no checkpoint to roll back to; lowering lr");
+      }
+      guard.clear_spikes();
+      st.lr_scale = now.lr_scale * tc.guard.rollback_lr_factor;
+      st.rollbacks = now.rollbacks + 1;
+      st.skipped = now.skipped + 1;
+      st.tokens = now.tokens;
+      ++r.rollbacks;
+      continue;
+    } else {
+      model.reset_load();
+      metrics.event(step, verdict == Verdict::kSkipSpike ? "skip_spike" : "skip_nonfinite", why);
+      progress.message(fmt("guard: step %lld: %s", static_cast<long long>(step + 1), why.c_str()));
+      ++st.step;
+      ++st.skipped;
+      ++r.skipped;
+    }
+
+    const bool last = st.step == tc.steps;
+    if ((st.step % tc.log_every == 0 || last) && window_steps > 0) {
       const auto now = std::chrono::steady_clock::now();
       const double dt = std::chrono::duration<double>(now - t_log).count();
-      const double tps = static_cast<double>(window_steps * tc.accum * B * T) / dt;
-      r.final_train_ce = ce_window / window_steps;
-      std::printf("step %5lld/%lld | loss %.4f | ce %.4f", static_cast<long long>(step + 1),
-                  static_cast<long long>(tc.steps), sum.loss, r.final_train_ce);
+      const double tps = double(window_steps * tokens_per_step) / dt;
+      const double mfu = tps * flops_per_token / peak;
+      const double elapsed = std::chrono::duration<double>(now - t_start).count();
+      const double eta = elapsed / double(st.step - first_step) * double(tc.steps - st.step);
+      const double lr = lr_at(tc, st.step - 1) * st.lr_scale;
+      r.final_train_ce = ce_window / double(window_steps);
+      std::string line = fmt("step %5lld/%lld | loss %.4f | ce %.4f",
+                             static_cast<long long>(st.step), static_cast<long long>(tc.steps),
+                             loss_last, r.final_train_ce);
       if (data.entropy_floor >= 0)
-        std::printf(" (floor %.4f, gap %.4f)", data.entropy_floor,
+        line += fmt(" (floor %.4f, gap %.4f)", data.entropy_floor,
                     r.final_train_ce - data.entropy_floor);
-      std::printf(" | grad norm %.3f | lr %.2e | %.0f tok/s\n", gnorm, lr, tps);
-      std::fflush(stdout);
+      line += fmt(" | grad norm %.3f | lr %.2e | %.0f tok/s | MFU %.1f%% | ETA %s", gnorm_last, lr,
+                  tps, 100 * mfu, duration_str(eta).c_str());
+      progress.update(line, true);
+      metrics.write({{"kind", "train"},
+                     {"step", st.step},
+                     {"loss", loss_last},
+                     {"ce", r.final_train_ce},
+                     {"lr", lr},
+                     {"grad_norm", gnorm_last},
+                     {"tokens_per_s", tps},
+                     {"mfu", mfu},
+                     {"tokens", st.tokens},
+                     {"time_s", st.elapsed_s + elapsed}});
+      write_moe_records(metrics, model, st.step, window_load, window_dropped,
+                        window_steps * tokens_per_step * cfg.num_experts_per_tok);
+      for (auto& w : window_load) std::fill(w.begin(), w.end(), 0);
       t_log = now;
       ce_window = 0;
       window_steps = 0;
+      window_dropped = 0;
+    }
+    if (tc.eval_every > 0 && st.step % tc.eval_every == 0 && !last) validate();
+    if (tc.sample_every > 0 && st.step % tc.sample_every == 0 && data.decode) {
+      GenerateOptions go;
+      go.max_new_tokens = std::min<int64_t>(T, 120);
+      go.seed = uint64_t(st.step);
+      progress.message("sample at step " + std::to_string(st.step) + ": " +
+                       data.decode(generate(model, data.sample_prompt, go)));
+    }
+    if (tc.ckpt_every > 0 && st.step % tc.ckpt_every == 0 && !last) checkpoint("periodic");
+    if (tc.stop_after > 0 && st.step - first_step >= tc.stop_after && !last) {
+      progress.finish();
+      checkpoint("stop_after");
+      r.stopped = true;
+      break;
+    }
+    if (g_stop_signal != 0) {
+      progress.finish();
+      metrics.event(st.step, "interrupted", fmt("signal %d", int(g_stop_signal)));
+      checkpoint("interrupted");
+      r.interrupted = true;
+      break;
     }
   }
-  const double total_s =
+  progress.finish();
+  const double run_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  r.tokens_per_s = static_cast<double>(tc.steps * tc.accum * B * T) / total_s;
+  r.steps_run = st.step - first_step;
+  r.tokens_per_s = r.steps_run > 0 ? double(r.steps_run * tokens_per_step) / run_s : 0.0;
+  r.skipped = st.skipped;
+  r.rollbacks = st.rollbacks;
+  if (r.interrupted || r.stopped) return r;
 
-  if (tc.eval_tokens > 0 && !data.val.empty()) {
-    int64_t n = 0;
-    r.val_ce = evaluate(model, data.val, T, B, tc.eval_tokens, &n);
-    std::printf("held-out: ce %.4f nats/token over %lld tokens", r.val_ce,
-                static_cast<long long>(n));
-    if (data.entropy_floor >= 0)
-      std::printf(" | entropy floor %.4f | gap %.4f", data.entropy_floor,
-                  r.val_ce - data.entropy_floor);
-    std::printf("\n");
-  }
-  if (!tc.out_dir.empty()) {
+  r.val_ce = validate();
+  if (has_dir) {
+    checkpoint("final");
     save_checkpoint(tc.out_dir, model.config(), model.layout(), model.params().data());
-    std::printf("checkpoint: %s\n", tc.out_dir.c_str());
+    progress.message("model: " + tc.out_dir);
   }
   return r;
 }

@@ -13,20 +13,52 @@
 
 namespace moe {
 
+// Loss-spike and non-finite guards (see guards.h).
+struct GuardConfig {
+  bool skip_nonfinite = true;       // a NaN/inf loss or gradient skips the step
+  double spike_zscore = 6.0;        // loss above mean + z * std of the recent window is a spike
+  int64_t spike_window = 50;        // accepted steps the mean and std are taken over
+  int64_t spike_min_history = 20;   // no spike detection before this many accepted steps
+  int64_t max_spikes = 3;           // this many spikes within spike_window steps roll back
+  double rollback_lr_factor = 0.5;  // the learning rate is multiplied by this on a rollback
+};
+
 struct TrainConfig {
   int64_t steps = 600;          // optimizer steps
   int64_t batch = 16;           // sequences per micro-batch
   int64_t seq_len = 128;        // T
   int64_t accum = 1;            // micro-batches per step
+  uint64_t seed = 1234;         // weights and data order
   double lr = 3e-3;             // peak learning rate
-  double min_lr_ratio = 0.1;    // cosine decays to lr * this
+  double min_lr_ratio = 0.1;    // the schedule ends at lr * this
   int64_t warmup = 30;          // linear warmup steps
+  std::string schedule = "cosine";  // "cosine", "wsd" (warmup-stable-decay) or "constant"
+  double decay_frac = 0.2;      // wsd: the last fraction of steps decays linearly
   double grad_clip = 1.0;       // global gradient-norm clip (0 = off)
   AdamWConfig adamw;            // lr inside is ignored; `lr` above is the peak
-  uint64_t seed = 1234;         // weights and data order
-  int64_t log_every = 25;       // steps between progress lines
-  int64_t eval_tokens = 65536;  // held-out tokens evaluated at the end (0 = skip)
-  std::string out_dir;          // checkpoint written here at the end ("" = none)
+  int64_t log_every = 25;       // steps between progress lines and metrics records
+  int64_t eval_every = 0;       // steps between validation passes (0 = only at the end)
+  int64_t eval_tokens = 65536;  // held-out tokens per validation pass (0 = none)
+  int64_t sample_every = 0;     // steps between printed samples (0 = none during training)
+  std::string out_dir;          // run folder: final model, checkpoints/, metrics.jsonl ("" = none)
+  int64_t ckpt_every = 0;       // steps between resumable checkpoints (0 = only at the end)
+  int64_t ckpt_keep = 3;        // resumable checkpoints kept (oldest deleted first)
+  bool resume = false;          // continue from the newest valid checkpoint in out_dir
+  int64_t stop_after = 0;       // stop with a checkpoint after this many steps in this process
+                                // (0 = run to `steps`), for runs split across job time limits
+  GuardConfig guard;
+  std::string progress = "auto";  // "auto" (live line on a terminal), "plain" or "none"
+  bool metrics = true;            // write out_dir/metrics.jsonl
+  // Test hook: "nan@12,spike@20,spike@21" poisons the loss of those steps (0-based).
+  std::string fault_inject;
+};
+
+// Where the tokens come from.
+struct DataConfig {
+  std::string source = "builtin";  // "builtin", or a text file (tokenized on the fly)
+  std::string tokenizer = "byte";  // "byte" (text files)
+  double val_fraction = 0.1;       // text files: the last fraction is held out
+  int64_t builtin_bytes = 4 << 20; // built-in corpus size
 };
 
 // A token stream to sample windows from.
@@ -34,16 +66,25 @@ struct TokenData {
   std::vector<int32_t> train, val;  // token ids
   double entropy_floor = -1;        // nats/token if known (built-in corpus), else < 0
   std::string name;                 // for the log
+  // Tokens -> text, for samples printed during training (sample_every); null = no samples.
+  std::function<std::string(const std::vector<int32_t>&)> decode;
+  std::vector<int32_t> sample_prompt;  // start of each sample (may be empty)
 };
 
 struct TrainResult {
   std::vector<double> losses;  // per step (mean over accumulation), including aux terms
   double final_train_ce = 0;   // mean CE over the last log interval
   double val_ce = -1;          // held-out CE (nats/token), -1 if not evaluated
-  double tokens_per_s = 0;     // over the whole run
+  double tokens_per_s = 0;     // over the steps run in this process
+  int64_t steps_run = 0;       // steps this call executed (after a resume: the remainder)
+  int64_t skipped = 0, rollbacks = 0;  // guard actions over the whole run
+  bool interrupted = false;    // stopped by SIGINT/SIGTERM after writing a checkpoint
+  bool stopped = false;        // stopped by stop_after after writing a checkpoint
 };
 
-// Learning rate at step s (0-based): linear warmup, then cosine to lr * min_lr_ratio.
+// Learning rate at step s (0-based): linear warmup, then cosine to lr * min_lr_ratio, or
+// constant, or warmup-stable-decay (constant, then linear to lr * min_lr_ratio over the last
+// decay_frac of the steps).
 double lr_at(const TrainConfig& tc, int64_t step);
 
 // Fills tokens (B, T+1) with windows drawn deterministically from (seed, step, micro-batch).
@@ -53,6 +94,8 @@ void sample_batch(int32_t* tokens, const std::vector<int32_t>& data, int64_t B, 
 // Mean CE (nats/token) over consecutive windows of data (at most max_tokens predictions).
 double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64_t batch,
                 int64_t max_tokens, int64_t* tokens_out = nullptr);
+
+TokenData load_data(const DataConfig& dc);
 
 TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc);
 

@@ -1,0 +1,49 @@
+// Resumable checkpoints: everything a run needs to continue bit for bit.
+//
+//   RUN/checkpoints/step_00000040/
+//     config.json  model.safetensors    the model (HF names; balancing biases included)
+//     optimizer.safetensors             AdamW exp_avg and exp_avg_sq over the parameter arena
+//     train_state.json                  step, data offset, lr scale, guard history, counters
+//     MANIFEST.json                     size and CRC-32C of each file above; written last
+//
+// A checkpoint is built in a temporary folder, every file fsynced, then renamed into place and
+// the parent fsynced: a crash leaves either the old set of checkpoints or the new one. A folder
+// without a MANIFEST, or whose files do not match it, is not valid and is skipped on resume.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "train/optimizer.h"
+
+namespace moe {
+
+struct TrainState {
+  int64_t step = 0;         // the next step to run
+  int64_t data_offset = 0;  // added to the step when drawing batches (moves past rolled-back data)
+  double lr_scale = 1.0;    // lowered by rollbacks
+  int64_t rollbacks = 0;
+  int64_t skipped = 0;      // steps skipped by the guards so far
+  int64_t tokens = 0;       // training tokens consumed
+  double elapsed_s = 0;     // wall time spent training before this checkpoint
+  std::vector<double> loss_window;  // the guard's recent accepted losses, oldest first
+  std::vector<int64_t> spike_steps; // steps of recent spikes
+};
+
+// Writes RUN/checkpoints/step_XXXXXXXX and deletes the oldest beyond `keep`. Returns its path.
+std::string save_train_checkpoint(const std::string& run_dir, const Model& model,
+                                  const AdamW& opt, const TrainState& st, int64_t keep);
+
+// "" if dir is a complete checkpoint whose files match its MANIFEST, else what is wrong.
+std::string check_train_checkpoint(const std::string& dir);
+
+// Valid checkpoints of a run, newest first; invalid ones are listed in `skipped` with the reason.
+std::vector<std::string> list_train_checkpoints(const std::string& run_dir,
+                                                std::vector<std::string>* skipped = nullptr);
+
+// Loads a checkpoint into model, optimizer and state; the model's config must match.
+void load_train_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainState* st);
+
+}  // namespace moe
