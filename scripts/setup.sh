@@ -3,7 +3,7 @@
 # usage: scripts/setup.sh [main|test]
 set -euo pipefail
 what=${1:-main}
-pkgs=(g++ cmake make libdnnl-dev nlohmann-json3-dev libcli11-dev)
+pkgs=(g++ cmake make libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev)
 if [[ $what == test ]]; then
   pkgs+=(libgtest-dev python3 python3-torch python3-numpy)
 fi
