@@ -369,8 +369,6 @@ RunConfig load_run_config(const std::string& path, const std::vector<Override>& 
   MOE_CHECK(rc.train.seq_len <= rc.model.max_position_embeddings, "config",
             "[train] seq_len = ", rc.train.seq_len, " exceeds the model's max_position_embeddings = ",
             rc.model.max_position_embeddings, "; lower seq_len or raise max_position_embeddings");
-  MOE_CHECK(rc.train.warmup <= rc.train.steps, "config", "[optim] warmup = ", rc.train.warmup,
-            " exceeds [train] steps = ", rc.train.steps, "; lower warmup");
   return rc;
 }
 
