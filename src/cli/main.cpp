@@ -145,6 +145,7 @@ int cmd_eval(const std::string& dir, const std::string& data_path, int64_t seq_l
 
 }  // namespace
 
+void add_report_commands(CLI::App& app);  // cmd_report.cpp
 
 int main(int argc, char** argv) {
   CLI::App app{"moe.cpp: train Mixture-of-Experts language models on CPU"};
@@ -199,6 +200,7 @@ int main(int argc, char** argv) {
   ev->add_option("--data", eval_data, "text file")->required();
   ev->add_option("--seq-len", eval_seq, "window length (default max_position_embeddings)");
   ev->add_flag("--json", json, "print {\"loss\": L, \"tokens\": N}");
+  add_report_commands(app);
 
   // Subcommands added by add_*_commands run in CLI11 callbacks during parse(), so one try
   // covers parsing and running.
