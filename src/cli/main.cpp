@@ -146,6 +146,7 @@ int cmd_eval(const std::string& dir, const std::string& data_path, int64_t seq_l
 }  // namespace
 
 void add_report_commands(CLI::App& app);  // cmd_report.cpp
+void add_plan_commands(CLI::App& app);    // cmd_plan.cpp
 
 int main(int argc, char** argv) {
   CLI::App app{"moe.cpp: train Mixture-of-Experts language models on CPU"};
@@ -201,6 +202,7 @@ int main(int argc, char** argv) {
   ev->add_option("--seq-len", eval_seq, "window length (default max_position_embeddings)");
   ev->add_flag("--json", json, "print {\"loss\": L, \"tokens\": N}");
   add_report_commands(app);
+  add_plan_commands(app);
 
   // Subcommands added by add_*_commands run in CLI11 callbacks during parse(), so one try
   // covers parsing and running.

@@ -1,0 +1,38 @@
+// `moe plan --calibrate`: measure this machine's kernel rates (GEMM, grouped expert GEMM,
+// attention, elementwise bandwidth, AdamW) with the engine's own kernels, write them as a
+// cluster file, predict the step time of the bench-moe model with the cost model, and time
+// the real forward_backward + AdamW step of that model for comparison.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "plan/cost.h"
+
+namespace moe::plan {
+
+// The single-process benchmark model: vocab 256, hidden 512, 6 layers, 8 heads of 64,
+// first_k_dense_replace 1, intermediate 1536, 16 routed experts of width 512, 1 shared,
+// top-2 sigmoid; run at seq 512, batch 8, fp32.
+ModelConfig bench_moe_config();
+
+struct CalibrateOptions {
+  int threads = 2;      // OpenMP threads for every measurement, e.g. 2
+  int reps = 5;         // timed repetitions of the full step (best of), e.g. 5
+  int64_t batch = 8;    // sequences
+  int64_t seq = 512;    // tokens per sequence
+};
+
+struct Calibration {
+  Cluster cluster;                 // this machine, rates as measured
+  std::vector<std::string> lines;  // one per measurement, for printing
+  Time predicted;                  // cost model for the bench model on `cluster`
+  double measured_fwd_bwd = 0;     // seconds, best of reps
+  double measured_adamw = 0;       // seconds
+  double measured_step = 0;        // fwd_bwd + adamw
+};
+
+Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o);
+
+}  // namespace moe::plan

@@ -1,0 +1,227 @@
+#include "plan/cluster.h"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "core/error.h"
+
+namespace moe::plan {
+
+namespace {
+
+constexpr const char* kOp = "plan";
+
+std::string where(const std::string& origin, const toml::source_region& s) {
+  std::ostringstream os;
+  os << origin << ":" << s.begin.line;
+  return os.str();
+}
+
+// The allowed layout of a cluster file: section -> keys. Anything else is an error.
+struct KeySpec {
+  const char* section;
+  const char* key;
+  const char* allowed;  // shown in errors
+};
+const KeySpec kKeys[] = {
+    {"", "name", "a string"},
+    {"device", "peak_tflops_fp32", "a number > 0 (TFLOP/s)"},
+    {"device", "peak_tflops_bf16", "a number > 0 (TFLOP/s, dense)"},
+    {"device", "peak_tflops_fp8", "a number >= 0 (TFLOP/s, dense; 0 = no fp8)"},
+    {"device", "peak_tops_int8", "a number >= 0 (TOP/s; 0 = no int8)"},
+    {"device", "memory_gib", "a number > 0 (GiB)"},
+    {"device", "memory_bandwidth_gbs", "a number > 0 (GB/s)"},
+    {"node", "devices", "an integer >= 1"},
+    {"network", "intra_bandwidth_gbs", "a number > 0 (GB/s per device per direction)"},
+    {"network", "intra_latency_us", "a number >= 0 (microseconds)"},
+    {"network", "inter_bandwidth_gbs", "a number > 0 (GB/s per device per direction)"},
+    {"network", "inter_latency_us", "a number >= 0 (microseconds)"},
+    {"efficiency", "gemm", "a fraction in (0, 1]"},
+    {"efficiency", "grouped_gemm", "a fraction in (0, 1]"},
+    {"efficiency", "fp8_gemm", "a fraction in (0, 1]"},
+    {"efficiency", "fp8_grouped_gemm", "a fraction in (0, 1]"},
+    {"efficiency", "attention", "a fraction in (0, 1]"},
+    {"efficiency", "memory", "a fraction in (0, 1]"},
+    {"efficiency", "intra_comm", "a fraction in (0, 1]"},
+    {"efficiency", "inter_comm", "a fraction in (0, 1]"},
+    {"efficiency", "overlap_compute_share", "a fraction in [0, 1)"},
+};
+
+std::string keys_of(const std::string& section) {
+  std::string s;
+  for (const auto& k : kKeys)
+    if (section == k.section) s += (s.empty() ? "" : ", ") + std::string(k.key);
+  return s;
+}
+
+const KeySpec* find_key(const std::string& section, const std::string& key) {
+  for (const auto& k : kKeys)
+    if (section == k.section && key == k.key) return &k;
+  return nullptr;
+}
+
+void check_known(const toml::table& root, const std::string& origin) {
+  for (const auto& [k, v] : root) {
+    const std::string key(k.str());
+    if (v.is_table()) {
+      const std::string sec = key;
+      const std::string allowed = keys_of(sec);
+      MOE_CHECK(!allowed.empty(), kOp, where(origin, v.source()), ": unknown section [", sec,
+                "]; allowed sections: [device], [node], [network], [efficiency]");
+      for (const auto& [k2, v2] : *v.as_table()) {
+        MOE_CHECK(find_key(sec, std::string(k2.str())) != nullptr, kOp,
+                  where(origin, v2.source()), ": unknown key '", k2.str(), "' in [", sec,
+                  "]; allowed keys: ", allowed);
+      }
+    } else {
+      MOE_CHECK(find_key("", key) != nullptr, kOp, where(origin, v.source()),
+                ": unknown top-level key '", key, "'; allowed: name, [device], [node], "
+                "[network], [efficiency]");
+    }
+  }
+}
+
+// Reads section.key as a number; `required` keys must exist. lo/hi bound the value
+// (lo_open: lo excluded).
+double get_num(const toml::table& root, const std::string& origin, const char* section,
+               const char* key, bool required, double def, double lo, bool lo_open, double hi) {
+  const KeySpec* spec = find_key(section, key);
+  const toml::node* sec = root.get(section);
+  const toml::node* n = sec && sec->is_table() ? sec->as_table()->get(key) : nullptr;
+  if (!n) {
+    MOE_CHECK(!required, kOp, origin, ": missing key '", key, "' in [", section,
+              "]; expected ", spec->allowed, ", e.g. ", key, " = ", def);
+    return def;
+  }
+  const auto v = n->value<double>();  // integers convert too
+  MOE_CHECK(v.has_value(), kOp, where(origin, n->source()), ": key '", key, "' in [", section,
+            "] has the wrong type; allowed: ", spec->allowed);
+  const double x = *v;
+  const bool ok = std::isfinite(x) && (lo_open ? x > lo : x >= lo) && x <= hi;
+  MOE_CHECK(ok, kOp, where(origin, n->source()), ": key '", key, "' in [", section, "] = ", x,
+            " is out of range; allowed: ", spec->allowed);
+  return x;
+}
+
+}  // namespace
+
+const char* dtype_name(Dtype d) {
+  switch (d) {
+    case Dtype::kFp32: return "fp32";
+    case Dtype::kBf16: return "bf16";
+    case Dtype::kFp8: return "fp8";
+  }
+  return "?";
+}
+
+double Cluster::peak(Dtype d) const {
+  switch (d) {
+    case Dtype::kFp32: return peak_fp32;
+    case Dtype::kBf16: return peak_bf16;
+    case Dtype::kFp8: return peak_fp8;
+  }
+  return 0;
+}
+
+Cluster parse_cluster(const std::string& text, const std::string& origin) {
+  toml::table root;
+  try {
+    root = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    MOE_FAIL(kOp, origin, ":", e.source().begin.line, ": TOML syntax error: ", e.description(),
+             "; fix the line (keys look like memory_gib = 80)");
+  }
+  check_known(root, origin);
+  constexpr double kInf = 1e30;
+  Cluster c;
+  c.path = origin;
+  if (const auto* n = root.get("name")) {
+    const auto s = n->value<std::string>();
+    MOE_CHECK(s.has_value(), kOp, where(origin, n->source()), ": key 'name' must be a string");
+    c.name = *s;
+  }
+  const double T = 1e12, G = 1e9;
+  c.peak_bf16 = get_num(root, origin, "device", "peak_tflops_bf16", true, 989, 0, true, kInf) * T;
+  c.peak_fp32 = get_num(root, origin, "device", "peak_tflops_fp32", false, c.peak_bf16 / T, 0,
+                        true, kInf) * T;
+  c.peak_fp8 = get_num(root, origin, "device", "peak_tflops_fp8", false, 0, 0, false, kInf) * T;
+  c.peak_int8 = get_num(root, origin, "device", "peak_tops_int8", false, 0, 0, false, kInf) * T;
+  c.memory_bytes = get_num(root, origin, "device", "memory_gib", true, 80, 0, true, kInf) *
+                   1024.0 * 1024.0 * 1024.0;
+  c.memory_bandwidth =
+      get_num(root, origin, "device", "memory_bandwidth_gbs", true, 3350, 0, true, kInf) * G;
+  {
+    const toml::node* sec = root.get("node");
+    const toml::node* n = sec && sec->is_table() ? sec->as_table()->get("devices") : nullptr;
+    MOE_CHECK(n != nullptr, kOp, origin, ": missing key 'devices' in [node]; expected an "
+              "integer >= 1, e.g. devices = 8");
+    const auto v = n->value_exact<int64_t>();
+    MOE_CHECK(v.has_value() && *v >= 1, kOp, where(origin, n->source()),
+              ": key 'devices' in [node] must be an integer >= 1, e.g. devices = 8");
+    c.devices_per_node = *v;
+  }
+  c.intra_bandwidth =
+      get_num(root, origin, "network", "intra_bandwidth_gbs", true, 160, 0, true, kInf) * G;
+  c.intra_latency = get_num(root, origin, "network", "intra_latency_us", false, 5, 0, false,
+                            kInf) * 1e-6;
+  c.inter_bandwidth =
+      get_num(root, origin, "network", "inter_bandwidth_gbs", true, 50, 0, true, kInf) * G;
+  c.inter_latency = get_num(root, origin, "network", "inter_latency_us", false, 10, 0, false,
+                            kInf) * 1e-6;
+  Efficiency& e = c.eff;
+  const Efficiency d;
+  e.gemm = get_num(root, origin, "efficiency", "gemm", true, d.gemm, 0, true, 1);
+  e.grouped_gemm =
+      get_num(root, origin, "efficiency", "grouped_gemm", false, e.gemm, 0, true, 1);
+  e.fp8_gemm = get_num(root, origin, "efficiency", "fp8_gemm", false, d.fp8_gemm, 0, true, 1);
+  e.fp8_grouped_gemm = get_num(root, origin, "efficiency", "fp8_grouped_gemm", false,
+                               e.fp8_gemm, 0, true, 1);
+  e.attention = get_num(root, origin, "efficiency", "attention", true, d.attention, 0, true, 1);
+  e.memory = get_num(root, origin, "efficiency", "memory", true, d.memory, 0, true, 1);
+  e.intra_comm = get_num(root, origin, "efficiency", "intra_comm", false, d.intra_comm, 0, true, 1);
+  e.inter_comm = get_num(root, origin, "efficiency", "inter_comm", false, d.inter_comm, 0, true, 1);
+  e.overlap_compute_share = get_num(root, origin, "efficiency", "overlap_compute_share", false,
+                                    0.0, 0, false, 0.99);
+  return c;
+}
+
+Cluster load_cluster(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  MOE_CHECK(in.good(), kOp, "cannot read cluster file ", path,
+            "; pass a TOML file such as configs/clusters/h800.toml");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse_cluster(ss.str(), path);
+}
+
+std::string cluster_to_toml(const Cluster& c, const std::string& comment) {
+  std::ostringstream os;
+  os.precision(6);
+  os << comment;
+  os << "name = \"" << c.name << "\"\n\n[device]\n"
+     << "peak_tflops_fp32 = " << c.peak_fp32 / 1e12 << "\n"
+     << "peak_tflops_bf16 = " << c.peak_bf16 / 1e12 << "\n"
+     << "peak_tflops_fp8 = " << c.peak_fp8 / 1e12 << "\n"
+     << "peak_tops_int8 = " << c.peak_int8 / 1e12 << "\n"
+     << "memory_gib = " << c.memory_bytes / (1024.0 * 1024.0 * 1024.0) << "\n"
+     << "memory_bandwidth_gbs = " << c.memory_bandwidth / 1e9 << "\n\n[node]\n"
+     << "devices = " << c.devices_per_node << "\n\n[network]\n"
+     << "intra_bandwidth_gbs = " << c.intra_bandwidth / 1e9 << "\n"
+     << "intra_latency_us = " << c.intra_latency * 1e6 << "\n"
+     << "inter_bandwidth_gbs = " << c.inter_bandwidth / 1e9 << "\n"
+     << "inter_latency_us = " << c.inter_latency * 1e6 << "\n\n[efficiency]\n"
+     << "gemm = " << c.eff.gemm << "\n"
+     << "grouped_gemm = " << c.eff.grouped_gemm << "\n"
+     << "fp8_gemm = " << c.eff.fp8_gemm << "\n"
+     << "fp8_grouped_gemm = " << c.eff.fp8_grouped_gemm << "\n"
+     << "attention = " << c.eff.attention << "\n"
+     << "memory = " << c.eff.memory << "\n"
+     << "intra_comm = " << c.eff.intra_comm << "\n"
+     << "inter_comm = " << c.eff.inter_comm << "\n"
+     << "overlap_compute_share = " << c.eff.overlap_compute_share << "\n";
+  return os.str();
+}
+
+}  // namespace moe::plan

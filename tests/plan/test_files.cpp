@@ -1,0 +1,134 @@
+// Cluster TOML and model config.json reading: errors name the file, line, key and allowed
+// values; every shipped file loads; shipped models match their published sizes.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "core/error.h"
+#include "plan/cluster.h"
+#include "plan/model_spec.h"
+
+namespace moe::plan {
+namespace {
+
+const std::string kRoot = MOE_SOURCE_DIR;
+
+const char* kGood = R"(name = "t"
+[device]
+peak_tflops_bf16 = 100
+memory_gib = 16
+memory_bandwidth_gbs = 1000
+[node]
+devices = 4
+[network]
+intra_bandwidth_gbs = 100
+inter_bandwidth_gbs = 10
+[efficiency]
+gemm = 0.5
+attention = 0.4
+memory = 0.8
+)";
+
+std::string error_of(const std::string& text) {
+  try {
+    parse_cluster(text, "x.toml");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(PlanClusterFile, ParsesUnits) {
+  const Cluster c = parse_cluster(kGood, "x.toml");
+  EXPECT_DOUBLE_EQ(c.peak_bf16, 100e12);
+  EXPECT_DOUBLE_EQ(c.peak_fp8, 0.0);
+  EXPECT_DOUBLE_EQ(c.memory_bytes, 16.0 * 1024 * 1024 * 1024);
+  EXPECT_DOUBLE_EQ(c.inter_bandwidth, 10e9);
+  EXPECT_EQ(c.devices_per_node, 4);
+  EXPECT_DOUBLE_EQ(c.eff.grouped_gemm, 0.5);  // defaults to gemm
+  // round trip through the writer
+  const Cluster d = parse_cluster(cluster_to_toml(c, "# test\n"), "y.toml");
+  EXPECT_DOUBLE_EQ(d.inter_bandwidth, c.inter_bandwidth);
+  EXPECT_DOUBLE_EQ(d.eff.attention, c.eff.attention);
+}
+
+TEST(PlanClusterFile, UnknownKeyNamesFileLineKeyAndAllowed) {
+  std::string t = kGood;
+  t.replace(t.find("gemm = 0.5"), 10, "gem = 0.5");
+  const std::string e = error_of(t);
+  EXPECT_NE(e.find("x.toml:12"), std::string::npos) << e;
+  EXPECT_NE(e.find("'gem'"), std::string::npos) << e;
+  EXPECT_NE(e.find("grouped_gemm"), std::string::npos) << e;  // lists the allowed keys
+}
+
+TEST(PlanClusterFile, OutOfRangeAndWrongType) {
+  std::string t = kGood;
+  t.replace(t.find("memory = 0.8"), 12, "memory = 1.5");
+  std::string e = error_of(t);
+  EXPECT_NE(e.find("x.toml:14"), std::string::npos) << e;
+  EXPECT_NE(e.find("(0, 1]"), std::string::npos) << e;
+  t = kGood;
+  t.replace(t.find("devices = 4"), 11, "devices = \"eight\"");
+  e = error_of(t);
+  EXPECT_NE(e.find("x.toml:7"), std::string::npos) << e;
+  EXPECT_NE(e.find("integer >= 1"), std::string::npos) << e;
+}
+
+TEST(PlanClusterFile, MissingKeyAndSyntaxError) {
+  std::string t = kGood;
+  t.replace(t.find("memory_gib = 16\n"), 16, "");
+  std::string e = error_of(t);
+  EXPECT_NE(e.find("missing key 'memory_gib'"), std::string::npos) << e;
+  e = error_of("[device\npeak = 1\n");
+  EXPECT_NE(e.find("x.toml:1"), std::string::npos) << e;
+  e = error_of(std::string(kGood) + "[gpu]\nx = 1\n");
+  EXPECT_NE(e.find("unknown section [gpu]"), std::string::npos) << e;
+}
+
+TEST(PlanClusterFile, ShippedClustersLoad) {
+  for (const char* f : {"h800.toml", "h100.toml", "ascend_910b.toml"}) {
+    const Cluster c = load_cluster(kRoot + "/configs/clusters/" + f);
+    EXPECT_EQ(c.devices_per_node, 8) << f;
+    EXPECT_GT(c.peak_bf16, 1e14) << f;
+  }
+  EXPECT_DOUBLE_EQ(load_cluster(kRoot + "/configs/clusters/ascend_910b.toml").peak_fp8, 0.0);
+}
+
+TEST(PlanModelFile, PlanObjectIsReadAndChecked) {
+  const std::string base = R"({"model_type": "moe_cpp", "hidden_size": 64,
+    "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 16,
+    "n_routed_experts": 8, "num_experts_per_tok": 2)";
+  const PlanModel m = parse_plan_model(base + R"(, "plan": {"n_group": 4, "topk_group": 2,
+      "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16}})",
+                                       "m.json");
+  EXPECT_EQ(m.x.n_group, 4);
+  EXPECT_TRUE(m.mla());
+  EXPECT_EQ(m.cfg.hidden_size, 64);
+  EXPECT_THROW(parse_plan_model(base + R"(, "plan": {"ngroup": 4}})", "m.json"), Error);
+  EXPECT_THROW(parse_plan_model(base + R"(, "plan": {"n_group": 3}})", "m.json"), Error);
+  EXPECT_THROW(parse_plan_model(base + R"(, "hiden_size": 3})", "m.json"), Error);
+}
+
+// Published sizes: DeepSeek-V3 671B total + 14B MTP module = 685B, 37B activated
+// (arXiv 2412.19437, sec. 1 and 4.2); Mixtral 8x7B 47B total, 13B active (arXiv 2401.04088,
+// sec. 2); Kimi K2 1.04T total, 32.6B active (arXiv 2507.20534).
+TEST(PlanModelFile, ShippedModelsMatchPublishedSizes) {
+  const std::string dir = kRoot + "/configs/models/";
+  ParamCounts p = count_params(load_plan_model(dir + "deepseek_v3.json"));
+  EXPECT_NEAR(p.total / 1e9, 685, 685 * 0.01);
+  EXPECT_NEAR(p.active / 1e9, 37 + 1.5, 1.5);  // + the MTP block's active share
+  p = count_params(load_plan_model(dir + "mixtral_8x7b.json"));
+  EXPECT_NEAR(p.total / 1e9, 46.7, 0.5);
+  EXPECT_NEAR(p.active / 1e9, 12.9, 0.5);
+  p = count_params(load_plan_model(dir + "moe_1t.json"));
+  EXPECT_NEAR(p.total / 1e12, 1.04, 0.02);
+  EXPECT_NEAR(p.active / 1e9, 32.6, 1.0);
+  const PlanModel t = load_plan_model(dir + "telechat3_105b_like.json");
+  EXPECT_EQ(t.cfg.n_routed_experts, 192);
+  EXPECT_EQ(t.cfg.num_experts_per_tok, 4);
+  EXPECT_EQ(t.cfg.n_shared_experts, 1);
+  EXPECT_NEAR(count_params(t).total / 1e9, 105, 3);
+}
+
+}  // namespace
+}  // namespace moe::plan
