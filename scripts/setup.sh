@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages moe.cpp needs (apt-get when root; otherwise prints the line).
-# usage: scripts/setup.sh [main|test]
+# usage: scripts/setup.sh [main|test|bench]
 set -euo pipefail
 what=${1:-main}
-pkgs=(g++ cmake make libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev)
-if [[ $what == test ]]; then
+pkgs=(g++ cmake make libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev libssl-dev)
+if [[ $what == test || $what == bench ]]; then
   pkgs+=(libgtest-dev python3 python3-torch python3-numpy)
+fi
+if [[ $what == bench ]]; then
+  # PyTorch's reference run uses OpenBLAS with OpenMP threads, as a PyTorch user would have.
+  pkgs+=(libopenblas0-openmp)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

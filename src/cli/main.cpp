@@ -145,6 +145,7 @@ int cmd_eval(const std::string& dir, const std::string& data_path, int64_t seq_l
 
 }  // namespace
 
+void add_comm_commands(CLI::App& app);    // cmd_comm.cpp: launch, comm-bench
 void add_report_commands(CLI::App& app);  // cmd_report.cpp
 void add_plan_commands(CLI::App& app);    // cmd_plan.cpp
 
@@ -201,6 +202,8 @@ int main(int argc, char** argv) {
   ev->add_option("--data", eval_data, "text file")->required();
   ev->add_option("--seq-len", eval_seq, "window length (default max_position_embeddings)");
   ev->add_flag("--json", json, "print {\"loss\": L, \"tokens\": N}");
+
+  add_comm_commands(app);
   add_report_commands(app);
   add_plan_commands(app);
 

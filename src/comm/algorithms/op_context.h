@@ -1,0 +1,87 @@
+// The only view of the world an algorithm has: the ranks of its communicator as 0..size-1 and
+// Pair-style send/recv to any of them, every wait bounded by the operation's deadline. The
+// context stamps each message with the collective's kind, sequence number and signature.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/reduce.h"
+#include "comm/transport/tcp.h"
+
+namespace moe::comm {
+
+using Handle = RequestPtr;
+
+// Scratch buffers kept from one operation to the next: fresh pages cost a page fault each
+// (expensive in VMs), which made every big collective several times slower.
+class ScratchArena {
+ public:
+  void reset() { next_ = 0; }
+  char* get(size_t bytes) {
+    if (next_ == bufs_.size()) bufs_.emplace_back();
+    Buf& b = bufs_[next_++];
+    if (b.size < bytes || !b.data) {
+      b.data.reset(new char[bytes + 64]);
+      b.size = bytes;
+    }
+    return b.data.get();
+  }
+
+ private:
+  struct Buf {
+    std::unique_ptr<char[]> data;
+    size_t size = 0;
+  };
+  std::vector<Buf> bufs_;
+  size_t next_ = 0;
+};
+
+class OpContext {
+ public:
+  OpContext(TcpTransport& t, const std::vector<int>& ranks, int rank, uint64_t comm_id,
+            uint64_t seq, const OpSig& sig, Deadline deadline, std::string what,
+            ScratchArena& arena)
+      : t_(t), ranks_(ranks), rank_(rank), comm_id_(comm_id), seq_(seq), sig_(sig),
+        deadline_(deadline), what_(std::move(what)), arena_(arena) {
+    arena_.reset();
+  }
+
+  int rank() const { return rank_; }
+  int size() const { return static_cast<int>(ranks_.size()); }
+  Dtype dtype() const { return static_cast<Dtype>(sig_.dtype); }
+  ReduceOp op() const { return static_cast<ReduceOp>(sig_.redop); }
+  size_t elem() const { return comm_dtype_size(dtype()); }
+
+  // `peer` is a rank of this communicator; `tag` names the message within the operation.
+  Handle send(int peer, const void* buf, size_t bytes, uint32_t tag) {
+    return t_.isend(ranks_[peer], MsgKey{comm_id_, seq_, tag}, sig_, buf, bytes);
+  }
+  Handle recv(int peer, void* buf, size_t bytes, uint32_t tag) {
+    return t_.irecv(ranks_[peer], MsgKey{comm_id_, seq_, tag}, sig_, buf, bytes);
+  }
+  void wait(const Handle& h) { t_.wait(*h, deadline_, what_); }
+  void wait_all(std::vector<Handle>& hs) {
+    for (auto& h : hs) wait(h);
+    hs.clear();
+  }
+  // dst = a op b over n elements of the operation's type.
+  void reduce(void* dst, const void* a, const void* b, size_t n) const {
+    reduce_into(dst, a, b, n, dtype(), op());
+  }
+  // Scratch memory that lives for the whole operation.
+  char* scratch(size_t bytes) { return arena_.get(bytes); }
+
+ private:
+  TcpTransport& t_;
+  const std::vector<int>& ranks_;
+  int rank_;
+  uint64_t comm_id_, seq_;
+  OpSig sig_;
+  Deadline deadline_;
+  std::string what_;
+  ScratchArena& arena_;
+};
+
+}  // namespace moe::comm

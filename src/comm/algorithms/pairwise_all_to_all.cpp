@@ -1,0 +1,36 @@
+// Pairwise-exchange all_to_allv (MPICH's long-message all-to-all).
+//
+// In step i (1..n-1) rank r sends its block for rank r+i and receives the block from rank r-i,
+// so at each step every rank has exactly one partner in each direction and no link carries
+// two streams. Receives are all posted first (their destinations are disjoint), sends follow
+// in step order; the transport's per-peer queues let the steps overlap.
+#include <cstring>
+
+#include "comm/algorithms/algorithms.h"
+
+namespace moe::comm {
+
+void pairwise_all_to_allv(OpContext& c, const void* in, const size_t* send_counts,
+                          const size_t* send_displs, void* out, const size_t* recv_counts,
+                          const size_t* recv_displs) {
+  const int n = c.size(), r = c.rank();
+  const size_t es = c.elem();
+  const char* src = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  MOE_CHECK(send_counts[r] == recv_counts[r], "comm.all_to_allv", "rank ", r, " sends ",
+            send_counts[r], " elements to itself but expects ", recv_counts[r]);
+  std::vector<Handle> hs;
+  for (int i = 1; i < n; ++i) {
+    const int from = (r - i + n) % n;
+    hs.push_back(c.recv(from, dst + recv_displs[from] * es, recv_counts[from] * es, 0));
+  }
+  if (send_counts[r])
+    std::memmove(dst + recv_displs[r] * es, src + send_displs[r] * es, send_counts[r] * es);
+  for (int i = 1; i < n; ++i) {
+    const int to = (r + i) % n;
+    hs.push_back(c.send(to, src + send_displs[to] * es, send_counts[to] * es, 0));
+  }
+  c.wait_all(hs);
+}
+
+}  // namespace moe::comm

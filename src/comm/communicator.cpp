@@ -1,0 +1,391 @@
+#include "comm/communicator.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+namespace moe::comm {
+
+struct Communicator::Shared {
+  JobEnv env;
+  // Destroyed bottom-up: the transport says goodbye before the store goes away.
+  std::unique_ptr<StoreServer> server;
+  std::unique_ptr<StoreClient> store;
+  std::unique_ptr<TcpTransport> tcp;
+  std::vector<std::string> host_names;  // per global rank
+};
+
+namespace {
+
+uint64_t mix(uint64_t x) {  // splitmix64 finalizer
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+std::string host_id() {
+  std::string h = env_str("MOE_HOST_ID", "");
+  if (!h.empty()) return h;
+  char buf[256] = {0};
+  gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+
+}  // namespace
+
+CommOptions CommOptions::from_env() {
+  CommOptions o;
+  o.timeout_s = env_double("MOE_COMM_TIMEOUT", o.timeout_s);
+  MOE_CHECK(o.timeout_s > 0, "comm", "MOE_COMM_TIMEOUT must be positive seconds");
+  o.algo = env_str("MOE_COMM_ALGO", "");
+  o.rhd_max_bytes = static_cast<uint64_t>(env_int("MOE_COMM_RHD_MAX", int64_t(o.rhd_max_bytes)));
+  o.piece_bytes = static_cast<uint64_t>(env_int("MOE_COMM_PIECE", int64_t(o.piece_bytes)));
+  MOE_CHECK(o.piece_bytes >= 64, "comm", "MOE_COMM_PIECE must be at least 64 bytes");
+  o.tcp = TcpOptions::from_env();
+  return o;
+}
+
+std::shared_ptr<Communicator> Communicator::from_env() {
+  return init(detect_env(), CommOptions::from_env());
+}
+
+std::shared_ptr<Communicator> Communicator::init(const JobEnv& env, const CommOptions& opt) {
+  auto sh = std::make_shared<Shared>();
+  sh->env = env;
+  if (env.rank == 0 && env.token_is_derived)
+    MOE_COMM_WARN("no MOE_JOB_TOKEN: connections prove a token derived from the job id, which "
+                  "does not keep out others on this network; `moe launch` sets one, or export "
+                  "MOE_JOB_TOKEN=$(openssl rand -hex 32) on every rank");
+  if (env.rank == 0 && !env.store_external)
+    sh->server = std::make_unique<StoreServer>("", env.master_port, env.token);
+  sh->store = std::make_unique<StoreClient>(env.master_addr, env.master_port, env.token,
+                                            opt.tcp.connect_timeout_s);
+  // Host names are read before the mesh is connected: once it is, rank 0 may finish and take
+  // the store down.
+  const std::string prefix = "moe/";
+  sh->store->set(prefix + "host/" + std::to_string(env.rank), host_id());
+  for (int r = 0; r < env.size; ++r)
+    sh->host_names.push_back(sh->store->get(prefix + "host/" + std::to_string(r)));
+  sh->tcp = std::make_unique<TcpTransport>(*sh->store, prefix, env.token, env.rank, env.size,
+                                           opt.tcp);
+
+  std::shared_ptr<Communicator> c(new Communicator());
+  c->shared_ = sh;
+  c->opt_ = opt;
+  c->algo_ = parse_algo(opt.algo);
+  for (int r = 0; r < env.size; ++r) c->ranks_.push_back(r);
+  c->rank_ = env.rank;
+  c->comm_id_ = mix(0x6d6f65);  // the world
+  c->p2p_send_.assign(env.size, 0);
+  c->p2p_recv_.assign(env.size, 0);
+  // Topology: hosts numbered in order of their first rank.
+  std::map<std::string, int> ids;
+  for (int r : c->ranks_) {
+    auto it = ids.try_emplace(sh->host_names[r], static_cast<int>(ids.size())).first;
+    c->host_of_.push_back(it->second);
+  }
+  c->num_hosts_ = static_cast<int>(ids.size());
+  if (opt.tcp.emulating()) {
+    std::vector<bool> emulate(env.size);
+    for (int r = 0; r < env.size; ++r)
+      emulate[r] = opt.tcp.emu_scope == "all" || c->host_of_[r] != c->host_of_[env.rank];
+    sh->tcp->set_emulated_peers(emulate);
+  }
+  c->local_size_ = 0;
+  for (int i = 0; i < c->size(); ++i) {
+    if (c->host_of_[i] != c->host_of_[c->rank_]) continue;
+    if (i == c->rank_) c->local_rank_ = c->local_size_;
+    ++c->local_size_;
+  }
+  return c;
+}
+
+Communicator::~Communicator() {
+  if (!worker_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(q_mu_);
+    stopping_ = true;
+  }
+  q_cv_.notify_all();
+  worker_.join();
+}
+
+void Work::wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return done_; });
+  if (error_) std::rethrow_exception(error_);
+}
+
+bool Work::done() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
+WorkPtr Communicator::enqueue(std::function<void()> f) {
+  auto w = std::make_shared<Work>();
+  std::lock_guard<std::mutex> lock(q_mu_);
+  if (!worker_.joinable()) {
+    worker_ = std::thread([this] { worker_loop(); });
+    worker_id_ = worker_.get_id();
+  }
+  queue_.emplace_back(std::move(f), w);
+  q_cv_.notify_all();
+  return w;
+}
+
+void Communicator::worker_loop() {
+  std::unique_lock<std::mutex> lock(q_mu_);
+  while (true) {
+    q_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, and everything queued has run
+    auto [f, w] = std::move(queue_.front());
+    queue_.pop_front();
+    busy_ = true;
+    lock.unlock();
+    std::exception_ptr err;
+    try {
+      f();
+    } catch (...) {
+      err = std::current_exception();
+    }
+    {
+      std::lock_guard<std::mutex> wl(w->mu_);
+      w->done_ = true;
+      w->error_ = err;
+    }
+    w->cv_.notify_all();
+    lock.lock();
+    busy_ = false;
+    q_cv_.notify_all();
+  }
+}
+
+void Communicator::sync_point() {
+  if (!worker_.joinable() || std::this_thread::get_id() == worker_id_) return;
+  std::unique_lock<std::mutex> lock(q_mu_);
+  q_cv_.wait(lock, [&] { return queue_.empty() && !busy_; });
+}
+
+WorkPtr Communicator::all_reduce_async(const void* in, void* out, size_t count, Dtype t,
+                                       ReduceOp op) {
+  check_dtype_op(t, op, "comm.all_reduce");
+  return enqueue([=, this] { all_reduce(in, out, count, t, op); });
+}
+
+WorkPtr Communicator::reduce_scatter_async(const void* in, void* out, size_t recv_count,
+                                           Dtype t, ReduceOp op) {
+  check_dtype_op(t, op, "comm.reduce_scatter");
+  return enqueue([=, this] { reduce_scatter(in, out, recv_count, t, op); });
+}
+
+WorkPtr Communicator::all_gather_async(const void* in, void* out, size_t send_count, Dtype t) {
+  return enqueue([=, this] { all_gather(in, out, send_count, t); });
+}
+
+WorkPtr Communicator::broadcast_async(void* buf, size_t count, Dtype t, int root) {
+  return enqueue([=, this] { broadcast(buf, count, t, root); });
+}
+
+WorkPtr Communicator::all_to_allv_async(const void* in, std::vector<size_t> send_counts,
+                                        std::vector<size_t> send_displs, void* out,
+                                        std::vector<size_t> recv_counts,
+                                        std::vector<size_t> recv_displs, Dtype t) {
+  return enqueue([=, this] {
+    all_to_allv(in, send_counts, send_displs, out, recv_counts, recv_displs, t);
+  });
+}
+
+void Communicator::set_algo(const std::string& algo) { algo_ = parse_algo(algo); }
+
+std::string Communicator::describe(const OpSig& sig, uint64_t seq) const {
+  std::string s = describe_sig(sig, seq) + " on rank " + std::to_string(rank_) + " of " +
+                  std::to_string(size());
+  if (size() != shared_->env.size) s += " (global rank " + std::to_string(global_rank()) + ")";
+  return s;
+}
+
+template <class F>
+void Communicator::run(OpKind kind, OpSig sig, F&& body) {
+  sig.kind = kind;
+  const uint64_t seq = ++seq_;
+  TcpTransport& t = *shared_->tcp;
+  const std::string what = describe(sig, seq);
+  MOE_CHECK(!t.failed(), "comm", what, ": ", t.failure());
+  t.begin_op(comm_id_, seq, sig);
+  OpContext ctx(t, ranks_, rank_, comm_id_, seq, sig, deadline_after(opt_.timeout_s), what,
+                scratch_);
+  body(ctx);
+  t.end_op(comm_id_);
+}
+
+void Communicator::all_reduce(const void* in, void* out, size_t count, Dtype t, ReduceOp op) {
+  sync_point();
+  check_dtype_op(t, op, "comm.all_reduce");
+  const size_t bytes = count * comm_dtype_size(t);
+  Algo a = algo_;
+  if (a == Algo::kAuto) a = bytes <= opt_.rhd_max_bytes ? Algo::kHalvingDoubling : Algo::kRing;
+  OpSig sig{OpKind::kAllReduce, uint8_t(t), uint8_t(op), uint8_t(a), -1, count};
+  run(OpKind::kAllReduce, sig, [&](OpContext& c) {
+    if (size() == 1) {
+      if (in != out && bytes) std::memmove(out, in, bytes);
+    } else if (a == Algo::kHalvingDoubling) {
+      halving_doubling_all_reduce(c, in, out, count);
+    } else {
+      ring_all_reduce(c, in, out, count, opt_.piece_bytes);
+    }
+    if (op == ReduceOp::kAvg) finish_avg(out, count, t, size());
+  });
+}
+
+void Communicator::reduce_scatter(const void* in, void* out, size_t recv_count, Dtype t,
+                                  ReduceOp op) {
+  sync_point();
+  check_dtype_op(t, op, "comm.reduce_scatter");
+  OpSig sig{OpKind::kReduceScatter, uint8_t(t), uint8_t(op), uint8_t(Algo::kRing), -1,
+            recv_count};
+  run(OpKind::kReduceScatter, sig, [&](OpContext& c) {
+    if (size() == 1) {
+      if (in != out && recv_count) std::memmove(out, in, recv_count * comm_dtype_size(t));
+    } else {
+      ring_reduce_scatter(c, in, out, recv_count, opt_.piece_bytes);
+    }
+    if (op == ReduceOp::kAvg) finish_avg(out, recv_count, t, size());
+  });
+}
+
+void Communicator::all_gather(const void* in, void* out, size_t send_count, Dtype t) {
+  sync_point();
+  comm_dtype_size(t);
+  OpSig sig{OpKind::kAllGather, uint8_t(t), 0, uint8_t(Algo::kRing), -1, send_count};
+  run(OpKind::kAllGather, sig, [&](OpContext& c) {
+    if (size() == 1) {
+      if (in != out && send_count) std::memmove(out, in, send_count * comm_dtype_size(t));
+    } else {
+      ring_all_gather(c, in, out, send_count, opt_.piece_bytes);
+    }
+  });
+}
+
+void Communicator::broadcast(void* buf, size_t count, Dtype t, int root) {
+  sync_point();
+  comm_dtype_size(t);
+  MOE_CHECK(root >= 0 && root < size(), "comm.broadcast", "root ", root, " is not a rank of ",
+            "this communicator of ", size());
+  OpSig sig{OpKind::kBroadcast, uint8_t(t), 0, uint8_t(Algo::kBinomial), root, count};
+  run(OpKind::kBroadcast, sig, [&](OpContext& c) {
+    if (size() > 1) binomial_broadcast(c, buf, count, root);
+  });
+}
+
+void Communicator::all_to_all(const void* in, void* out, size_t count, Dtype t) {
+  sync_point();
+  comm_dtype_size(t);
+  MOE_CHECK(in != out || count == 0, "comm.all_to_all", "in and out must differ");
+  std::vector<size_t> counts(size(), count), displs(size());
+  for (int i = 0; i < size(); ++i) displs[i] = count * i;
+  OpSig sig{OpKind::kAllToAll, uint8_t(t), 0, uint8_t(Algo::kPairwise), -1, count};
+  run(OpKind::kAllToAll, sig, [&](OpContext& c) {
+    pairwise_all_to_allv(c, in, counts.data(), displs.data(), out, counts.data(), displs.data());
+  });
+}
+
+void Communicator::all_to_allv(const void* in, const std::vector<size_t>& send_counts,
+                               const std::vector<size_t>& send_displs, void* out,
+                               const std::vector<size_t>& recv_counts,
+                               const std::vector<size_t>& recv_displs, Dtype t) {
+  sync_point();
+  comm_dtype_size(t);
+  const size_t n = size();
+  MOE_CHECK(send_counts.size() == n && send_displs.size() == n && recv_counts.size() == n &&
+                recv_displs.size() == n,
+            "comm.all_to_allv", "counts and displacements need one entry per rank (", n,
+            "), got ", send_counts.size(), ", ", send_displs.size(), ", ", recv_counts.size(),
+            ", ", recv_displs.size());
+  // Ranks legitimately differ in counts: the size check is per message, not per signature.
+  OpSig sig{OpKind::kAllToAllv, uint8_t(t), 0, uint8_t(Algo::kPairwise), -1, 0};
+  run(OpKind::kAllToAllv, sig, [&](OpContext& c) {
+    pairwise_all_to_allv(c, in, send_counts.data(), send_displs.data(), out, recv_counts.data(),
+                         recv_displs.data());
+  });
+}
+
+void Communicator::barrier() {
+  sync_point();
+  OpSig sig{OpKind::kBarrier, 0, 0, uint8_t(Algo::kDissemination), -1, 0};
+  run(OpKind::kBarrier, sig, [&](OpContext& c) { dissemination_barrier(c); });
+}
+
+void Communicator::send(const void* buf, size_t count, Dtype t, int dst) {
+  sync_point();
+  MOE_CHECK(dst >= 0 && dst < size() && dst != rank_, "comm.send", "destination ", dst,
+            " must be another rank of this communicator of ", size());
+  OpSig sig{OpKind::kSendRecv, uint8_t(t), 0, 0, -1, count};
+  const uint64_t seq = kP2pSeqBit | ++p2p_send_[dst];
+  TcpTransport& tr = *shared_->tcp;
+  const std::string what = "send #" + std::to_string(p2p_send_[dst]) + " of " +
+                           std::to_string(count) + " x " + comm_dtype_name(t) + " from rank " +
+                           std::to_string(rank_) + " to rank " + std::to_string(dst);
+  MOE_CHECK(!tr.failed(), "comm", what, ": ", tr.failure());
+  Handle h = tr.isend(ranks_[dst], MsgKey{comm_id_, seq, 0}, sig, buf, count * comm_dtype_size(t));
+  tr.wait(*h, deadline_after(opt_.timeout_s), what);
+}
+
+void Communicator::recv(void* buf, size_t count, Dtype t, int src) {
+  sync_point();
+  MOE_CHECK(src >= 0 && src < size() && src != rank_, "comm.recv", "source ", src,
+            " must be another rank of this communicator of ", size());
+  OpSig sig{OpKind::kSendRecv, uint8_t(t), 0, 0, -1, count};
+  const uint64_t seq = kP2pSeqBit | ++p2p_recv_[src];
+  TcpTransport& tr = *shared_->tcp;
+  const std::string what = "recv #" + std::to_string(p2p_recv_[src]) + " of " +
+                           std::to_string(count) + " x " + comm_dtype_name(t) + " on rank " +
+                           std::to_string(rank_) + " from rank " + std::to_string(src);
+  MOE_CHECK(!tr.failed(), "comm", what, ": ", tr.failure());
+  Handle h = tr.irecv(ranks_[src], MsgKey{comm_id_, seq, 0}, sig, buf, count * comm_dtype_size(t));
+  tr.wait(*h, deadline_after(opt_.timeout_s), what);
+}
+
+std::shared_ptr<Communicator> Communicator::split(int color, int key) {
+  sync_point();
+  const int n = size();
+  std::vector<int64_t> mine{color, key}, all(2 * n);
+  OpSig sig{OpKind::kSplit, uint8_t(Dtype::kI64), 0, uint8_t(Algo::kRing), -1, 2};
+  run(OpKind::kSplit, sig, [&](OpContext& c) {
+    if (n == 1) std::memcpy(all.data(), mine.data(), 16);
+    else ring_all_gather(c, mine.data(), all.data(), 2, opt_.piece_bytes);
+  });
+  const uint64_t split_no = ++splits_;
+  if (color < 0) return nullptr;
+  std::vector<std::pair<int64_t, int>> members;  // (key, parent rank)
+  for (int i = 0; i < n; ++i)
+    if (all[2 * i] == color) members.emplace_back(all[2 * i + 1], i);
+  std::sort(members.begin(), members.end());
+  std::shared_ptr<Communicator> c(new Communicator());
+  c->shared_ = shared_;
+  c->opt_ = opt_;
+  c->algo_ = algo_;
+  c->comm_id_ = mix(comm_id_ ^ mix(split_no * 0x10001 + uint64_t(uint32_t(color))));
+  std::map<int, int> hosts;
+  for (size_t i = 0; i < members.size(); ++i) {
+    const int parent = members[i].second;
+    if (parent == rank_) c->rank_ = static_cast<int>(i);
+    c->ranks_.push_back(ranks_[parent]);
+    auto it = hosts.try_emplace(host_of_[parent], static_cast<int>(hosts.size())).first;
+    c->host_of_.push_back(it->second);
+  }
+  c->num_hosts_ = static_cast<int>(hosts.size());
+  c->local_size_ = 0;
+  for (int i = 0; i < c->size(); ++i) {
+    if (c->host_of_[i] != c->host_of_[c->rank_]) continue;
+    if (i == c->rank_) c->local_rank_ = c->local_size_;
+    ++c->local_size_;
+  }
+  c->p2p_send_.assign(c->size(), 0);
+  c->p2p_recv_.assign(c->size(), 0);
+  return c;
+}
+
+}  // namespace moe::comm

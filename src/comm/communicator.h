@@ -1,0 +1,139 @@
+// A communicator: a group of ranks that call the same collectives in the same order.
+//
+//   auto world = moe::comm::Communicator::from_env();     // under moe launch, torchrun, mpirun, srun
+//   world->all_reduce(grad.data(), grad.data(), n, Dtype::kF32, ReduceOp::kAvg);
+//   auto ep = world->split(world->rank() / 4, world->rank());   // groups of 4 consecutive ranks
+//
+// Every operation gets the next sequence number of its communicator; its messages carry it,
+// with its kind and signature, so mismatched calls are reported by name. Errors (a dead peer,
+// a deadline, a mismatch) throw moe::Error naming the operation, its number and the rank.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <string>
+#include <vector>
+
+#include "comm/algorithms/algorithms.h"
+#include "comm/env.h"
+#include "comm/store.h"
+#include "comm/transport/tcp.h"
+
+namespace moe::comm {
+
+struct CommOptions {
+  double timeout_s = 300;               // MOE_COMM_TIMEOUT: deadline of every operation
+  std::string algo;                     // MOE_COMM_ALGO: all_reduce algorithm, "" = by size
+  uint64_t rhd_max_bytes = 256 << 10;   // MOE_COMM_RHD_MAX: all_reduce up to this uses rhd
+  uint64_t piece_bytes = 512 << 10;     // MOE_COMM_PIECE: ring pipeline granularity
+  TcpOptions tcp;
+  static CommOptions from_env();
+};
+
+// A pending asynchronous operation. wait() rethrows the operation's error, if any.
+class Work {
+ public:
+  void wait();
+  bool done() const;
+
+ private:
+  friend class Communicator;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::exception_ptr error_;
+};
+using WorkPtr = std::shared_ptr<Work>;
+
+class Communicator {
+ public:
+  // Starts (or joins) the job described by `env`: rendezvous through the store, connect the
+  // mesh, learn the host topology. Collective over all ranks of the job.
+  static std::shared_ptr<Communicator> init(const JobEnv& env, const CommOptions& opt);
+  static std::shared_ptr<Communicator> from_env();
+  ~Communicator();
+
+  int rank() const { return rank_; }
+  int size() const { return static_cast<int>(ranks_.size()); }
+  int global_rank() const { return ranks_[rank_]; }
+  // Host topology: host index (0..num_hosts-1) of each rank of this communicator.
+  const std::vector<int>& host_of() const { return host_of_; }
+  int num_hosts() const { return num_hosts_; }
+  int local_rank() const { return local_rank_; }  // among ranks on my host
+  int local_size() const { return local_size_; }
+  uint64_t last_seq() const { return seq_; }
+  void set_algo(const std::string& algo);  // overrides MOE_COMM_ALGO for this communicator
+
+  // Ranks with the same color form a new communicator, ordered by (key, rank). A negative
+  // color returns nullptr (the rank joins none). Collective over this communicator.
+  std::shared_ptr<Communicator> split(int color, int key);
+
+  // Collectives. Counts are elements; `in` may equal `out` (in place) unless noted.
+  void all_reduce(const void* in, void* out, size_t count, Dtype t, ReduceOp op);
+  // in: size()*recv_count elements; out: recv_count (this rank's block).
+  void reduce_scatter(const void* in, void* out, size_t recv_count, Dtype t, ReduceOp op);
+  // in: send_count elements; out: size()*send_count, rank i's block at i*send_count.
+  void all_gather(const void* in, void* out, size_t send_count, Dtype t);
+  void broadcast(void* buf, size_t count, Dtype t, int root);
+  // in and out: size()*count elements; block i goes to / comes from rank i. Not in place.
+  void all_to_all(const void* in, void* out, size_t count, Dtype t);
+  // Counts and displacements (elements) per rank; not in place.
+  void all_to_allv(const void* in, const std::vector<size_t>& send_counts,
+                   const std::vector<size_t>& send_displs, void* out,
+                   const std::vector<size_t>& recv_counts,
+                   const std::vector<size_t>& recv_displs, Dtype t);
+  void barrier();
+  void send(const void* buf, size_t count, Dtype t, int dst);
+  void recv(void* buf, size_t count, Dtype t, int src);
+
+  // Asynchronous forms: the call returns at once and the operation runs on the
+  // communicator's own thread, so the caller can compute meanwhile. Operations of one
+  // communicator (async or not) run in call order; buffers must stay untouched until wait().
+  WorkPtr all_reduce_async(const void* in, void* out, size_t count, Dtype t, ReduceOp op);
+  WorkPtr reduce_scatter_async(const void* in, void* out, size_t recv_count, Dtype t,
+                               ReduceOp op);
+  WorkPtr all_gather_async(const void* in, void* out, size_t send_count, Dtype t);
+  WorkPtr broadcast_async(void* buf, size_t count, Dtype t, int root);
+  WorkPtr all_to_allv_async(const void* in, std::vector<size_t> send_counts,
+                            std::vector<size_t> send_displs, void* out,
+                            std::vector<size_t> recv_counts, std::vector<size_t> recv_displs,
+                            Dtype t);
+
+ private:
+  struct Shared;  // the store and transport, shared with communicators split from this one
+  Communicator() = default;
+  template <class F>
+  void run(OpKind kind, OpSig sig, F&& body);
+  std::string describe(const OpSig& sig, uint64_t seq) const;
+  WorkPtr enqueue(std::function<void()> f);
+  void sync_point();  // a blocking call waits for queued async work first
+  void worker_loop();
+
+  std::shared_ptr<Shared> shared_;
+  std::vector<int> ranks_;  // global rank of each member
+  int rank_ = 0;
+  uint64_t comm_id_ = 0;
+  uint64_t seq_ = 0;
+  uint64_t splits_ = 0;
+  std::vector<uint64_t> p2p_send_, p2p_recv_;
+  std::vector<int> host_of_;
+  int num_hosts_ = 1, local_rank_ = 0, local_size_ = 1;
+  CommOptions opt_;
+  Algo algo_ = Algo::kAuto;
+  ScratchArena scratch_;
+  // Async execution: one worker thread, started on first use.
+  std::mutex q_mu_;
+  std::condition_variable q_cv_;
+  std::deque<std::pair<std::function<void()>, WorkPtr>> queue_;
+  bool busy_ = false, stopping_ = false;
+  std::thread worker_;
+  std::thread::id worker_id_;
+};
+
+}  // namespace moe::comm

@@ -1,0 +1,706 @@
+#include "comm/transport/tcp.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "comm/auth.h"
+
+namespace moe::comm {
+
+namespace {
+
+constexpr uint32_t kHelloMagic = 0x4c454d4d;  // "MMEL"
+struct Hello {
+  uint32_t magic;
+  int32_t rank;
+  int32_t index;
+  int32_t size;
+};
+
+void epoll_mod(int ep, int fd, void* ptr, uint32_t events, int op) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.ptr = ptr;
+  MOE_CHECK(epoll_ctl(ep, op, fd, &ev) == 0 || op == EPOLL_CTL_DEL, "comm.tcp", "epoll_ctl: ",
+            std::strerror(errno));
+}
+
+}  // namespace
+
+TcpOptions TcpOptions::from_env() {
+  TcpOptions o;
+  o.sockets_per_peer = static_cast<int>(env_int("MOE_COMM_SOCKETS", o.sockets_per_peer));
+  MOE_CHECK(o.sockets_per_peer >= 1 && o.sockets_per_peer <= 64, "comm.tcp",
+            "MOE_COMM_SOCKETS=", o.sockets_per_peer, " must be in 1..64");
+  o.socket_buffer = static_cast<int>(env_int("MOE_COMM_SOCKET_BUFFER", o.socket_buffer));
+  o.chunk_bytes = static_cast<uint64_t>(env_int("MOE_COMM_CHUNK", int64_t(o.chunk_bytes)));
+  MOE_CHECK(o.chunk_bytes >= 4096, "comm.tcp", "MOE_COMM_CHUNK must be at least 4096 bytes");
+  o.connect_timeout_s = env_double("MOE_COMM_CONNECT_TIMEOUT", o.connect_timeout_s);
+  o.bind_addr = env_str("MOE_COMM_IFADDR", "");
+  o.emu_latency_us = env_double("MOE_COMM_EMU_LATENCY_US", 0);
+  o.emu_gbps = env_double("MOE_COMM_EMU_GBPS", 0);
+  o.emu_scope = env_str("MOE_COMM_EMU_SCOPE", "remote");
+  MOE_CHECK(o.emu_scope == "remote" || o.emu_scope == "all", "comm.tcp",
+            "MOE_COMM_EMU_SCOPE='", o.emu_scope, "': use remote or all");
+  return o;
+}
+
+TcpTransport::TcpTransport(StoreClient& store, const std::string& prefix,
+                           const std::string& token, int rank, int size, const TcpOptions& opt)
+    : rank_(rank), size_(size), opt_(opt), peers_(size) {
+  for (auto& p : peers_) p.socks.resize(opt_.sockets_per_peer);
+  connect_mesh(store, prefix, token);
+  epoll_ = Fd(epoll_create1(EPOLL_CLOEXEC));
+  wake_ = Fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  MOE_CHECK(epoll_ && wake_, "comm.tcp", "epoll/eventfd: ", std::strerror(errno));
+  epoll_mod(epoll_.get(), wake_.get(), nullptr, EPOLLIN, EPOLL_CTL_ADD);
+  for (int p = 0; p < size_; ++p) {
+    if (p == rank_) continue;
+    for (auto& s : peers_[p].socks) {
+      set_nonblocking(s->fd, true);
+      set_nodelay(s->fd);
+      set_buffer_sizes(s->fd, opt_.socket_buffer);
+      epoll_mod(epoll_.get(), s->fd, s.get(), EPOLLIN, EPOLL_CTL_ADD);
+    }
+    peers_[p].open = opt_.sockets_per_peer;
+  }
+  progress_ = std::thread([this] { progress_loop(); });
+}
+
+void TcpTransport::connect_mesh(StoreClient& store, const std::string& prefix,
+                                const std::string& token) {
+  const int nsock = opt_.sockets_per_peer;
+  const Deadline deadline = deadline_after(opt_.connect_timeout_s);
+  int port = 0;
+  Fd lfd = listen_tcp(opt_.bind_addr, 0, &port);
+  const std::string ip = opt_.bind_addr.empty() ? local_ip(store.fd()) : opt_.bind_addr;
+  store.set(prefix + "addr/" + std::to_string(rank_), ip + ":" + std::to_string(port));
+
+  // Higher ranks dial us; we dial lower ranks. Accepting runs beside dialing so no rank waits
+  // on one that is itself still dialing.
+  std::atomic<bool> abort{false};
+  std::exception_ptr accept_error;
+  std::thread acceptor([&] {
+    try {
+      int expected = (size_ - 1 - rank_) * nsock;
+      while (expected > 0) {
+        MOE_CHECK(!abort.load(), "comm.tcp", "aborted");
+        std::string from;
+        Fd fd = accept_tcp(lfd.get(), std::min(deadline, deadline_after(0.2)), &from);
+        if (!fd) {
+          MOE_CHECK(Clock::now() < deadline, "comm.tcp", "rank ", rank_, ": ", expected,
+                    " connections from higher ranks did not arrive within ",
+                    opt_.connect_timeout_s, " s; a rank did not start or cannot reach ", ip,
+                    " (set MOE_COMM_IFADDR to an address the others can reach)");
+          continue;
+        }
+        std::string why;
+        if (!auth_accept(fd.get(), token, deadline_after(10), &why)) {
+          MOE_COMM_WARN("rank ", rank_, ": refused a connection from ", from, ": ", why);
+          continue;
+        }
+        Hello h{};
+        try {
+          read_all(fd.get(), &h, sizeof h, deadline_after(10), "connecting rank");
+        } catch (const Error& e) {
+          MOE_COMM_WARN("rank ", rank_, ": dropped a connection from ", from, ": ", e.what());
+          continue;
+        }
+        if (h.magic != kHelloMagic || h.size != size_ || h.rank <= rank_ || h.rank >= size_ ||
+            h.index < 0 || h.index >= nsock || peers_[h.rank].socks[h.index]) {
+          MOE_COMM_WARN("rank ", rank_, ": refused a connection from ", from,
+                        ": it claims rank ", h.rank, " socket ", h.index, " of world ", h.size);
+          continue;
+        }
+        auto s = std::make_unique<Sock>();
+        s->fd = fd.release();
+        s->peer = h.rank;
+        peers_[h.rank].socks[h.index] = std::move(s);
+        --expected;
+      }
+    } catch (...) {
+      accept_error = std::current_exception();
+    }
+  });
+  try {
+    for (int p = 0; p < rank_; ++p) {
+      const std::string addr = store.get(prefix + "addr/" + std::to_string(p));
+      const size_t colon = addr.rfind(':');
+      const std::string host = addr.substr(0, colon);
+      const int pport = std::atoi(addr.c_str() + colon + 1);
+      const std::string what = "rank " + std::to_string(p) + " (" + addr + ")";
+      for (int i = 0; i < nsock; ++i) {
+        Fd fd = connect_tcp(host, pport, deadline, what);
+        auth_connect(fd.get(), token, deadline_after(30), what);
+        const Hello h{kHelloMagic, rank_, i, size_};
+        write_all(fd.get(), &h, sizeof h, deadline, what);
+        auto s = std::make_unique<Sock>();
+        s->fd = fd.release();
+        s->peer = p;
+        peers_[p].socks[i] = std::move(s);
+      }
+    }
+  } catch (...) {
+    abort = true;
+    acceptor.join();
+    throw;
+  }
+  acceptor.join();
+  if (accept_error) std::rethrow_exception(accept_error);
+}
+
+TcpTransport::~TcpTransport() {
+  if (progress_.joinable()) {
+    // Say goodbye on every socket and wait (briefly) for everyone's goodbye, so no socket is
+    // closed with unread bytes in it (that would send a reset that can eat the peer's data).
+    if (!failed_) {
+      std::unique_lock<std::mutex> lock(mu_);
+      for (int p = 0; p < size_; ++p) {
+        if (p == rank_) continue;
+        for (auto& s : peers_[p].socks) {
+          if (s->closed) continue;
+          OutChunk c{};
+          c.hdr.magic = kMsgMagic;
+          c.hdr.kind = static_cast<uint8_t>(OpKind::kBye);
+          c.data = nullptr;
+          enqueue_locked(*s, c);
+        }
+      }
+      const Deadline d = deadline_after(env_double("MOE_COMM_SHUTDOWN_WAIT", 5));
+      cv_.wait_until(lock, d, [&] {
+        if (failed_) return true;
+        for (int p = 0; p < size_; ++p) {
+          if (p == rank_) continue;
+          if (!peers_[p].bye && peers_[p].open > 0) return false;
+          for (auto& s : peers_[p].socks)
+            if (!s->closed && !s->out.empty()) return false;
+        }
+        return true;
+      });
+    }
+    if (failed_) {
+      // Our abort messages go out, and the peers close first, so no reset eats them.
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_until(lock, deadline_after(env_double("MOE_COMM_ABORT_WAIT", 2)), [&] {
+        for (int p = 0; p < size_; ++p) {
+          if (p == rank_ || peers_[p].open == 0) continue;
+          if (!peers_[p].aborted) return false;
+          for (auto& s : peers_[p].socks)
+            if (!s->closed && !s->out.empty()) return false;
+        }
+        return true;
+      });
+    }
+    stop_ = true;
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t w = ::write(wake_.get(), &one, sizeof one);
+    progress_.join();
+  }
+  for (auto& p : peers_)
+    for (auto& s : p.socks)
+      if (s && s->fd >= 0) ::close(s->fd);
+}
+
+void TcpTransport::set_emulated_peers(const std::vector<bool>& emulate) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int p = 0; p < size_ && p < int(emulate.size()); ++p)
+    peers_[p].emulate = p != rank_ && emulate[p] && opt_.emulating();
+}
+
+std::string TcpTransport::failure() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return error_;
+}
+
+void TcpTransport::fail_locked(const std::string& why) {
+  if (!failed_) {
+    error_ = why;
+    failed_ = true;
+    // Tell every peer the root cause before we go: a peer that sees our exit before the
+    // original failure then still names the rank that failed first.
+    abort_payload_ = "rank " + std::to_string(rank_) + " stopped after: " + why;
+    if (abort_payload_.size() > 4000) abort_payload_.resize(4000);
+    for (int p = 0; p < size_; ++p) {
+      if (p == rank_ || peers_[p].socks.empty()) continue;
+      for (auto& s : peers_[p].socks) {
+        if (!s || s->closed || s->fd < 0 || !epoll_) continue;
+        OutChunk c{};
+        c.hdr.magic = kMsgMagic;
+        c.hdr.kind = static_cast<uint8_t>(OpKind::kAbort);
+        c.hdr.total = c.hdr.chunk_len = static_cast<uint32_t>(abort_payload_.size());
+        c.data = abort_payload_.data();
+        enqueue_locked(*s, c);
+        break;
+      }
+    }
+  }
+  cv_.notify_all();
+}
+
+void TcpTransport::complete(Request& r) {
+  r.done.store(true, std::memory_order_release);
+  cv_.notify_all();
+}
+
+void TcpTransport::enqueue_locked(Sock& s, OutChunk c) {
+  s.out.push_back(std::move(c));
+  if (!s.want_out && !s.timed) {
+    s.want_out = true;
+    epoll_mod(epoll_.get(), s.fd, &s, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
+  }
+}
+
+RequestPtr TcpTransport::isend(int peer, const MsgKey& key, const OpSig& sig, const void* buf,
+                               uint64_t n) {
+  MOE_CHECK(peer >= 0 && peer < size_ && peer != rank_, "comm.tcp", "send to rank ", peer,
+            " from rank ", rank_, " of ", size_);
+  auto req = std::make_shared<Request>();
+  req->is_send = true;
+  req->peer = peer;
+  req->size = n;
+  MsgHeader h{};
+  h.magic = kMsgMagic;
+  h.kind = static_cast<uint8_t>(sig.kind);
+  h.dtype = sig.dtype;
+  h.redop = sig.redop;
+  h.algo = sig.algo;
+  h.root = sig.root;
+  h.op_count = sig.count;
+  h.tag = key.tag;
+  h.comm_id = key.comm_id;
+  h.seq = key.seq;
+  h.total = n;
+  Peer& P = peers_[peer];
+  const uint64_t nsock = P.socks.size();
+  // Big messages are cut into chunks dealt round-robin over the peer's sockets.
+  const uint64_t chunk = std::min<uint64_t>(
+      opt_.chunk_bytes, std::max<uint64_t>(64 << 10, (n + nsock - 1) / nsock));
+  const uint64_t nchunks = n == 0 ? 1 : (n + chunk - 1) / chunk;
+  std::lock_guard<std::mutex> lock(mu_);
+  req->chunks_left = static_cast<int>(nchunks);
+  for (uint64_t i = 0; i < nchunks; ++i) {
+    h.offset = i * chunk;
+    h.chunk_len = static_cast<uint32_t>(std::min(chunk, n - h.offset));
+    Sock& s = *P.socks[P.next_sock++ % nsock];
+    if (s.closed) continue;  // the wait reports the dead peer
+    OutChunk c{h, static_cast<const char*>(buf) + h.offset, 0, req, {}};
+    if (P.emulate) {
+      // Token bucket per link, then the latency; FIFO per socket keeps the order.
+      const auto now = Clock::now();
+      if (P.link_free < now) P.link_free = now;
+      if (opt_.emu_gbps > 0)
+        P.link_free += std::chrono::nanoseconds(
+            static_cast<int64_t>(double(sizeof(MsgHeader) + h.chunk_len) / opt_.emu_gbps));
+      c.ready = P.link_free + std::chrono::nanoseconds(
+                                  static_cast<int64_t>(opt_.emu_latency_us * 1e3));
+      enqueue_locked(s, std::move(c));
+      continue;
+    }
+    // Fast path: with nothing queued on the socket the progress thread is not writing to it,
+    // so the caller writes itself and saves a thread hand-off per message.
+    if (s.out.empty() && try_write(s, c)) {
+      if (--req->chunks_left == 0) req->done.store(true, std::memory_order_release);
+      continue;
+    }
+    enqueue_locked(s, std::move(c));
+  }
+  return req;
+}
+
+RequestPtr TcpTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf,
+                               uint64_t n) {
+  MOE_CHECK(peer >= 0 && peer < size_ && peer != rank_, "comm.tcp", "receive from rank ", peer,
+            " on rank ", rank_, " of ", size_);
+  auto req = std::make_shared<Request>();
+  req->peer = peer;
+  req->buf = buf;
+  req->size = n;
+  req->sig = sig;
+  req->comm_id = key.comm_id;
+  req->seq = key.seq;
+  req->tag = key.tag;
+  std::lock_guard<std::mutex> lock(mu_);
+  Peer& P = peers_[peer];
+  auto it = P.inbox.find(key);
+  if (it == P.inbox.end()) {
+    InMsg& m = P.inbox[key];
+    m.req = req;
+    m.total = n;
+    return req;
+  }
+  InMsg& m = it->second;
+  if (m.total != n || m.req) {
+    fail_locked("rank " + std::to_string(rank_) + " expects " + std::to_string(n) +
+                " bytes from rank " + std::to_string(peer) + " in " +
+                describe_sig(sig, key.seq) + " (tag " + std::to_string(key.tag) +
+                "), but rank " + std::to_string(peer) + " sent " + std::to_string(m.total) +
+                " bytes in " + describe_sig(sig_of(m.first), m.first.seq) +
+                ": every rank must call the same collectives with matching sizes");
+    return req;
+  }
+  if (m.got == m.total) {
+    if (n) std::memcpy(buf, m.stash.get(), n);
+    erase_msg(P, it);
+    complete(*req);
+  } else {
+    m.req = req;
+  }
+  return req;
+}
+
+void TcpTransport::wait(Request& r, Deadline deadline, const std::string& what) {
+  for (int i = 0; i < 200; ++i) {
+    if (r.done.load(std::memory_order_acquire)) return;
+    if (failed_.load(std::memory_order_relaxed)) break;
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!r.done.load(std::memory_order_acquire)) {
+    MOE_CHECK(!failed_, "comm", what, ": ", error_);
+    MOE_CHECK(r.is_send || !peers_[r.peer].bye, "comm", what, ": rank ", r.peer,
+              " has already shut down its communicator: it finished or failed before this "
+              "operation; every rank must call the same collectives");
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout &&
+        !r.done.load(std::memory_order_acquire)) {
+      MOE_FAIL("comm", what, ": timed out waiting for rank ", r.peer, " to ",
+               r.is_send ? "take" : "send", " a message (tag ", r.tag,
+               "): that rank is stalled or called a different collective; MOE_COMM_TIMEOUT "
+               "sets the limit in seconds (default 300)");
+    }
+  }
+}
+
+void TcpTransport::begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig) {
+  std::lock_guard<std::mutex> lock(mu_);
+  current_[comm_id] = CurrentOp{seq, sig};
+  for (int p = 0; p < size_; ++p) {
+    if (p == rank_) continue;
+    auto& inbox = peers_[p].inbox;
+    for (auto it = inbox.lower_bound(MsgKey{comm_id, seq, 0});
+         it != inbox.end() && it->first.comm_id == comm_id && it->first.seq == seq; ++it) {
+      if (it->second.first.magic == kMsgMagic) check_sig_locked(p, it->second.first);
+    }
+  }
+}
+
+void TcpTransport::end_op(uint64_t comm_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  current_.erase(comm_id);
+}
+
+void TcpTransport::check_sig_locked(int peer, const MsgHeader& h) {
+  if (h.seq & kP2pSeqBit) return;
+  auto it = current_.find(h.comm_id);
+  if (it == current_.end() || it->second.seq != h.seq) return;
+  const OpSig theirs = sig_of(h);
+  if (theirs == it->second.sig) return;
+  std::string extra;
+  if (theirs.kind == it->second.sig.kind && theirs.count == it->second.sig.count &&
+      theirs.algo != it->second.sig.algo)
+    extra = " (different algorithms: set MOE_COMM_ALGO the same on every rank)";
+  fail_locked("mismatched collectives: rank " + std::to_string(rank_) + " called " +
+              describe_sig(it->second.sig, h.seq) + " but rank " + std::to_string(peer) +
+              " called " + describe_sig(theirs, h.seq) + extra +
+              "; every rank must call the same collectives in the same order with the same "
+              "sizes");
+}
+
+void TcpTransport::progress_loop() {
+  epoll_event evs[64];
+  while (!stop_.load()) {
+    timespec timeout{0, 500000000};
+    {
+      // Parked sockets (emulated links) wake the loop at their release time.
+      std::lock_guard<std::mutex> lock(mu_);
+      const auto now = Clock::now();
+      for (size_t i = 0; i < timed_.size();) {
+        Sock& s = *timed_[i];
+        if (s.closed || s.out.empty() || s.out.front().ready <= now) {
+          s.timed = false;
+          if (!s.closed && !s.out.empty() && !s.want_out) {
+            s.want_out = true;
+            epoll_mod(epoll_.get(), s.fd, &s, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
+          }
+          timed_[i] = timed_.back();
+          timed_.pop_back();
+          continue;
+        }
+        const auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(
+            s.out.front().ready - now).count();
+        if (wait < timeout.tv_sec * 1000000000ll + timeout.tv_nsec)
+          timeout = {static_cast<time_t>(wait / 1000000000), static_cast<long>(wait % 1000000000)};
+        ++i;
+      }
+    }
+    const int n = epoll_pwait2(epoll_.get(), evs, 64, &timeout, nullptr);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      std::lock_guard<std::mutex> lock(mu_);
+      fail_locked(std::string("epoll_wait: ") + std::strerror(errno));
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      if (!evs[i].data.ptr) {
+        uint64_t v;
+        [[maybe_unused]] ssize_t r = ::read(wake_.get(), &v, sizeof v);
+        continue;
+      }
+      Sock& s = *static_cast<Sock*>(evs[i].data.ptr);
+      if (!s.closed && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) on_readable(s);
+      if (!s.closed && (evs[i].events & EPOLLOUT)) on_writable(s);
+    }
+  }
+}
+
+void TcpTransport::peer_closed(Sock& s, const std::string& how) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (s.closed) return;
+  s.closed = true;
+  epoll_mod(epoll_.get(), s.fd, nullptr, 0, EPOLL_CTL_DEL);
+  Peer& P = peers_[s.peer];
+  --P.open;
+  if (!s.got_bye)
+    fail_locked("rank " + std::to_string(s.peer) + " closed its connection (" + how +
+                "): that process exited or was killed; its own output says why");
+  cv_.notify_all();
+}
+
+void TcpTransport::on_readable(Sock& s) {
+  while (!s.closed) {
+    const bool in_header = s.msg == nullptr;
+    char* dst = in_header ? reinterpret_cast<char*>(&s.hdr) + s.hdr_got : s.dst;
+    const size_t want = in_header ? sizeof(MsgHeader) - s.hdr_got : s.left;
+    ssize_t r = want ? ::recv(s.fd, dst, want, 0) : 0;
+    if (want && r == 0) return peer_closed(s, "end of stream");
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EINTR) continue;
+      return peer_closed(s, std::strerror(errno));
+    }
+    if (in_header) {
+      s.hdr_got += static_cast<size_t>(r);
+      if (s.hdr_got < sizeof(MsgHeader)) continue;
+      s.hdr_got = 0;
+      std::lock_guard<std::mutex> lock(mu_);
+      header_arrived(s);
+      if (s.msg && s.left == 0) chunk_done(s);
+    } else {
+      s.dst += r;
+      s.left -= static_cast<size_t>(r);
+      if (s.left == 0) {
+        std::lock_guard<std::mutex> lock(mu_);
+        chunk_done(s);
+      }
+    }
+  }
+}
+
+void TcpTransport::header_arrived(Sock& s) {
+  const MsgHeader& h = s.hdr;
+  Peer& P = peers_[s.peer];
+  const std::string bad = check_header(h);
+  if (!bad.empty()) {
+    // The peer proved the token, so this is a bug or corruption: stop reading the stream.
+    fail_locked("rank " + std::to_string(s.peer) + " sent a malformed message header (" + bad +
+                ")");
+    s.closed = true;
+    epoll_mod(epoll_.get(), s.fd, nullptr, 0, EPOLL_CTL_DEL);
+    --P.open;
+    return;
+  }
+  if (h.kind == static_cast<uint8_t>(OpKind::kBye)) {
+    // Each socket is its own ordered stream: data sent before the goodbye on another socket
+    // may still be on its way, so the peer is gone only once every socket has said goodbye.
+    s.got_bye = true;
+    P.bye = std::all_of(P.socks.begin(), P.socks.end(),
+                        [](const std::unique_ptr<Sock>& o) { return o->got_bye || o->closed; });
+    cv_.notify_all();
+    return;
+  }
+  if (h.kind == static_cast<uint8_t>(OpKind::kAbort)) {
+    s.reading_abort = true;
+    s.abort_text.assign(std::min<uint32_t>(h.chunk_len, 4096), '\0');
+    if (h.chunk_len > 4096) {  // not ours: stop reading this stream
+      fail_locked("rank " + std::to_string(s.peer) + " sent a malformed abort message");
+      s.closed = true;
+      epoll_mod(epoll_.get(), s.fd, nullptr, 0, EPOLL_CTL_DEL);
+      --P.open;
+      return;
+    }
+    s.dst = s.abort_text.data();
+    s.left = h.chunk_len;
+    s.msg = &s.abort_msg;
+    return;
+  }
+  check_sig_locked(s.peer, h);
+  const MsgKey key{h.comm_id, h.seq, h.tag};
+  auto [it, inserted] = P.inbox.try_emplace(key);
+  InMsg& m = it->second;
+  if (inserted) m.total = h.total;
+  if (m.first.magic != kMsgMagic) m.first = h;
+  if (m.total != h.total) {
+    const Request* q = m.req.get();
+    fail_locked("rank " + std::to_string(rank_) + " expects " + std::to_string(m.total) +
+                " bytes from rank " + std::to_string(s.peer) + " in " +
+                (q ? describe_sig(q->sig, q->seq) : std::string("a message")) + " (tag " +
+                std::to_string(h.tag) + "), but rank " + std::to_string(s.peer) + " sent " +
+                std::to_string(h.total) + " bytes in " + describe_sig(sig_of(h), h.seq) +
+                ": every rank must call the same collectives with matching sizes");
+    // Keep the stream in sync: read this chunk into a stash of the sender's size.
+    if (m.stash) give_stash(std::move(m.stash));
+    m.stash = take_stash(h.total);
+    m.total = h.total;
+    m.req.reset();
+  }
+  if (m.req && !m.stash) {
+    s.dst = static_cast<char*>(m.req->buf) + h.offset;
+  } else {
+    if (!m.stash) m.stash = take_stash(m.total);
+    s.dst = m.stash.get() + h.offset;
+  }
+  s.left = h.chunk_len;
+  s.msg = &m;
+  s.key = key;
+}
+
+void TcpTransport::chunk_done(Sock& s) {
+  InMsg& m = *s.msg;
+  s.msg = nullptr;
+  if (s.reading_abort) {
+    s.reading_abort = false;
+    peers_[s.peer].aborted = true;
+    fail_locked(s.abort_text);
+    return;
+  }
+  m.got += s.hdr.chunk_len;
+  if (m.got < m.total || !m.req) return;
+  if (m.stash && m.total) std::memcpy(m.req->buf, m.stash.get(), m.total);
+  RequestPtr r = std::move(m.req);
+  Peer& P = peers_[s.peer];
+  erase_msg(P, P.inbox.find(s.key));
+  complete(*r);
+}
+
+TcpTransport::Stash TcpTransport::take_stash(uint64_t bytes) {
+  // Smallest pooled buffer that fits, else a new one.
+  size_t best = stash_pool_.size();
+  for (size_t i = 0; i < stash_pool_.size(); ++i)
+    if (stash_pool_[i].cap >= bytes &&
+        (best == stash_pool_.size() || stash_pool_[i].cap < stash_pool_[best].cap))
+      best = i;
+  if (best < stash_pool_.size()) {
+    Stash s = std::move(stash_pool_[best]);
+    stash_pool_.erase(stash_pool_.begin() + long(best));
+    return s;
+  }
+  Stash s;
+  s.cap = std::max<uint64_t>(bytes, 4096);
+  s.data.reset(new char[s.cap]);
+  return s;
+}
+
+void TcpTransport::give_stash(Stash s) {
+  if (!s) return;
+  // Keep up to MOE_COMM_STASH_POOL bytes (default 256 MiB); past that drop the smallest
+  // buffers (the big ones are the costly ones to fault in again).
+  static const uint64_t limit = uint64_t(env_int("MOE_COMM_STASH_POOL", 256 << 20));
+  stash_pool_.push_back(std::move(s));
+  uint64_t total = 0;
+  for (auto& b : stash_pool_) total += b.cap;
+  while (total > limit && !stash_pool_.empty()) {
+    auto it = std::min_element(stash_pool_.begin(), stash_pool_.end(),
+                               [](const Stash& a, const Stash& b) { return a.cap < b.cap; });
+    total -= it->cap;
+    stash_pool_.erase(it);
+  }
+}
+
+void TcpTransport::erase_msg(Peer& p, std::map<MsgKey, InMsg>::iterator it) {
+  give_stash(std::move(it->second.stash));
+  p.inbox.erase(it);
+}
+
+bool TcpTransport::try_write(Sock& s, OutChunk& c) {
+  const size_t hsz = sizeof(MsgHeader);
+  const size_t len = hsz + c.hdr.chunk_len;
+  while (c.sent < len) {
+    iovec iov[2];
+    int cnt = 0;
+    if (c.sent < hsz) {
+      iov[cnt++] = {reinterpret_cast<char*>(&c.hdr) + c.sent, hsz - c.sent};
+      if (c.hdr.chunk_len) iov[cnt++] = {const_cast<char*>(c.data), c.hdr.chunk_len};
+    } else {
+      iov[cnt++] = {const_cast<char*>(c.data) + (c.sent - hsz), len - c.sent};
+    }
+    msghdr mh{};
+    mh.msg_iov = iov;
+    mh.msg_iovlen = cnt;
+    const ssize_t w = ::sendmsg(s.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;  // full or broken: the progress thread carries on and reports errors
+    }
+    c.sent += static_cast<size_t>(w);
+  }
+  return true;
+}
+
+void TcpTransport::on_writable(Sock& s) {
+  while (true) {
+    OutChunk* c = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (s.closed) return;
+      if (s.out.empty()) {
+        if (s.want_out) {
+          s.want_out = false;
+          epoll_mod(epoll_.get(), s.fd, &s, EPOLLIN, EPOLL_CTL_MOD);
+        }
+        return;
+      }
+      c = &s.out.front();
+      if (c->sent == 0 && c->ready != Clock::time_point{} && c->ready > Clock::now()) {
+        // Emulated link: park the socket until the chunk's release time.
+        s.want_out = false;
+        s.timed = true;
+        timed_.push_back(&s);
+        epoll_mod(epoll_.get(), s.fd, &s, EPOLLIN, EPOLL_CTL_MOD);
+        return;
+      }
+    }
+    const size_t hsz = sizeof(MsgHeader);
+    const size_t len = hsz + c->hdr.chunk_len;
+    iovec iov[2];
+    int cnt = 0;
+    if (c->sent < hsz) {
+      iov[cnt++] = {reinterpret_cast<char*>(&c->hdr) + c->sent, hsz - c->sent};
+      if (c->hdr.chunk_len) iov[cnt++] = {const_cast<char*>(c->data), c->hdr.chunk_len};
+    } else {
+      iov[cnt++] = {const_cast<char*>(c->data) + (c->sent - hsz), len - c->sent};
+    }
+    msghdr mh{};
+    mh.msg_iov = iov;
+    mh.msg_iovlen = cnt;
+    const ssize_t w = ::sendmsg(s.fd, &mh, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EINTR) continue;
+      return peer_closed(s, std::strerror(errno));
+    }
+    c->sent += static_cast<size_t>(w);
+    if (c->sent == len) {
+      std::lock_guard<std::mutex> lock(mu_);
+      RequestPtr r = std::move(c->req);
+      s.out.pop_front();
+      if (r && --r->chunks_left == 0) complete(*r);
+    }
+  }
+}
+
+}  // namespace moe::comm

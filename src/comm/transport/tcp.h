@@ -1,0 +1,185 @@
+// TCP transport: a full mesh of authenticated sockets (several per peer), driven by one epoll
+// progress thread. Sends are queued and written by the thread; receives are matched by
+// (communicator, sequence, tag) and land directly in the caller's buffer when it was posted
+// first, or in a stash (eager, like MPI's eager protocol) when the data came first.
+//
+// A peer whose socket closes or errors fails the whole transport at once: every pending and
+// later wait throws an error naming that rank, so a dead rank never leaves the others hanging.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "comm/socket.h"
+#include "comm/store.h"
+#include "comm/transport/message.h"
+
+namespace moe::comm {
+
+struct TcpOptions {
+  int sockets_per_peer = 2;        // MOE_COMM_SOCKETS; chunks of big messages are striped
+  int socket_buffer = 4 << 20;     // MOE_COMM_SOCKET_BUFFER bytes, SO_SNDBUF and SO_RCVBUF
+  uint64_t chunk_bytes = 1 << 20;  // MOE_COMM_CHUNK: largest chunk put on one socket at once
+  double connect_timeout_s = 120;  // MOE_COMM_CONNECT_TIMEOUT
+  std::string bind_addr;           // MOE_COMM_IFADDR: address other ranks dial (default: the
+                                   // one our store connection leaves from)
+  // Test hook: emulate a slow link (the kernel here has tbf but no netem). Every message to an
+  // emulated peer leaves no earlier than a token bucket of `emu_gbps` allows, plus
+  // `emu_latency_us`. Scope "remote" emulates links to other hosts only, "all" every link.
+  double emu_latency_us = 0;       // MOE_COMM_EMU_LATENCY_US, e.g. 200
+  double emu_gbps = 0;             // MOE_COMM_EMU_GBPS, e.g. 1.25 (10 Gbit/s); 0 = no cap
+  std::string emu_scope = "remote";  // MOE_COMM_EMU_SCOPE
+  bool emulating() const { return emu_latency_us > 0 || emu_gbps > 0; }
+  static TcpOptions from_env();
+};
+
+// One posted send or receive; `done` flips once, under the transport's lock.
+struct Request {
+  std::atomic<bool> done{false};
+  int peer = -1;
+  bool is_send = false;
+  // receive side
+  void* buf = nullptr;
+  uint64_t size = 0;
+  OpSig sig;
+  uint64_t comm_id = 0, seq = 0;
+  uint32_t tag = 0;
+  int chunks_left = 0;  // send side
+};
+using RequestPtr = std::shared_ptr<Request>;
+
+struct MsgKey {
+  uint64_t comm_id, seq;
+  uint32_t tag;
+  bool operator<(const MsgKey& o) const {
+    return std::tie(comm_id, seq, tag) < std::tie(o.comm_id, o.seq, o.tag);
+  }
+};
+
+class TcpTransport {
+ public:
+  // Collective over all `size` ranks: publishes our address under `prefix` in the store and
+  // connects the full mesh.
+  TcpTransport(StoreClient& store, const std::string& prefix, const std::string& token, int rank,
+               int size, const TcpOptions& opt);
+  ~TcpTransport();
+  TcpTransport(const TcpTransport&) = delete;
+  TcpTransport& operator=(const TcpTransport&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+  RequestPtr isend(int peer, const MsgKey& key, const OpSig& sig, const void* buf, uint64_t n);
+  RequestPtr irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n);
+  // Waits for `r`; throws an Error starting with `what` ("all_reduce #5 on rank 0 of 4") if the
+  // deadline passes, the peer died, or the transport failed.
+  void wait(Request& r, Deadline deadline, const std::string& what);
+
+  // Declares the collective this rank is in on `comm_id`, so arriving headers of a different
+  // collective at the same sequence number are reported.
+  void begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig);
+  void end_op(uint64_t comm_id);
+
+  // Marks which peers the emulation hook applies to (see TcpOptions::emu_*).
+  void set_emulated_peers(const std::vector<bool>& emulate);
+
+  bool failed() const { return failed_.load(); }
+  std::string failure() const;
+
+ private:
+  struct OutChunk {
+    MsgHeader hdr;
+    const char* data;
+    size_t sent = 0;  // bytes of header + data written
+    RequestPtr req;
+    Clock::time_point ready{};  // emulated links: not before this
+  };
+  struct Stash {  // a pooled buffer (see stash_pool_)
+    std::unique_ptr<char[]> data;
+    uint64_t cap = 0;
+    char* get() const { return data.get(); }
+    explicit operator bool() const { return bool(data); }
+  };
+  struct InMsg {
+    RequestPtr req;                  // the posted receive, if any
+    Stash stash;                     // bytes that came before the receive was posted
+    uint64_t total = 0, got = 0;
+    MsgHeader first{};
+  };
+  struct Sock {
+    int fd = -1;
+    int peer = -1;
+    bool want_out = false;
+    bool closed = false;
+    bool timed = false;  // front chunk waits for its emulated release time
+    std::deque<OutChunk> out;
+    MsgHeader hdr{};
+    size_t hdr_got = 0;
+    char* dst = nullptr;
+    size_t left = 0;
+    InMsg* msg = nullptr;
+    MsgKey key{};
+    bool got_bye = false;        // the peer said goodbye on this socket
+    bool reading_abort = false;  // the payload is a failed peer's reason
+    std::string abort_text;
+    InMsg abort_msg;
+  };
+  struct Peer {
+    std::vector<std::unique_ptr<Sock>> socks;
+    std::map<MsgKey, InMsg> inbox;
+    uint64_t next_sock = 0;
+    bool bye = false;   // said goodbye on every socket: later receives can never complete
+    bool aborted = false;  // sent us its failure: it needs no news from us
+    bool emulate = false;
+    Clock::time_point link_free{};  // emulated link busy until
+    int open = 0;       // sockets still open
+  };
+  struct CurrentOp {
+    uint64_t seq;
+    OpSig sig;
+  };
+
+  void connect_mesh(StoreClient& store, const std::string& prefix, const std::string& token);
+  void progress_loop();
+  void on_readable(Sock& s);
+  void on_writable(Sock& s);
+  // All three run with mu_ held.
+  void header_arrived(Sock& s);
+  void chunk_done(Sock& s);
+  void complete(Request& r);
+  void fail_locked(const std::string& why);
+  void check_sig_locked(int peer, const MsgHeader& h);
+  void enqueue_locked(Sock& s, OutChunk c);
+  bool try_write(Sock& s, OutChunk& c);  // mu_ held, s.out empty: true if all written
+  void peer_closed(Sock& s, const std::string& how);
+  Stash take_stash(uint64_t bytes);   // mu_ held
+  void give_stash(Stash s);           // mu_ held
+  void erase_msg(Peer& p, std::map<MsgKey, InMsg>::iterator it);
+
+  int rank_, size_;
+  TcpOptions opt_;
+  std::vector<Peer> peers_;
+  Fd epoll_, wake_;
+  std::thread progress_;
+  std::atomic<bool> stop_{false};
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<bool> failed_{false};
+  std::string error_;
+  std::string abort_payload_;  // our own failure, sent to every peer once
+  std::map<uint64_t, CurrentOp> current_;
+  // Stash buffers are reused: in a VM each fresh page faults, which cost more than the copy.
+  std::vector<Stash> stash_pool_;
+  std::vector<Sock*> timed_;  // sockets held back by the emulation hook
+};
+
+}  // namespace moe::comm

@@ -1,0 +1,356 @@
+// moe::comm tests. The multi-process ones start real comm_worker processes through the
+// library's launcher (no mocks): correctness against closed forms, failures (kill -9, wrong
+// token, mismatched collectives, stalls) and the launcher's own contract.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "comm/env.h"
+#include "comm/launcher.h"
+#include "comm/store.h"
+#include "comm/transport/message.h"
+
+using namespace moe::comm;
+
+namespace {
+
+struct Run {
+  LaunchResult res;
+  std::mutex mu;
+  std::vector<std::string> lines[64];  // per rank, stdout and stderr together
+  std::string all(int r) {
+    std::string s;
+    for (auto& l : lines[r]) s += l + "\n";
+    return s;
+  }
+};
+
+std::unique_ptr<Run> run_workers(int n, std::vector<std::string> args,
+                                 std::vector<std::pair<std::string, std::string>> env = {},
+                                 LaunchOptions opt = {}) {
+  auto run = std::make_unique<Run>();
+  opt.nproc_per_node = n;
+  opt.cmd = {COMM_WORKER};
+  for (auto& a : args) opt.cmd.push_back(a);
+  opt.env = env;
+  opt.env.emplace_back("MOE_COMM_CONNECT_TIMEOUT", "30");
+  auto user = opt.on_line;
+  opt.on_line = [&run = *run, user](int r, const std::string& line, bool) {
+    {
+      std::lock_guard<std::mutex> lock(run.mu);
+      run.lines[r].push_back(line);
+    }
+    if (user) user(r, line, false);
+  };
+  run->res = launch(opt);
+  return run;
+}
+
+int free_port() {
+  int port = 0;
+  Fd fd = listen_tcp("", 0, &port);
+  return port;
+}
+
+}  // namespace
+
+// ---- single-process: env, parsers, store -------------------------------------------------
+
+TEST(CommEnv, ReadsEachLauncherFamily) {
+  std::map<std::string, std::string> vars;
+  auto get = [&](const char* n) -> const char* {
+    auto it = vars.find(n);
+    return it == vars.end() ? nullptr : it->second.c_str();
+  };
+  vars = {{"RANK", "3"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
+          {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "29500"},
+          {"TORCHELASTIC_USE_AGENT_STORE", "True"}};
+  JobEnv e = detect_env(get);
+  EXPECT_EQ(e.source, "torchrun");
+  EXPECT_EQ(e.rank, 3);
+  EXPECT_EQ(e.size, 8);
+  EXPECT_EQ(e.local_rank, 1);
+  EXPECT_EQ(e.master_addr, "10.0.0.1");
+  EXPECT_EQ(e.master_port, 29501);  // torchrun's agent holds 29500
+  EXPECT_TRUE(e.token_is_derived);
+
+  vars = {{"OMPI_COMM_WORLD_RANK", "2"}, {"OMPI_COMM_WORLD_SIZE", "4"},
+          {"OMPI_COMM_WORLD_LOCAL_RANK", "2"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"},
+          {"MOE_JOB_TOKEN", "s3cret"}};
+  e = detect_env(get);
+  EXPECT_EQ(e.source, "openmpi");
+  EXPECT_EQ(e.rank, 2);
+  EXPECT_EQ(e.master_addr, "127.0.0.1");
+  EXPECT_EQ(e.token, "s3cret");
+  EXPECT_FALSE(e.token_is_derived);
+
+  vars = {{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"},
+          {"SLURM_NTASKS_PER_NODE", "4(x2)"}, {"SLURM_JOB_NODELIST", "node[07-08]"}};
+  e = detect_env(get);
+  EXPECT_EQ(e.source, "slurm");
+  EXPECT_EQ(e.rank, 5);
+  EXPECT_EQ(e.local_size, 4);
+  EXPECT_EQ(e.master_addr, "node07");
+
+  vars = {{"MOE_RANK", "1"}, {"MOE_WORLD_SIZE", "2"}, {"RANK", "0"}, {"WORLD_SIZE", "9"},
+          {"MOE_MASTER_PORT", "1234"}, {"MOE_STORE_EXTERNAL", "1"}};
+  e = detect_env(get);
+  EXPECT_EQ(e.source, "moe");  // our names win
+  EXPECT_EQ(e.size, 2);
+  EXPECT_EQ(e.master_port, 1234);
+  EXPECT_TRUE(e.store_external);
+
+  vars = {{"MOE_RANK", "2"}, {"MOE_WORLD_SIZE", "2"}};
+  EXPECT_THROW(detect_env(get), moe::Error);
+  vars = {{"MOE_RANK", "0"}, {"MOE_WORLD_SIZE", "4"}, {"MOE_LOCAL_WORLD_SIZE", "2"}};
+  EXPECT_THROW(detect_env(get), moe::Error);  // two hosts and no address for the store
+}
+
+TEST(CommEnv, SlurmNodeList) {
+  EXPECT_EQ(slurm_first_host("node[03-05,9],gpu1"), "node03");
+  EXPECT_EQ(slurm_first_host("a1,b2"), "a1");
+  EXPECT_EQ(slurm_first_host("single"), "single");
+}
+
+TEST(CommParsers, RandomBytesNeverCrashTheHeaderChecks) {
+  std::mt19937_64 rng(1);
+  int accepted = 0;
+  for (int i = 0; i < 200000; ++i) {
+    MsgHeader h;
+    StoreRequestHeader s;
+    auto* p = reinterpret_cast<uint64_t*>(&h);
+    for (size_t j = 0; j < sizeof h / 8; ++j) p[j] = rng();
+    if (i % 2) h.magic = kMsgMagic;  // get past the first check half the time
+    if (i % 4 == 1) h.kind = uint8_t(1 + rng() % 9), h.redop = 0, h.total &= 0xffff,
+                    h.offset &= 0xff, h.chunk_len &= 0xff;
+    std::memcpy(&s, p, sizeof s);
+    accepted += check_header(h).empty();
+    check_store_request(s);
+  }
+  EXPECT_GT(accepted, 0);
+  MsgHeader h{};
+  h.magic = kMsgMagic;
+  h.kind = 1;
+  h.total = 100;
+  h.offset = 90;
+  h.chunk_len = 11;
+  EXPECT_NE(check_header(h), "");  // runs past the end of its message
+  h.chunk_len = 10;
+  EXPECT_EQ(check_header(h), "");
+}
+
+TEST(CommStore, SetGetAddWaitDeleteAndRefusesBadToken) {
+  StoreServer server("127.0.0.1", 0, "right");
+  StoreClient a("127.0.0.1", server.port(), "right", 5);
+  StoreClient b("127.0.0.1", server.port(), "right", 5);
+  a.set("k", "v1");
+  EXPECT_EQ(b.get("k"), "v1");
+  EXPECT_EQ(a.add("n", 2), 2);
+  EXPECT_EQ(b.add("n", 5), 7);
+  EXPECT_TRUE(a.check("k"));
+  EXPECT_FALSE(a.check("nope"));
+  std::thread later([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    b.set("late", "x");
+  });
+  a.wait({"k", "late"});  // blocks until b sets it
+  later.join();
+  EXPECT_TRUE(a.del("k"));
+  EXPECT_FALSE(a.check("k"));
+  EXPECT_THROW(StoreClient("127.0.0.1", server.port(), "wrong", 5), moe::Error);
+  for (int i = 0; i < 200 && server.refused_connections() == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the server logs it after
+  EXPECT_EQ(server.refused_connections(), 1);
+  EXPECT_EQ(a.get("late"), "x");  // the store kept serving
+  StoreClient impatient("127.0.0.1", server.port(), "right", 0.2);
+  EXPECT_THROW(impatient.get("never"), moe::Error);
+}
+
+// ---- multi-process ---------------------------------------------------------------------
+
+class CommSweep : public ::testing::TestWithParam<int> {};
+
+TEST_P(CommSweep, EveryCollectiveDtypeOpAndSize) {
+  const int n = GetParam();
+  // One big f32 case (ring with several pipelined pieces); smaller for larger oversubscription.
+  const std::string big = std::to_string(n <= 4 ? (1 << 20) + 3 : (1 << 18) + 3);
+  auto run = run_workers(n, {"sweep", big});
+  for (int r = 0; r < n; ++r) EXPECT_EQ(run->res.codes[r], 0) << "rank " << r << ":\n" << run->all(r);
+  EXPECT_NE(run->all(0).find("0 failures"), std::string::npos) << run->all(0);
+}
+INSTANTIATE_TEST_SUITE_P(World, CommSweep, ::testing::Values(1, 2, 3, 4, 5, 8));
+
+TEST(CommMulti, SplitGivesIndependentGroups) {
+  for (int n : {4, 5}) {
+    auto run = run_workers(n, {"split"});
+    for (int r = 0; r < n; ++r) EXPECT_EQ(run->res.codes[r], 0) << run->all(r);
+  }
+}
+
+TEST(CommMulti, SendRecvRing) {
+  auto run = run_workers(3, {"p2p"});
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(run->res.codes[r], 0) << run->all(r);
+  EXPECT_NE(run->all(0).find("p2p ok"), std::string::npos);
+}
+
+TEST(CommMulti, AsyncOperationsKeepCallOrder) {
+  auto run = run_workers(3, {"async"});
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(run->res.codes[r], 0) << run->all(r);
+    EXPECT_NE(run->all(r).find("async ok"), std::string::npos) << run->all(r);
+  }
+}
+
+TEST(CommMulti, HostTopologyAndEmulatedSlowLinks) {
+  // Two "hosts" of two ranks (MOE_HOST_ID), 30 ms of emulated latency between hosts only.
+  LaunchOptions opt;
+  auto run = std::make_unique<::Run>();
+  opt.nproc_per_node = 4;
+  opt.cmd = {"/bin/sh", "-c", std::string("MOE_HOST_ID=h$((MOE_RANK / 2)) exec ") + COMM_WORKER +
+             " topology"};
+  opt.env = {{"MOE_COMM_EMU_LATENCY_US", "30000"}, {"MOE_COMM_EMU_SCOPE", "remote"}};
+  opt.on_line = [&](int r, const std::string& l, bool) {
+    std::lock_guard<std::mutex> lock(run->mu);
+    run->lines[r].push_back(l);
+  };
+  run->res = launch(opt);
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_EQ(run->res.codes[r], 0) << run->all(r);
+    const std::string out = run->all(r);
+    double ms = 0;
+    int hosts = 0, local = -1, lsize = 0;
+    ASSERT_EQ(std::sscanf(out.c_str(), "topology rank %*d: hosts %d, local %d of %d, barrier %lf",
+                          &hosts, &local, &lsize, &ms), 4) << out;
+    EXPECT_EQ(hosts, 2);
+    EXPECT_EQ(local, r % 2);
+    EXPECT_EQ(lsize, 2);
+    EXPECT_GE(ms, 30.0) << "a 4-rank barrier crosses the slow link at least once";
+  }
+}
+
+TEST(CommMulti, SeveralSocketsPerPeer) {
+  auto run = run_workers(3, {"sweep", "70001"}, {{"MOE_COMM_SOCKETS", "3"},
+                                                 {"MOE_COMM_CHUNK", "4096"}});
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(run->res.codes[r], 0) << run->all(r);
+}
+
+TEST(CommFailure, KillDuringBigAllReduceIsReportedByEveryRankWithin10s) {
+  const int n = 4, victim = 2;
+  std::atomic<pid_t> pids[8];
+  std::atomic<double> killed_at{0};
+  std::thread killer;
+  std::atomic<bool> started{false};
+  const auto t0 = std::chrono::steady_clock::now();
+  LaunchOptions opt;
+  opt.stop_others_on_failure = false;
+  opt.on_spawn = [&](int r, pid_t p) { pids[r] = p; };
+  opt.on_line = [&](int r, const std::string& line, bool) {
+    if (r == 0 && line == "loop started" && !started.exchange(true)) {
+      killer = std::thread([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        killed_at = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        kill(pids[victim], SIGKILL);
+      });
+    }
+  };
+  auto run = run_workers(n, {"loop", std::to_string(16 << 20)}, {{"MOE_COMM_TIMEOUT", "60"}}, opt);
+  if (killer.joinable()) killer.join();
+  ASSERT_TRUE(started.load()) << run->all(0);
+  EXPECT_EQ(run->res.codes[victim], 128 + SIGKILL);
+  for (int r = 0; r < n; ++r) {
+    if (r == victim) continue;
+    const std::string out = run->all(r);
+    EXPECT_NE(run->res.codes[r], 0) << out;
+    EXPECT_NE(out.find("rank " + std::to_string(victim) + " closed its connection"),
+              std::string::npos) << out;
+    EXPECT_NE(out.find("all_reduce #"), std::string::npos) << out;
+    EXPECT_LT(run->res.exit_seconds[r] - killed_at, 10.0) << "rank " << r;
+  }
+}
+
+TEST(CommFailure, WrongTokenIsRefusedWhileTheJobCompletes) {
+  const int port = free_port();
+  LaunchOptions opt;
+  opt.master_port = port;
+  std::string impostor_out;
+  int impostor_code = -1;
+  std::thread impostor;
+  opt.on_spawn = [&](int r, pid_t) {
+    if (r != 0) return;
+    impostor = std::thread([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      const std::string cmd = "MOE_RANK=1 MOE_WORLD_SIZE=3 MOE_MASTER_ADDR=127.0.0.1 "
+                              "MOE_MASTER_PORT=" + std::to_string(port) +
+                              " MOE_STORE_EXTERNAL=1 MOE_JOB_TOKEN=guess "
+                              "MOE_COMM_CONNECT_TIMEOUT=5 " COMM_WORKER " hello 2>&1";
+      FILE* f = popen(cmd.c_str(), "r");
+      char buf[4096];
+      size_t k;
+      while ((k = fread(buf, 1, sizeof buf, f)) > 0) impostor_out.append(buf, k);
+      impostor_code = WEXITSTATUS(pclose(f));
+    });
+  };
+  // The real job waits (rank 1 sleeps 2 s) so the impostor knocks while it runs.
+  auto run = run_workers(3, {"stall", "2"}, {}, opt);
+  impostor.join();
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(run->res.codes[r], 0) << run->all(r);
+  EXPECT_EQ(impostor_code, 3) << impostor_out;
+  EXPECT_NE(impostor_out.find("job's token"), std::string::npos) << impostor_out;
+}
+
+TEST(CommFailure, MismatchedCollectivesAreReportedNotHung) {
+  for (const char* kind : {"kind", "size"}) {
+    LaunchOptions opt;
+    opt.stop_others_on_failure = false;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto run = run_workers(3, {"mismatch", kind}, {{"MOE_COMM_TIMEOUT", "60"}}, opt);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_LT(secs, 30);
+    std::string everything;
+    for (int r = 0; r < 3; ++r) {
+      EXPECT_NE(run->res.codes[r], 0) << run->all(r);
+      everything += run->all(r);
+    }
+    EXPECT_NE(everything.find("mismatched collectives"), std::string::npos) << everything;
+    if (std::string(kind) == "kind")
+      EXPECT_NE(everything.find("all_gather"), std::string::npos) << everything;
+    else
+      EXPECT_NE(everything.find("2048 x float"), std::string::npos) << everything;
+  }
+}
+
+TEST(CommFailure, StalledRankHitsTheDeadline) {
+  LaunchOptions opt;
+  opt.stop_others_on_failure = false;
+  auto run = run_workers(2, {"stall", "4"}, {{"MOE_COMM_TIMEOUT", "1"}}, opt);
+  EXPECT_EQ(run->res.codes[0], 3);
+  EXPECT_NE(run->all(0).find("timed out waiting for rank 1"), std::string::npos) << run->all(0);
+}
+
+TEST(CommLauncher, FirstFailureStopsTheJobWithItsCode) {
+  LaunchOptions opt;
+  opt.nproc_per_node = 3;
+  opt.cmd = {"/bin/sh", "-c", "echo up $MOE_RANK/$MOE_WORLD_SIZE; "
+             "if [ $MOE_RANK = 1 ]; then sleep 0.5; exit 7; fi; sleep 30"};
+  std::mutex mu;
+  std::vector<std::string> seen;
+  opt.on_line = [&](int r, const std::string& l, bool) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.push_back(std::to_string(r) + ":" + l);
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  const LaunchResult res = launch(opt);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(res.exit_code, 7);
+  EXPECT_EQ(res.failed_rank, 1);
+  EXPECT_LT(secs, 10);
+  EXPECT_NE(std::find(seen.begin(), seen.end(), "2:up 2/3"), seen.end());
+}
