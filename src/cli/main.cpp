@@ -148,6 +148,7 @@ int cmd_eval(const std::string& dir, const std::string& data_path, int64_t seq_l
 void add_comm_commands(CLI::App& app);    // cmd_comm.cpp: launch, comm-bench
 void add_report_commands(CLI::App& app);  // cmd_report.cpp
 void add_plan_commands(CLI::App& app);    // cmd_plan.cpp
+void add_data_commands(CLI::App& app);    // cmd_data.cpp
 
 int main(int argc, char** argv) {
   CLI::App app{"moe.cpp: train Mixture-of-Experts language models on CPU"};
@@ -206,6 +207,7 @@ int main(int argc, char** argv) {
   add_comm_commands(app);
   add_report_commands(app);
   add_plan_commands(app);
+  add_data_commands(app);
 
   // Subcommands added by add_*_commands run in CLI11 callbacks during parse(), so one try
   // covers parsing and running.
