@@ -34,8 +34,9 @@ struct Activations {
   std::vector<float> logits;      // (N, V); dlogits in place after backward
   std::vector<float> losses;      // (N)
   std::vector<int32_t> inputs, targets;  // (N)
-  // backward scratch
-  std::vector<float> tmp, dres, dln, datto, dqkv, dh, dgu, att_scratch;
+  // backward scratch; the dense FFN's dh and dgu live in moe_scratch (one layer at a time)
+  std::vector<float> tmp, dres, dln, datto, dqkv, att_scratch;
+  MoeScratch moe_scratch;
 };
 
 namespace {
@@ -263,16 +264,18 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
 
     // ffn: dres is d x_out; the residual passes it to d x_mid unchanged, plus the branch.
     if (!c.is_moe_layer(l)) {
-      grow(a.dh, N * F);
-      grow(a.dgu, N * 2 * F);
+      std::vector<float>& dh = a.moe_scratch.dh;    // (N, F)
+      std::vector<float>& dgu = a.moe_scratch.dgu;  // (N, 2F)
+      grow(dh, N * F);
+      grow(dgu, N * 2 * F);
       cpu::linear_backward_w(G + o.mlp_down, dres, la.h.data(), N, F, D);
-      cpu::linear_backward_x(a.dh.data(), dres, P + o.mlp_down, N, F, D, false);
-      cpu::swiglu_backward(a.dgu.data(), a.dh.data(), la.gu.data(), N, F);
-      cpu::linear_backward_w(G + o.mlp_gu, a.dgu.data(), la.ln2.data(), N, D, 2 * F);
-      cpu::linear_backward_x(dln, a.dgu.data(), P + o.mlp_gu, N, D, 2 * F, false);
+      cpu::linear_backward_x(dh.data(), dres, P + o.mlp_down, N, F, D, false);
+      cpu::swiglu_backward(dgu.data(), dh.data(), la.gu.data(), N, F);
+      cpu::linear_backward_w(G + o.mlp_gu, dgu.data(), la.ln2.data(), N, D, 2 * F);
+      cpu::linear_backward_x(dln, dgu.data(), P + o.mlp_gu, N, D, 2 * F, false);
     } else {
       moe_backward(dln, dres, la.ln2.data(), moe_weights(l), moe_grads(l), c, B, T, la.moe,
-                   grad_scale);
+                   a.moe_scratch, grad_scale);
     }
     cpu::rmsnorm_backward(dres, G + o.post_norm, dln, xm, P + o.post_norm, la.rstd2.data(), N, D);
 

@@ -2,6 +2,7 @@
 // weighted unpermute, plus shared experts. Backward is the same list reversed.
 #include "model/moe_layer.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
@@ -111,59 +112,63 @@ void moe_forward(float* y, const float* x, const MoeWeights& w, const ModelConfi
 }
 
 void moe_backward(float* dx, const float* dy, const float* x, const MoeWeights& w,
-                  const MoeGrads& g, const ModelConfig& cfg, int64_t B, int64_t T, MoeCache& c,
-                  float aux_grad_scale) {
+                  const MoeGrads& g, const ModelConfig& cfg, int64_t B, int64_t T,
+                  const MoeCache& c, MoeScratch& s, float aux_grad_scale) {
   const Dims d = dims_of(cfg, B, T, "moe_backward");
   const cpu::RouterSpec spec = router_spec(cfg, "moe_backward");
   const int64_t NK = d.N * d.K;
-  RoutingPlan& p = c.plan;
+  const RoutingPlan& p = c.plan;
   MOE_CHECK(int64_t(p.slot_row.size()) >= NK && int64_t(c.seq_load.size()) >= B * d.E,
             "moe_backward", "cache holds no forward pass for N=", d.N,
             "; call moe_forward with the same B, T first");
   MOE_CHECK(g.router && g.experts && (d.SF == 0 || (g.shared_gu && g.shared_down)),
             "moe_backward", "missing gradient buffers (router, experts, or shared with S=",
             cfg.n_shared_experts, ")");
-  grow(c.dsorted_y, NK * d.D), grow(c.dh, NK * d.Fe), grow(c.dgu, NK * 2 * d.Fe);
-  grow(c.dsorted_x, NK * d.D), grow(c.dgate, NK), grow(c.dlogits, d.N * d.E);
-  grow(c.dshared_h, d.N * d.SF), grow(c.dshared_gu, d.N * 2 * d.SF);
+  grow(s.drows, NK * d.D);
+  grow(s.dh, std::max(NK * d.Fe, d.N * d.SF));
+  grow(s.dgu, std::max(NK * 2 * d.Fe, d.N * 2 * d.SF));
+  grow(s.dgate, NK), grow(s.dlogits, d.N * d.E);
   const int64_t* off = p.offsets.data();
   const int64_t M = off[d.E];
   const float* w_down = w.experts + 2 * d.Fe * d.D;
   float* g_down = g.experts + 2 * d.Fe * d.D;
+  float* dsorted_y = s.drows.data();  // (M, D)
+  float* dsorted_x = s.drows.data();  // (M, D), once dsorted_y is dead
 
   // 4. Combine: gate-weighted rows -> d rows and d gate weights.
-  cpu::unpermute_weighted_backward(c.dsorted_y.data(), c.dgate.data(), dy, c.sorted_y.data(),
+  cpu::unpermute_weighted_backward(dsorted_y, s.dgate.data(), dy, c.sorted_y.data(),
                                    p.topk_w.data(), p.slot_row.data(), d.N, d.K, d.D);
 
   // 3. Experts, reversed.
-  cpu::grouped_linear_backward_w(g_down, d.block, c.dsorted_y.data(), c.h.data(), off, d.E, d.Fe,
-                                 d.D);
-  cpu::grouped_linear_backward_x(c.dh.data(), c.dsorted_y.data(), w_down, d.block, off, d.E,
-                                 d.Fe, d.D);                                    // (M, Fe)
-  cpu::swiglu_backward(c.dgu.data(), c.dh.data(), c.gu.data(), M, d.Fe);        // (M, 2Fe)
-  cpu::grouped_linear_backward_w(g.experts, d.block, c.dgu.data(), c.sorted_x.data(), off, d.E,
+  cpu::grouped_linear_backward_w(g_down, d.block, dsorted_y, c.h.data(), off, d.E, d.Fe, d.D);
+  cpu::grouped_linear_backward_x(s.dh.data(), dsorted_y, w_down, d.block, off, d.E, d.Fe,
+                                 d.D);                                          // (M, Fe)
+  cpu::swiglu_backward(s.dgu.data(), s.dh.data(), c.gu.data(), M, d.Fe);        // (M, 2Fe)
+  cpu::grouped_linear_backward_w(g.experts, d.block, s.dgu.data(), c.sorted_x.data(), off, d.E,
                                  d.D, 2 * d.Fe);
-  cpu::grouped_linear_backward_x(c.dsorted_x.data(), c.dgu.data(), w.experts, d.block, off, d.E,
-                                 d.D, 2 * d.Fe);                                // (M, D)
+  cpu::grouped_linear_backward_x(dsorted_x, s.dgu.data(), w.experts, d.block, off, d.E, d.D,
+                                 2 * d.Fe);                                     // (M, D)
 
   // 2. Dispatch, reversed: dx is the sum of each token's kept rows.
-  cpu::permute_backward(dx, c.dsorted_x.data(), p.slot_row.data(), d.N, d.K, d.D);  // (N, D)
+  cpu::permute_backward(dx, dsorted_x, p.slot_row.data(), d.N, d.K, d.D);       // (N, D)
 
   // Shared experts (dx +=).
   if (d.SF > 0) {
+    float* dshared_h = s.dh.data();    // (N, SF)
+    float* dshared_gu = s.dgu.data();  // (N, 2SF)
     cpu::linear_backward_w(g.shared_down, dy, c.shared_h.data(), d.N, d.SF, d.D);
-    cpu::linear_backward_x(c.dshared_h.data(), dy, w.shared_down, d.N, d.SF, d.D, false);
-    cpu::swiglu_backward(c.dshared_gu.data(), c.dshared_h.data(), c.shared_gu.data(), d.N, d.SF);
-    cpu::linear_backward_w(g.shared_gu, c.dshared_gu.data(), x, d.N, d.D, 2 * d.SF);
-    cpu::linear_backward_x(dx, c.dshared_gu.data(), w.shared_gu, d.N, d.D, 2 * d.SF, true);
+    cpu::linear_backward_x(dshared_h, dy, w.shared_down, d.N, d.SF, d.D, false);
+    cpu::swiglu_backward(dshared_gu, dshared_h, c.shared_gu.data(), d.N, d.SF);
+    cpu::linear_backward_w(g.shared_gu, dshared_gu, x, d.N, d.D, 2 * d.SF);
+    cpu::linear_backward_x(dx, dshared_gu, w.shared_gu, d.N, d.D, 2 * d.SF, true);
   }
 
   // 1. Route, reversed: gate weights and the auxiliary terms -> logits -> router and x.
-  cpu::router_backward(c.dlogits.data(), c.dgate.data(), c.logits.data(), c.scores.data(),
+  cpu::router_backward(s.dlogits.data(), s.dgate.data(), c.logits.data(), c.scores.data(),
                        p.topk_idx.data(), p.topk_w.data(), c.load.data(), c.seq_load.data(), B,
                        T, spec, loss_coefs(cfg, double(aux_grad_scale)));      // (N, E)
-  cpu::linear_backward_w(g.router, c.dlogits.data(), x, d.N, d.D, d.E);
-  cpu::linear_backward_x(dx, c.dlogits.data(), w.router, d.N, d.D, d.E, true);
+  cpu::linear_backward_w(g.router, s.dlogits.data(), x, d.N, d.D, d.E);
+  cpu::linear_backward_x(dx, s.dlogits.data(), w.router, d.N, d.D, d.E, true);
 }
 
 void update_balance_bias(float* bias, const int64_t* load, int64_t E, double rate) {

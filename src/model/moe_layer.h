@@ -53,10 +53,16 @@ struct MoeCache {
   std::vector<float> shared_h;   // (N, S*Fe)
   std::vector<int64_t> load;      // (E)    tokens that selected e (before capacity drops)
   std::vector<int64_t> seq_load;  // (B, E) the same per sequence (for seq_aux_loss)
-  // Backward scratch (same shapes as the forward buffers they are gradients of).
-  std::vector<float> dsorted_y, dh, dgu, dsorted_x;  // (M, D) (M, Fe) (M, 2*Fe) (M, D)
-  std::vector<float> dgate, dlogits;                 // (N, K) (N, E)
-  std::vector<float> dshared_h, dshared_gu;          // (N, S*Fe) (N, 2*S*Fe)
+};
+
+// Backward scratch, nothing kept between calls: one is shared by every MoE layer of a model.
+// Buffers are reused as backward goes down the layer: drows holds d sorted_y, then d sorted_x;
+// dh and dgu hold the routed experts' gradients, then the shared expert's.
+struct MoeScratch {
+  std::vector<float> drows;          // (M, D)
+  std::vector<float> dh;             // (M, Fe), then (N, S*Fe)
+  std::vector<float> dgu;            // (M, 2*Fe), then (N, 2*S*Fe)
+  std::vector<float> dgate, dlogits; // (N, K) (N, E)
 };
 
 // x (N, D) is the normalized input, N = B*T tokens in B sequences of T (for seq_aux_loss).
@@ -69,7 +75,7 @@ void moe_forward(float* y, const float* x, const MoeWeights& w, const ModelConfi
 // factor applied to the cross-entropy gradient, e.g. 1/accumulation_steps).
 void moe_backward(float* dx, const float* dy, const float* x, const MoeWeights& w,
                   const MoeGrads& g, const ModelConfig& cfg, int64_t B, int64_t T,
-                  MoeCache& cache, float aux_grad_scale);
+                  const MoeCache& cache, MoeScratch& scratch, float aux_grad_scale);
 
 // Auxiliary-loss-free balancing, after an optimizer step: b_e += rate * sign(mean(load) - load_e).
 void update_balance_bias(float* bias, const int64_t* load, int64_t E, double rate);

@@ -31,8 +31,13 @@ class AdamW {
   std::vector<float>& v() { return v_; }
 
  private:
+  struct Run {  // adjacent trainable parameters with the same decay
+    int64_t offset, numel;
+    bool decay;
+  };
   const ParamLayout& layout_;
   AdamWConfig cfg_;
+  std::vector<Run> runs_;
   std::vector<float> m_, v_;  // [total_numel]
   int64_t t_ = 0;
 };
