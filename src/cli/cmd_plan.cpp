@@ -46,7 +46,7 @@ void run_calibrate(const PlanArgs& a) {
               "16 experts x 512 top-2 + 1 shared), batch %lld x seq %lld, fp32, %d threads\n",
               static_cast<long long>(o.batch), static_cast<long long>(o.seq), o.threads);
   std::fflush(stdout);
-  const Calibration r = calibrate(bench_moe_config(), o);
+  const Calibration r = calibrate(moe::bench_moe_config(), o);
   for (const auto& l : r.lines) std::printf("  %s\n", l.c_str());
   const Time& t = r.predicted;
   std::printf("predicted step %.3f s = fwd %.3f (dense %.3f, experts %.3f, head %.3f, attention "

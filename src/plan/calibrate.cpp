@@ -83,26 +83,6 @@ double time_grouped(int64_t rows, int64_t E, int64_t in, int64_t out, int reps) 
 
 }  // namespace
 
-ModelConfig bench_moe_config() {
-  ModelConfig c;
-  c.vocab_size = 256;
-  c.hidden_size = 512;
-  c.num_hidden_layers = 6;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 8;
-  c.head_dim = 64;
-  c.first_k_dense_replace = 1;
-  c.intermediate_size = 1536;
-  c.moe_intermediate_size = 512;
-  c.n_routed_experts = 16;
-  c.n_shared_experts = 1;
-  c.num_experts_per_tok = 2;
-  c.scoring_func = "sigmoid";
-  c.norm_topk_prob = true;
-  c.max_position_embeddings = 512;
-  return c;
-}
-
 Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
   omp_set_num_threads(o.threads);
   Calibration r;

@@ -8,14 +8,10 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/presets.h"  // bench_moe_config: the model --calibrate runs
 #include "plan/cost.h"
 
 namespace moe::plan {
-
-// The single-process benchmark model: vocab 256, hidden 512, 6 layers, 8 heads of 64,
-// first_k_dense_replace 1, intermediate 1536, 16 routed experts of width 512, 1 shared,
-// top-2 sigmoid; run at seq 512, batch 8, fp32.
-ModelConfig bench_moe_config();
 
 struct CalibrateOptions {
   int threads = 2;      // OpenMP threads for every measurement, e.g. 2
