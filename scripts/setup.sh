@@ -6,6 +6,8 @@ what=${1:-main}
 pkgs=(g++ cmake make libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev libssl-dev)
 if [[ $what == test || $what == bench ]]; then
   pkgs+=(libgtest-dev python3 python3-torch python3-numpy)
+  # clang's libFuzzer runs the comm parser fuzz test.
+  pkgs+=(clang libclang-rt-14-dev)
 fi
 if [[ $what == bench ]]; then
   # PyTorch's reference run uses OpenBLAS with OpenMP threads, as a PyTorch user would have.
