@@ -12,6 +12,8 @@ fi
 if [[ $what == bench ]]; then
   # PyTorch's reference run uses OpenBLAS with OpenMP threads, as a PyTorch user would have.
   pkgs+=(libopenblas0-openmp)
+  # bench/comm/compare.sh measures moe::comm against Open MPI 4.1 and Gloo.
+  pkgs+=(openmpi-bin libopenmpi-dev libgloo-dev)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
