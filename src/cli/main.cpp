@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -14,13 +15,16 @@
 
 #include "core/error.h"
 #include "data/corpus.h"
+#include "data/shards.h"
 #include "data/tokenizer.h"
+#include "data/tokenizers.h"
 #include "infer/generate.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
 #include "model/flops.h"
+#include "core/checksum.h"
 #include "core/safetensors.h"
 
 namespace {
@@ -35,9 +39,24 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-void print_sample(const std::string& prompt, const std::vector<int32_t>& out) {
-  std::string s = prompt + byte_decode(out);
-  std::printf("---\n%s\n", s.c_str());
+// A model folder's weights and the tokenizer it names; the model must embed every token id.
+struct LoadedModel {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tok;
+};
+LoadedModel load_model_dir(const std::string& dir) {
+  ModelConfig cfg;
+  std::vector<float> params;
+  load_checkpoint(dir, &cfg, &params);
+  LoadedModel m;
+  m.tok = make_tokenizer(model_tokenizer_spec(dir));
+  MOE_CHECK(cfg.vocab_size >= m.tok->vocab_size(), "checkpoint", dir,
+            "/config.json: vocab_size = ", cfg.vocab_size, " is smaller than the vocab of its "
+            "tokenizer (", m.tok->vocab_size(), ", ", m.tok->name(),
+            "); the folder mixes two runs: copy the tokenizer.json of the run that trained it");
+  m.model = std::make_unique<Model>(cfg);
+  m.model->params() = params;
+  return m;
 }
 
 int cmd_train(const std::string& config_path, std::vector<Override> overrides, int64_t samples) {
@@ -65,15 +84,25 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
     if (rc.train.seq_len > rc.model.max_position_embeddings)
       rc.train.seq_len = rc.model.max_position_embeddings;
   }
-  const TokenData data = load_data(rc.data);
+  const TrainConfig& tc = rc.train;
+  const TokenData data =
+      load_data(rc.data, tc.out_dir.empty() ? "" : (std::filesystem::path(tc.out_dir) / "data").string());
+  std::string vocab_where = rc.where_of("model.vocab_size");
+  if (vocab_where.empty()) vocab_where = rc.model_origin;
+  check_vocab(rc.model, data, vocab_where);
   Model model(rc.model);
   model.init_weights(rc.train.seed);
-  const TrainConfig& tc = rc.train;
   const ParamCounts pc = count_params(rc.model);
   std::printf("moe train: %.2fM parameters (%.2fM active per token), model from %s, %d threads\n"
-              "data: %s (%zu train tokens, %zu held out)",
+              "data: %s (%lld train tokens, %lld held out)",
               double(pc.total) / 1e6, double(pc.active) / 1e6, rc.model_origin.c_str(),
-              omp_get_max_threads(), data.name.c_str(), data.train.size(), data.val.size());
+              omp_get_max_threads(), data.name.c_str(),
+              static_cast<long long>(data.train_tokens()), static_cast<long long>(data.val_tokens()));
+  if (rc.model.vocab_size > data.vocab_size)
+    std::printf("\nnote: [model] vocab_size = %lld exceeds the tokenizer's %lld: %lld embedding "
+                "rows are never used", static_cast<long long>(rc.model.vocab_size),
+                static_cast<long long>(data.vocab_size),
+                static_cast<long long>(rc.model.vocab_size - data.vocab_size));
   if (data.entropy_floor >= 0) std::printf(", entropy floor %.4f nats/byte", data.entropy_floor);
   std::printf("\nsteps %lld, batch %lld x seq %lld x accum %lld, lr %.1e (%s), run folder %s\n",
               static_cast<long long>(tc.steps), static_cast<long long>(tc.batch),
@@ -102,44 +131,67 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
       GenerateOptions go;
       go.max_new_tokens = 160;
       go.seed = static_cast<uint64_t>(i);
-      const std::string prompt = rc.data.source == "builtin" ? prompts[i % 3] : "";
-      print_sample(prompt, generate(model, byte_encode(prompt), go));
+      const bool builtin = rc.data.source == "builtin";
+      const std::string prompt = builtin ? prompts[i % 3] : "";
+      const std::vector<int32_t> p = builtin ? byte_encode(prompt) : data.sample_prompt;
+      const std::vector<int32_t> out = generate(model, p, go);
+      std::printf("---\n%s%s\n", prompt.c_str(), data.decode(out).c_str());
     }
   }
   return 0;
 }
 
 int cmd_generate(const std::string& dir, const std::string& prompt, GenerateOptions go) {
-  ModelConfig cfg;
-  std::vector<float> params;
-  load_checkpoint(dir, &cfg, &params);
-  Model model(cfg);
-  model.params() = params;
+  const LoadedModel m = load_model_dir(dir);
   std::fputs(prompt.c_str(), stdout);
-  generate(model, byte_encode(prompt), go, [](int32_t t) {
-    std::fputc(t & 0xff, stdout);
+  const Tokenizer& tok = *m.tok;
+  generate(*m.model, tok.encode(prompt), go, [&tok](int32_t t) {
+    std::fputs(tok.decode({t}).c_str(), stdout);
     std::fflush(stdout);
   });
   std::fputc('\n', stdout);
   return 0;
 }
 
+// --data: a text file (tokenized with the checkpoint's tokenizer, every window) or a folder made
+// by `moe data prepare` with the same tokenizer (its validation split).
 int cmd_eval(const std::string& dir, const std::string& data_path, int64_t seq_len, bool json) {
-  ModelConfig cfg;
-  std::vector<float> params;
-  load_checkpoint(dir, &cfg, &params);
-  Model model(cfg);
-  model.params() = params;
+  const LoadedModel m = load_model_dir(dir);
+  const ModelConfig& cfg = m.model->config();
   const int64_t T = seq_len > 0 ? seq_len : cfg.max_position_embeddings;
-  const std::vector<int32_t> data = byte_encode(read_file(data_path));
-  MOE_CHECK(static_cast<int64_t>(data.size()) >= T + 1, "eval", "'", data_path, "' has ",
-            data.size(), " bytes, fewer than one window of ", T + 1, "; use --seq-len smaller");
   int64_t n = 0;
-  const double loss = evaluate(model, data, T, 8, 0, &n);
+  double loss = 0;
+  std::string what;
+  if (std::filesystem::is_directory(data_path)) {
+    TokenData data;
+    data.dataset = std::make_shared<const TokenDataset>(data_path);
+    const std::string spec = data.dataset->tokenizer_spec();
+    const bool same = spec == m.tok->spec() ||
+                      (spec != "byte" && m.tok->spec() != "byte" &&
+                       crc32c_file(spec) == crc32c_file(m.tok->spec()));
+    MOE_CHECK(same, "eval", data_path, " was prepared with the tokenizer ", spec,
+              " but the checkpoint uses ", m.tok->name(),
+              "; prepare the data with the checkpoint's tokenizer.json (moe data prepare FILES "
+              "--tokenizer ", dir, ")");
+    MOE_CHECK(data.dataset->val_windows(T) > 0, "eval", data_path, ": the validation split has ",
+              data.dataset->tokens(Split::kVal), " tokens, fewer than one window of ", T + 1,
+              "; use --seq-len smaller");
+    loss = evaluate(*m.model, data, T, 8, 0, &n);
+    what = "validation split";
+  } else {
+    const std::vector<int32_t> data = m.tok->encode(read_file(data_path));
+    MOE_CHECK(static_cast<int64_t>(data.size()) >= T + 1, "eval", "'", data_path, "' has ",
+              data.size(), " tokens (", m.tok->name(), "), fewer than one window of ", T + 1,
+              "; use --seq-len smaller");
+    loss = evaluate(*m.model, data, T, 8, 0, &n);
+    what = "file";
+  }
   if (json)
-    std::printf("{\"loss\": %.6f, \"tokens\": %lld}\n", loss, static_cast<long long>(n));
+    std::printf("{\"loss\": %.6f, \"tokens\": %lld, \"tokenizer\": \"%s\"}\n", loss,
+                static_cast<long long>(n), m.tok->spec() == "byte" ? "byte" : "bpe");
   else
-    std::printf("loss %.4f nats/token over %lld tokens\n", loss, static_cast<long long>(n));
+    std::printf("loss %.4f nats/token (perplexity %.3f) over %lld tokens of the %s, tokenizer %s\n",
+                loss, std::exp(loss), static_cast<long long>(n), what.c_str(), m.tok->name().c_str());
   return 0;
 }
 
@@ -149,6 +201,7 @@ void add_comm_commands(CLI::App& app);    // cmd_comm.cpp: launch, comm-bench
 void add_report_commands(CLI::App& app);  // cmd_report.cpp
 void add_plan_commands(CLI::App& app);    // cmd_plan.cpp
 void add_data_commands(CLI::App& app);    // cmd_data.cpp
+void add_info_commands(CLI::App& app);    // cmd_info.cpp
 
 int main(int argc, char** argv) {
   CLI::App app{"moe.cpp: train Mixture-of-Experts language models on CPU"};
@@ -178,7 +231,9 @@ int main(int argc, char** argv) {
   shortcut("--seq-len", "train.seq_len", "= --train.seq_len");
   shortcut("--seed", "train.seed", "= --train.seed");
   shortcut("--lr", "optim.lr", "= --optim.lr");
-  shortcut("--data", "data.source", "= --data.source (a text file, or builtin)");
+  shortcut("--data", "data.source",
+           "= --data.source (builtin, a text file, or a folder made by moe data prepare)");
+  shortcut("--tokenizer", "data.tokenizer", "= --data.tokenizer (byte or a tokenizer.json)");
   shortcut("--out", "checkpoint.dir", "= --checkpoint.dir (run folder)");
   tr->add_flag("--resume", resume, "continue from the newest valid checkpoint in the run folder");
   tr->add_option("--samples", samples, "samples printed at the end")->capture_default_str();
@@ -200,7 +255,9 @@ int main(int argc, char** argv) {
   bool json = false;
   auto* ev = app.add_subcommand("eval", "mean next-token cross-entropy of a checkpoint on a file");
   ev->add_option("--checkpoint", eval_ckpt, "checkpoint directory")->required();
-  ev->add_option("--data", eval_data, "text file")->required();
+  ev->add_option("--data", eval_data,
+                 "text file (tokenized with the checkpoint's tokenizer) or a prepared folder "
+                 "(its validation split)")->required();
   ev->add_option("--seq-len", eval_seq, "window length (default max_position_embeddings)");
   ev->add_flag("--json", json, "print {\"loss\": L, \"tokens\": N}");
 
@@ -208,6 +265,7 @@ int main(int argc, char** argv) {
   add_report_commands(app);
   add_plan_commands(app);
   add_data_commands(app);
+  add_info_commands(app);
 
   // Subcommands added by add_*_commands run in CLI11 callbacks during parse(), so one try
   // covers parsing and running.

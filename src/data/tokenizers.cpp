@@ -85,6 +85,13 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec) {
   return std::make_unique<BpeWrapper>(BpeTokenizer::load(abs), abs);
 }
 
+std::string model_tokenizer_spec(const std::string& model_dir) {
+  const fs::path p = fs::path(model_dir) / "tokenizer.json";
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec)) return "byte";
+  return fs::absolute(p, ec).lexically_normal().string();
+}
+
 size_t last_safe_cut(std::string_view text) {
   // text[n - 1] == '\n' and text[n] is ASCII non-whitespace; non-ASCII might be a Unicode space
   // that the pre-tokenizer would join to the newline, so it never follows a cut.

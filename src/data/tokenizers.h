@@ -40,6 +40,10 @@ class Tokenizer {
 // BpeTokenizer cannot read.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec);
 
+// The tokenizer a model folder (config.json + model.safetensors) was trained with:
+// dir/tokenizer.json when it exists, else "byte". Pass it to make_tokenizer().
+std::string model_tokenizer_spec(const std::string& model_dir);
+
 // The largest n <= text.size() such that text[0, n) ends right after a '\n' followed by a
 // non-whitespace byte (a safe place to cut for chunkable() tokenizers); 0 if there is none.
 size_t last_safe_cut(std::string_view text);

@@ -44,6 +44,24 @@ template <class T>
 void grow(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
+// Sum over n of the entropy of scores[n, :] / sum_e scores[n, e] (nats), in double.
+double router_entropy_sum(const float* scores, int64_t N, int64_t E) {
+  double total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* s = scores + n * E;
+    double sum = 0;
+    for (int64_t e = 0; e < E; ++e) sum += double(s[e]);
+    if (!(sum > 0)) continue;
+    double h = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const double p = double(s[e]) / sum;
+      if (p > 0) h -= p * std::log(p);
+    }
+    total += h;
+  }
+  return total;
+}
 // out = a + b (the residual connection)
 void add(float* out, const float* a, const float* b, int64_t n) {
 #pragma omp parallel for simd schedule(static)
@@ -174,6 +192,7 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
 
   // ---------------------------------------------------------------- forward
   LossStats st;
+  moe_stats_.clear();
   cpu::embedding_forward(res(0), a.inputs.data(), P + layout_.embed, N, D);
   for (int64_t l = 0; l < L; ++l) {
     const LayerOffsets& o = layout_.layers[l];
@@ -215,6 +234,13 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
       st.z += ms.z_loss;
       st.dropped += ms.dropped;
       for (int64_t e = 0; e < c.n_routed_experts; ++e) load_[l][e] += ms.load[e];
+      MoeLayerStats& mls = moe_stats_.emplace_back();
+      mls.layer = l;
+      mls.load = ms.load;
+      mls.tokens = N;
+      mls.slots = N * c.num_experts_per_tok;
+      mls.dropped = ms.dropped;
+      mls.entropy_sum = router_entropy_sum(la.moe.scores.data(), N, c.n_routed_experts);
     }
     add(xo, xm, a.tmp.data(), N * D);
   }

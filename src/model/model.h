@@ -21,6 +21,20 @@ struct LossStats {
   int64_t dropped = 0;  // routed slots dropped by capacity, all layers
 };
 
+// Routing statistics of one MoE layer over the last forward pass (read-only, for metrics; they
+// never feed back into the numerics).
+struct MoeLayerStats {
+  int64_t layer = 0;            // index in [first_k_dense_replace, L)
+  std::vector<int64_t> load;    // (E) tokens that selected e (before capacity drops)
+  int64_t tokens = 0;           // N = B*T
+  int64_t slots = 0;            // N*K routed slots
+  int64_t dropped = 0;          // slots dropped by capacity (0 when dropless)
+  double entropy_sum = 0;       // sum over tokens of H(s / sum_j s_j), nats
+  // Mean over tokens of the entropy of the normalized router scores (ln E = uniform routing).
+  double router_entropy() const { return tokens > 0 ? entropy_sum / double(tokens) : 0.0; }
+  double dropped_frac() const { return slots > 0 ? double(dropped) / double(slots) : 0.0; }
+};
+
 struct Activations;  // model.cpp
 
 class Model {
@@ -57,6 +71,10 @@ class Model {
   // b_e += bias_update_rate * sign(mean(load) - load_e) on every MoE layer, then reset_load().
   void update_balance_biases();
 
+  // One entry per MoE layer, from the last forward pass (forward or forward_backward); empty
+  // before the first one. Costs one pass over the (N, E) router scores per layer.
+  const std::vector<MoeLayerStats>& moe_stats() const { return moe_stats_; }
+
   // Views for one layer (used by the MoE layer, inference and tests).
   MoeWeights moe_weights(int64_t layer) const;
   MoeGrads moe_grads(int64_t layer);
@@ -68,6 +86,7 @@ class Model {
   ParamLayout layout_;
   std::vector<float> params_, grads_;
   std::vector<std::vector<int64_t>> load_;
+  std::vector<MoeLayerStats> moe_stats_;  // (MoE layers) of the last forward pass
   std::vector<float> rope_cos_, rope_sin_;  // (max_pos, Dh/2)
   std::unique_ptr<Activations> acts_;
 };

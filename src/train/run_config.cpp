@@ -61,10 +61,11 @@ std::vector<Field> fields_of(RunConfig& rc) {
   constexpr double kInf = HUGE_VAL;
   return {
       {"data", "source", Kind::kString, &d.source, 0, 0, nullptr,
-       "\"builtin\" or a text file path"},
-      {"data", "tokenizer", Kind::kString, &d.tokenizer, 0, 0, nullptr, "\"byte\""},
+       "\"builtin\", a text file, or a folder made by `moe data prepare`"},
+      {"data", "tokenizer", Kind::kString, &d.tokenizer, 0, 0, nullptr,
+       "\"\" (byte for text, the folder's own for prepared data), \"byte\" or a tokenizer.json"},
       {"data", "val_fraction", Kind::kFloat, &d.val_fraction, 0, 0.5, nullptr,
-       "text files: the held-out tail"},
+       "text files: the held-out tail (prepared folders keep their own split)"},
       {"data", "builtin_bytes", Kind::kInt, &d.builtin_bytes, 4096, 1e10, nullptr,
        "size of the built-in corpus"},
       {"train", "steps", Kind::kInt, &t.steps, 1, 1e12, nullptr, "optimizer steps"},
@@ -314,6 +315,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<Override>& 
           rc.model = load_config(p.string());
           model_json = json::parse(config_to_json(rc.model));
           rc.model_origin = p.string();
+          rc.where["model.vocab_size"] = p.string();
         } else {
           rc.model_origin = path + " [model]";
         }
@@ -329,6 +331,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<Override>& 
             parse_config(probe.dump(), where_of(path, v));
           }
           model_json[std::string(k.str())] = jv;
+          rc.where["model." + std::string(k.str())] = where_of(path, v);
           model_changed = true;
         }
         continue;
@@ -340,6 +343,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<Override>& 
       for (const auto& [k, v] : tbl) {
         const Field* f = find_field(fields, section, std::string(k.str()), where_of(path, v));
         set_from_toml(*f, v, where_of(path, v));
+        rc.where[section + "." + std::string(k.str())] = where_of(path, v);
       }
     }
   }
@@ -353,6 +357,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<Override>& 
     if (section == "model") {
       const json jv = toml_to_json(*v.get("v"));
       model_json[key] = jv.is_null() ? json(value) : jv;
+      rc.where[dotted] = where;
       model_changed = true;
       if (rc.model_origin.find("command line") == std::string::npos)
         rc.model_origin += " + command line";
@@ -363,7 +368,10 @@ RunConfig load_run_config(const std::string& path, const std::vector<Override>& 
     MOE_CHECK(known, "config", where, ": unknown section '", section, "'; sections are ",
               kSections);
     set_from_toml(*find_field(fields, section, key, where), *v.get("v"), where);
+    rc.where[dotted] = where;
   }
+  for (const auto& [dotted, place] : rc.where)
+    if (dotted.rfind("data.", 0) == 0) rc.data.where[dotted.substr(5)] = place;
   if (model_changed) rc.model = parse_config(model_json.dump(), rc.model_origin);
   rc.model.validate();
   MOE_CHECK(rc.train.seq_len <= rc.model.max_position_embeddings, "config",

@@ -4,6 +4,7 @@
 // file, line, key and what is allowed.
 #pragma once
 
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +19,13 @@ struct RunConfig {
   std::string model_origin;  // where the model config came from, for messages
   DataConfig data;           // [data]
   TrainConfig train;         // [train] [optim] [checkpoint] [guard] [log]
+  // "section.key" -> where it was set: "configs/small.toml:12" or "command line --model.x".
+  std::map<std::string, std::string> where;
+  // "configs/small.toml:12" style place of a key, or "" if it kept its default.
+  std::string where_of(const std::string& dotted) const {
+    const auto it = where.find(dotted);
+    return it == where.end() ? "" : it->second;
+  }
 };
 
 // One `--section.key value` from the command line.

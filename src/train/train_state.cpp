@@ -55,7 +55,8 @@ void write_text(const fs::path& p, const std::string& text) {
 }  // namespace
 
 std::string save_train_checkpoint(const std::string& run_dir, const Model& model,
-                                  const AdamW& opt, const TrainState& st, int64_t keep) {
+                                  const AdamW& opt, const TrainState& st, int64_t keep,
+                                  const std::string& tokenizer_json) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   std::error_code ec;
   fs::create_directories(root, ec);
@@ -75,8 +76,18 @@ std::string save_train_checkpoint(const std::string& run_dir, const Model& model
                       {"lr_scale", st.lr_scale},   {"rollbacks", st.rollbacks},
                       {"skipped", st.skipped},     {"tokens", st.tokens},
                       {"elapsed_s", st.elapsed_s}, {"loss_window", st.loss_window},
-                      {"spike_steps", st.spike_steps}, {"adam_step", opt.steps()}};
+                      {"spike_steps", st.spike_steps}, {"adam_step", opt.steps()},
+                      {"data_train_tokens", st.data_train_tokens}};
   write_text(tmp / kState, state.dump(1) + "\n");
+  std::vector<std::string> names = {"config.json", "model.safetensors", kOptimizer, kState};
+  if (!tokenizer_json.empty()) {
+    std::ifstream src(tokenizer_json, std::ios::binary);
+    MOE_CHECK(src.good(), "checkpoint", "cannot read the tokenizer ", tokenizer_json,
+              " to copy into the checkpoint; was it moved during the run?");
+    const std::string text((std::istreambuf_iterator<char>(src)), std::istreambuf_iterator<char>());
+    write_text(tmp / "tokenizer.json", text);
+    names.push_back("tokenizer.json");
+  }
 
   // Test hook: die by SIGKILL halfway through the Nth checkpoint write of this process.
   static int writes = 0;
@@ -85,7 +96,7 @@ std::string save_train_checkpoint(const std::string& run_dir, const Model& model
 
   // 2. The manifest last: its presence means the rest is complete.
   json files = json::object();
-  for (const char* name : {"config.json", "model.safetensors", kOptimizer, kState}) {
+  for (const std::string& name : names) {
     uint64_t size = 0;
     const uint32_t crc = crc32c_file((tmp / name).string(), &size);
     files[name] = {{"bytes", size}, {"crc32c", hex32(crc)}};
@@ -199,6 +210,7 @@ void load_train_checkpoint(const std::string& dir, Model& model, AdamW& opt, Tra
     st->loss_window = s.at("loss_window").get<std::vector<double>>();
     st->spike_steps = s.at("spike_steps").get<std::vector<int64_t>>();
     opt.set_steps(s.at("adam_step").get<int64_t>());
+    st->data_train_tokens = s.value("data_train_tokens", int64_t(-1));
   } catch (const json::exception& e) {
     MOE_FAIL("checkpoint", dir, "/", kState, ": ", e.what());
   }

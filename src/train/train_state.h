@@ -4,6 +4,7 @@
 //     config.json  model.safetensors    the model (HF names; balancing biases included)
 //     optimizer.safetensors             AdamW exp_avg and exp_avg_sq over the parameter arena
 //     train_state.json                  step, data offset, lr scale, guard history, counters
+//     tokenizer.json                    (BPE runs) the tokenizer the data was made with
 //     MANIFEST.json                     size and CRC-32C of each file above; written last
 //
 // A checkpoint is built in a temporary folder, every file fsynced, then renamed into place and
@@ -30,11 +31,14 @@ struct TrainState {
   double elapsed_s = 0;     // wall time spent training before this checkpoint
   std::vector<double> loss_window;  // the guard's recent accepted losses, oldest first
   std::vector<int64_t> spike_steps; // steps of recent spikes
+  int64_t data_train_tokens = -1;   // size of the train stream batches are drawn from (-1: unknown)
 };
 
 // Writes RUN/checkpoints/step_XXXXXXXX and deletes the oldest beyond `keep`. Returns its path.
+// tokenizer_json: a tokenizer.json to copy into it ("" for the byte tokenizer).
 std::string save_train_checkpoint(const std::string& run_dir, const Model& model,
-                                  const AdamW& opt, const TrainState& st, int64_t keep);
+                                  const AdamW& opt, const TrainState& st, int64_t keep,
+                                  const std::string& tokenizer_json = "");
 
 // "" if dir is a complete checkpoint whose files match its MANIFEST, else what is wrong.
 std::string check_train_checkpoint(const std::string& dir);

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/safetensors.h"
 #include "data/corpus.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
@@ -78,34 +79,6 @@ double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64
   return count ? sum / static_cast<double>(count) : 0.0;
 }
 
-TokenData load_data(const DataConfig& dc) {
-  TokenData data;
-  MOE_CHECK(dc.tokenizer == "byte", "data", "[data] tokenizer = \"", dc.tokenizer,
-            "\": only \"byte\" is supported for text sources here");
-  if (dc.source == "builtin") {
-    const Corpus train = make_builtin_corpus(1, dc.builtin_bytes);
-    const Corpus val = make_builtin_corpus(2, std::max<int64_t>(dc.builtin_bytes / 16, 1 << 16));
-    data.train = byte_encode(train.text);
-    data.val = byte_encode(val.text);
-    data.entropy_floor = train.entropy_nats_per_byte;
-    data.name = "built-in corpus";
-  } else {
-    std::ifstream f(dc.source, std::ios::binary);
-    MOE_CHECK(f.good(), "data", "cannot read [data] source '", dc.source,
-              "': give a text file or \"builtin\"");
-    std::ostringstream ss;
-    ss << f.rdbuf();
-    const std::vector<int32_t> all = byte_encode(ss.str());
-    const auto cut = static_cast<size_t>(double(all.size()) * (1.0 - dc.val_fraction));
-    data.train.assign(all.begin(), all.begin() + cut);
-    data.val.assign(all.begin() + cut, all.end());
-    data.name = dc.source;
-  }
-  data.decode = [](const std::vector<int32_t>& t) { return byte_decode(t); };
-  data.sample_prompt = byte_encode("\n");
-  return data;
-}
-
 namespace {
 
 volatile std::sig_atomic_t g_stop_signal = 0;
@@ -167,30 +140,46 @@ nlohmann::json train_config_json(const TrainConfig& tc) {
           {"weight_decay", tc.adamw.weight_decay}};
 }
 
-// Per MoE layer: load over the log interval and what it says about balance.
+// Adds per-layer routing statistics (same layers in the same order) into acc.
+void accumulate(std::vector<MoeLayerStats>& acc, const std::vector<MoeLayerStats>& s) {
+  if (acc.empty()) {
+    acc = s;
+    return;
+  }
+  for (size_t i = 0; i < s.size() && i < acc.size(); ++i) {
+    MoeLayerStats& a = acc[i];
+    for (size_t e = 0; e < a.load.size() && e < s[i].load.size(); ++e) a.load[e] += s[i].load[e];
+    a.tokens += s[i].tokens;
+    a.slots += s[i].slots;
+    a.dropped += s[i].dropped;
+    a.entropy_sum += s[i].entropy_sum;
+  }
+}
+
+// Per MoE layer over the log interval: load balance (max/mean, min/mean of the per-expert
+// token counts), the router's mean score entropy, capacity drops and the balancing bias.
 void write_moe_records(MetricsLog& log, const Model& model, int64_t step,
-                       const std::vector<std::vector<int64_t>>& load, int64_t dropped,
-                       int64_t slots) {
-  const ModelConfig& c = model.config();
-  const int64_t moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (!c.is_moe_layer(l) || load[size_t(l)].empty()) continue;
-    const auto& ld = load[size_t(l)];
-    double sum = 0, mx = 0, mn = HUGE_VAL, ent = 0;
+                       const std::vector<MoeLayerStats>& window) {
+  for (const MoeLayerStats& s : window) {
+    const auto& ld = s.load;
+    double sum = 0, mx = 0, mn = HUGE_VAL;
     for (int64_t v : ld) sum += double(v), mx = std::max(mx, double(v)), mn = std::min(mn, double(v));
-    for (int64_t v : ld)
-      if (v > 0) ent -= double(v) / sum * std::log(double(v) / sum);
-    const double mean = sum / double(ld.size());
-    const float* bias = model.params().data() + model.layout().layers[size_t(l)].bias;
+    const double mean = ld.empty() ? 0.0 : sum / double(ld.size());
+    const float* bias = model.params().data() + model.layout().layers[size_t(s.layer)].bias;
+    const std::vector<float> b(bias, bias + ld.size());
+    float bmin = 0, bmax = 0;
+    if (!b.empty()) bmin = *std::min_element(b.begin(), b.end()), bmax = *std::max_element(b.begin(), b.end());
     log.write({{"kind", "moe"},
                {"step", step},
-               {"layer", l},
+               {"layer", s.layer},
                {"load", ld},
                {"max_over_mean", mean > 0 ? mx / mean : 0.0},
                {"min_over_mean", mean > 0 ? mn / mean : 0.0},
-               {"router_entropy", ent},
-               {"dropped_frac", slots > 0 ? double(dropped) / double(slots * moe_layers) : 0.0},
-               {"bias", std::vector<float>(bias, bias + ld.size())}});
+               {"router_entropy", s.router_entropy()},
+               {"dropped_frac", s.dropped_frac()},
+               {"bias", b},
+               {"bias_min", bmin},
+               {"bias_max", bmax}});
   }
 }
 
@@ -211,6 +200,16 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
                                            : "");
   Progress progress(tc.progress);
   TrainResult r;
+  // BPE runs keep the tokenizer beside the model (the run folder is also the final model
+  // folder) and in every checkpoint, so `moe eval` and `moe generate` decode the same ids.
+  const std::string tokenizer_json = data.tokenizer_spec == "byte" ? "" : data.tokenizer_spec;
+  if (has_dir && !tokenizer_json.empty()) {
+    std::filesystem::create_directories(tc.out_dir);
+    std::ifstream src(tokenizer_json, std::ios::binary);
+    MOE_CHECK(src.good(), "train", "cannot read the tokenizer ", tokenizer_json);
+    const std::string text((std::istreambuf_iterator<char>(src)), std::istreambuf_iterator<char>());
+    write_file_atomic((fs::path(tc.out_dir) / "tokenizer.json").string(), {{text.data(), text.size()}});
+  }
 
   // Resume: the newest checkpoint whose files match its manifest.
   if (tc.resume && has_dir) {
@@ -222,6 +221,11 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
     }
     if (!valid.empty()) {
       load_train_checkpoint(valid.front(), model, opt, &st);
+      MOE_CHECK(st.data_train_tokens < 0 || st.data_train_tokens == data.train_tokens(), "train",
+                "resume: ", valid.front(), " was trained on a stream of ", st.data_train_tokens,
+                " train tokens but ", data.name, " has ", data.train_tokens(),
+                "; batches would differ. Resume with the same [data] source, tokenizer and "
+                "val_fraction, or start a new run folder");
       guard.window() = st.loss_window;
       guard.spike_steps() = st.spike_steps;
       progress.message(fmt("resume: continuing from %s (step %lld of %lld)", valid.front().c_str(),
@@ -239,6 +243,9 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
                    {"model", nlohmann::json::parse(config_to_json(cfg))},
                    {"train", train_config_json(tc)},
                    {"data", data.name},
+                   {"tokenizer", data.tokenizer_spec},
+                   {"train_tokens", data.train_tokens()},
+                   {"val_tokens", data.val_tokens()},
                    {"started", iso_now()}});
   }
 
@@ -252,8 +259,8 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
   const int64_t first_step = st.step;
   const double base_elapsed = st.elapsed_s;
   double ce_window = 0, loss_last = 0, gnorm_last = 0;
-  int64_t window_steps = 0, window_dropped = 0;
-  std::vector<std::vector<int64_t>> window_load(size_t(cfg.num_hidden_layers));
+  int64_t window_steps = 0;
+  std::vector<MoeLayerStats> window_moe, step_moe;  // routing statistics: log interval, step
 
   auto checkpoint = [&](const char* why) {
     if (!has_dir) return;
@@ -261,14 +268,16 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
     st.spike_steps = guard.spike_steps();
     st.elapsed_s = base_elapsed +
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    const std::string dir = save_train_checkpoint(tc.out_dir, model, opt, st, tc.ckpt_keep);
+    st.data_train_tokens = data.train_tokens();
+    const std::string dir =
+        save_train_checkpoint(tc.out_dir, model, opt, st, tc.ckpt_keep, tokenizer_json);
     metrics.event(st.step, "checkpoint", dir);
     if (std::string(why) != "periodic") progress.message(std::string("checkpoint: ") + dir);
   };
   auto validate = [&]() {
-    if (tc.eval_tokens <= 0 || data.val.empty()) return -1.0;
+    if (tc.eval_tokens <= 0 || data.val_tokens() < T + 1) return -1.0;
     int64_t n = 0;
-    const double ce = evaluate(model, data.val, T, B, tc.eval_tokens, &n);
+    const double ce = evaluate(model, data, T, B, tc.eval_tokens, &n);
     metrics.write({{"kind", "val"}, {"step", st.step}, {"loss", ce}, {"ppl", std::exp(ce)}});
     std::string line = fmt("held-out: ce %.4f nats/token over %lld tokens", ce,
                            static_cast<long long>(n));
@@ -282,13 +291,15 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
     const int64_t step = st.step;
     model.zero_grads();
     LossStats sum;
+    step_moe.clear();
     for (int64_t m = 0; m < tc.accum; ++m) {
-      sample_batch(tokens.data(), data.train, B, T, tc.seed, step + st.data_offset, m);
+      sample_train_batch(tokens.data(), data, B, T, tc.seed, step + st.data_offset, m);
       const LossStats s =
           model.forward_backward(tokens.data(), B, T, 1.0f / static_cast<float>(tc.accum));
       sum.loss += s.loss / double(tc.accum);
       sum.ce += s.ce / double(tc.accum);
       sum.dropped += s.dropped;
+      accumulate(step_moe, model.moe_stats());
     }
     double gnorm = global_grad_norm(model.grads());
     const double observed = faults.apply(step, sum.loss, &gnorm);
@@ -304,14 +315,9 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
         for (size_t i = 0; i < g.size(); ++i) g[i] *= k;
       }
       opt.step(model.params().data(), model.grads().data(), lr_at(tc, step) * st.lr_scale);
-      for (size_t l = 0; l < window_load.size(); ++l) {
-        const auto& ld = model.load()[l];
-        if (window_load[l].size() != ld.size()) window_load[l].assign(ld.size(), 0);
-        for (size_t e = 0; e < ld.size(); ++e) window_load[l][e] += ld[e];
-      }
+      accumulate(window_moe, step_moe);
       model.update_balance_biases();
       ce_window += sum.ce;
-      window_dropped += sum.dropped;
       ++window_steps;
       loss_last = sum.loss, gnorm_last = gnorm;
       ++st.step;
@@ -378,13 +384,11 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
                      {"mfu", mfu},
                      {"tokens", st.tokens},
                      {"time_s", st.elapsed_s + elapsed}});
-      write_moe_records(metrics, model, st.step, window_load, window_dropped,
-                        window_steps * tokens_per_step * cfg.num_experts_per_tok);
-      for (auto& w : window_load) std::fill(w.begin(), w.end(), 0);
+      write_moe_records(metrics, model, st.step, window_moe);
+      window_moe.clear();
       t_log = now;
       ce_window = 0;
       window_steps = 0;
-      window_dropped = 0;
     }
     if (tc.eval_every > 0 && st.step % tc.eval_every == 0 && !last) validate();
     if (tc.sample_every > 0 && st.step % tc.sample_every == 0 && data.decode) {

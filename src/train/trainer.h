@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -53,22 +55,40 @@ struct TrainConfig {
   std::string fault_inject;
 };
 
+class TokenDataset;  // data/shards.h
+
 // Where the tokens come from.
 struct DataConfig {
-  std::string source = "builtin";  // "builtin", or a text file (tokenized on the fly)
-  std::string tokenizer = "byte";  // "byte" (text files)
-  double val_fraction = 0.1;       // text files: the last fraction is held out
+  // "builtin"; a text file (tokenized once into RUN/data/, a token-shard cache reused while the
+  // file, tokenizer and val_fraction stay the same); or a folder made by `moe data prepare`
+  // (its tokenizer and its validation split).
+  std::string source = "builtin";
+  // "" (auto: byte for text files, the folder's own for prepared data), "byte", or a
+  // tokenizer.json (or a folder holding one), e.g. "runs/tok/tokenizer.json".
+  std::string tokenizer;
+  double val_fraction = 0.1;       // text files: the tail of the file held out
   int64_t builtin_bytes = 4 << 20; // built-in corpus size
+  // key ("source", "tokenizer", ...) -> where it was set ("configs/small.toml:24" or
+  // "command line --data.source"), for messages. Filled by load_run_config.
+  std::map<std::string, std::string> where;
 };
 
-// A token stream to sample windows from.
+// The token streams of a run. The built-in corpus lives in memory (train/val, sampled with
+// sample_batch); text files and prepared folders are a TokenDataset (memory-mapped shards,
+// windows drawn from (seed, step, micro-batch, rank) by TokenDataset::sample_windows).
 struct TokenData {
-  std::vector<int32_t> train, val;  // token ids
+  std::vector<int32_t> train, val;  // in-memory token ids (used when dataset is null)
+  std::shared_ptr<const TokenDataset> dataset;
   double entropy_floor = -1;        // nats/token if known (built-in corpus), else < 0
   std::string name;                 // for the log
+  std::string tokenizer_spec = "byte";  // "byte" or the absolute path of a tokenizer.json
+  int64_t vocab_size = 256;         // every token id is below this
   // Tokens -> text, for samples printed during training (sample_every); null = no samples.
   std::function<std::string(const std::vector<int32_t>&)> decode;
   std::vector<int32_t> sample_prompt;  // start of each sample (may be empty)
+
+  int64_t train_tokens() const;
+  int64_t val_tokens() const;
 };
 
 struct TrainResult {
@@ -91,11 +111,25 @@ double lr_at(const TrainConfig& tc, int64_t step);
 void sample_batch(int32_t* tokens, const std::vector<int32_t>& data, int64_t B, int64_t T,
                   uint64_t seed, int64_t step, int64_t micro);
 
+// Micro-batch `micro` of step `step` (B, T+1): the dataset's sample_windows (rank 0) or, for
+// in-memory data, sample_batch.
+void sample_train_batch(int32_t* tokens, const TokenData& data, int64_t B, int64_t T,
+                        uint64_t seed, int64_t step, int64_t micro);
+
 // Mean CE (nats/token) over consecutive windows of data (at most max_tokens predictions).
 double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64_t batch,
                 int64_t max_tokens, int64_t* tokens_out = nullptr);
+// The same over the held-out split (the dataset's val windows, or data.val).
+double evaluate(Model& model, const TokenData& data, int64_t T, int64_t batch, int64_t max_tokens,
+                int64_t* tokens_out = nullptr);
 
-TokenData load_data(const DataConfig& dc);
+// The streams a [data] section names (see DataConfig). cache_dir: where a text file is
+// tokenized into shards ("" = a temporary folder, removed once the shards are mapped).
+TokenData load_data(const DataConfig& dc, const std::string& cache_dir = "");
+
+// Throws, naming the key, both values and the fix, unless the model can embed every token id of
+// data (vocab_size >= data.vocab_size). `where` says where vocab_size was set.
+void check_vocab(const ModelConfig& cfg, const TokenData& data, const std::string& where);
 
 TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc);
 

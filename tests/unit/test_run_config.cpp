@@ -140,6 +140,35 @@ TEST_F(RunConfigTest, CommandLineOverridesAreCheckedToo) {
 }
 
 // Parameter counts and FLOPs against hand-computed values for a small model.
+// The vocab check names [model] vocab_size with the file and line it came from, both sizes
+// and the fix; [data] keys keep their places for data errors.
+TEST_F(RunConfigTest, VocabCheckNamesKeyFileLineAndFix) {
+  const std::string path = write("run.toml", "[model]\nhidden_size = 64\nnum_attention_heads = 4\n"
+                                             "head_dim = 16\nvocab_size = 256\n[data]\n"
+                                             "source = \"corpus.txt\"\n");
+  const RunConfig rc = load_run_config(path);
+  EXPECT_EQ(rc.where_of("model.vocab_size"), path + ":5");
+  EXPECT_EQ(rc.data.where.at("source"), path + ":7");
+  EXPECT_EQ(rc.where_of("train.steps"), "") << "defaults have no place";
+  EXPECT_EQ(rc.data.tokenizer, "") << "auto: byte for text, the folder's own for prepared data";
+  TokenData bpe;
+  bpe.vocab_size = 4096;
+  bpe.tokenizer_spec = "/x/tokenizer.json";
+  try {
+    check_vocab(rc.model, bpe, rc.where_of("model.vocab_size"));
+    ADD_FAILURE() << "a 256-row embedding accepted a 4096-token tokenizer";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const char* n : {"[model] vocab_size = 256", "run.toml:5", "4096", "/x/tokenizer.json",
+                          "set vocab_size = 4096", "--model.vocab_size 4096"})
+      EXPECT_NE(msg.find(n), std::string::npos) << n << " not in: " << msg;
+  }
+  bpe.vocab_size = 256;
+  EXPECT_NO_THROW(check_vocab(rc.model, bpe, ""));
+  const RunConfig over = load_run_config(path, {{"model.vocab_size", "512"}});
+  EXPECT_EQ(over.where_of("model.vocab_size"), "command line --model.vocab_size");
+}
+
 TEST(Flops, HandComputedSmallModel) {
   ModelConfig c;
   c.vocab_size = 10;

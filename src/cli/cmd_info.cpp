@@ -1,0 +1,220 @@
+// moe info CONFIG [--batch B] [--seq-len T]: what a model costs before it is trained.
+//
+// CONFIG is a TOML run config (batch and seq_len come from its [train]) or an HF-style
+// config.json, including the paper-scale ones in configs/models/ whose "plan" object describes
+// what the engine lacks (MLA, multi-token prediction). Prints total and active parameters,
+// FLOPs per token (model/flops.h for what this engine trains; the planner's formulas when the
+// config has MLA or MTP) and memory per component in binary units (KiB, MiB, GiB, TiB).
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "core/error.h"
+#include "model/config.h"
+#include "model/flops.h"
+#include "plan/cost.h"
+#include "plan/model_spec.h"
+#include "train/run_config.h"
+
+namespace {
+
+using namespace moe;
+
+struct InfoOptions {
+  std::string config;   // "configs/small.toml" or "configs/models/deepseek_v3.json"
+  int64_t batch = 0;    // sequences per micro-batch (0: [train] batch of a TOML, else none)
+  int64_t seq_len = 0;  // tokens per sequence (0: [train] seq_len, else max_position_embeddings)
+};
+
+std::string human_count(double n) {
+  const char* units[] = {"", "K", "M", "B", "T"};
+  int u = 0;
+  while (std::fabs(n) >= 1000 && u < 4) n /= 1000, ++u;
+  char s[32];
+  std::snprintf(s, sizeof s, u == 0 ? "%.0f%s" : (n < 10 ? "%.2f%s" : (n < 100 ? "%.1f%s" : "%.0f%s")), n,
+                units[u]);
+  return s;
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int u = 0;
+  while (b >= 1024 && u < 5) b /= 1024, ++u;
+  char s[32];
+  std::snprintf(s, sizeof s, u == 0 ? "%.0f %s" : (b < 10 ? "%.2f %s" : (b < 100 ? "%.1f %s" : "%.0f %s")), b,
+                units[u]);
+  return s;
+}
+
+std::string human_flops(double f) {
+  const char* units[] = {"FLOP", "KFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP"};
+  int u = 0;
+  while (f >= 1000 && u < 5) f /= 1000, ++u;
+  char s[32];
+  std::snprintf(s, sizeof s, f < 10 ? "%.2f %s" : (f < 100 ? "%.1f %s" : "%.0f %s"), f, units[u]);
+  return s;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Floats this engine keeps per token for backward (model.cpp's Activations, fp32): per layer the
+// residual inputs, norms, q|k|v, attention probabilities (H*T per token), attention output, and
+// the dense FFN or the MoE layer's routed copies (K rows of D, 2Fe, Fe, D), router logits and
+// scores, shared expert; then the final norm, the logits and the per-token losses.
+double engine_act_floats_per_token(const ModelConfig& c, int64_t T) {
+  const double D = double(c.hidden_size), H = double(c.num_attention_heads);
+  const double Dh = double(c.head_dim), A = H * Dh, Qd = double(c.qkv_dim());
+  const double K = double(c.num_experts_per_tok), E = double(c.n_routed_experts);
+  const double Fe = double(c.moe_intermediate_size), SF = double(c.shared_width());
+  const double F = double(c.intermediate_size);
+  double total = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    double layer = 2 * D /* residual in, mid */ + 2 * D + 2 /* ln1, ln2, rstd */ + Qd +
+                   H * double(T) /* softmax probabilities */ + A;
+    if (c.is_moe_layer(l)) {
+      layer += 2 * E /* logits, scores */ + 3 * K /* top-k ids, weights, slot rows */ +
+               K * (D + 2 * Fe + Fe + D) + 3 * SF;
+    } else {
+      layer += 3 * F;
+    }
+    total += layer;
+  }
+  return total + D /* final residual */ + D + 1 /* final norm */ + double(c.vocab_size) + 1 + 2;
+}
+
+int run_info(const InfoOptions& o) {
+  plan::PlanModel pm;
+  int64_t batch = o.batch, seq = o.seq_len, accum = 1;
+  std::string origin = o.config;
+  if (ends_with(o.config, ".toml")) {
+    const RunConfig rc = load_run_config(o.config);
+    pm.cfg = rc.model;
+    origin = rc.model_origin;
+    if (batch == 0) batch = rc.train.batch;
+    if (seq == 0) seq = rc.train.seq_len;
+    accum = rc.train.accum;
+  } else {
+    MOE_CHECK(ends_with(o.config, ".json"), "info", "'", o.config,
+              "' is neither a .toml run config nor a .json model config");
+    pm = plan::load_plan_model(o.config);
+  }
+  const ModelConfig& c = pm.cfg;
+  if (seq == 0) seq = c.max_position_embeddings;
+  MOE_CHECK(seq >= 1 && batch >= 0, "info", "--seq-len must be >= 1 and --batch >= 0");
+  const bool mtp = pm.x.num_nextn_predict_layers > 0;
+  const bool planner = pm.mla() || mtp;  // features the engine's own formulas do not cover
+
+  // Main model (MTP modules counted separately: published totals leave them out).
+  plan::PlanModel main = pm;
+  main.x.num_nextn_predict_layers = 0;
+  int64_t total = 0, active = 0, experts = 0, embed = 0;
+  double train_flops = 0, fwd_flops = 0;
+  if (planner) {
+    const plan::ParamCounts p = plan::count_params(main);
+    total = p.total, active = p.active, experts = p.expert, embed = p.embedding + p.head;
+    train_flops = plan::train_flops_per_token(main, seq, false);
+    fwd_flops = plan::forward_flops_per_token(main, seq, false).total();
+  } else {
+    const ParamCounts p = count_params(c);
+    total = p.total, active = p.active, experts = p.routed_experts, embed = p.embedding;
+    train_flops = train_flops_per_token(c, seq);
+    fwd_flops = train_flops / 3.0;
+  }
+
+  const int64_t L = c.num_hidden_layers, Lmoe = L - std::min(L, c.first_k_dense_replace);
+  std::printf("%s%s%s\n", origin.c_str(), pm.x.name.empty() ? "" : ": ", pm.x.name.c_str());
+  std::printf("  %lld layers (%lld dense, %lld MoE), hidden %lld, %lld heads", (long long)L,
+              (long long)(L - Lmoe), (long long)Lmoe, (long long)c.hidden_size,
+              (long long)c.num_attention_heads);
+  if (pm.mla())
+    std::printf(" (MLA: kv_lora_rank %lld, q_lora_rank %lld)", (long long)pm.x.kv_lora_rank,
+                (long long)pm.x.q_lora_rank);
+  else
+    std::printf(" x %lld (%lld key/value heads)", (long long)c.head_dim,
+                (long long)c.num_key_value_heads);
+  std::printf(", vocab %lld\n", (long long)c.vocab_size);
+  std::printf("  experts: %lld routed (top-%lld) + %lld shared, width %lld; dense FFN width %lld\n",
+              (long long)c.n_routed_experts, (long long)c.num_experts_per_tok,
+              (long long)c.n_shared_experts, (long long)c.moe_intermediate_size,
+              (long long)c.intermediate_size);
+
+  std::printf("parameters: %s total, %s active per token (%.1f%%)\n", human_count(double(total)).c_str(),
+              human_count(double(active)).c_str(), 100.0 * double(active) / double(total));
+  std::printf("  routed experts %s, embedding + lm_head %s, the rest %s\n",
+              human_count(double(experts)).c_str(), human_count(double(embed)).c_str(),
+              human_count(double(total - experts - embed)).c_str());
+  if (mtp) {
+    const plan::ParamCounts with = plan::count_params(pm);
+    std::printf("  + %s in %lld multi-token-prediction module(s) (%s with them)\n",
+                human_count(double(with.total - total)).c_str(),
+                (long long)pm.x.num_nextn_predict_layers, human_count(double(with.total)).c_str());
+  }
+
+  std::printf("FLOPs per token at seq %lld: forward %s, train %s (forward + backward = 3x)\n",
+              (long long)seq, human_flops(fwd_flops).c_str(), human_flops(train_flops).c_str());
+  std::printf("  counted as %s\n",
+              planner ? "the planner does (src/plan/model_spec.h: MLA projections, full "
+                        "attention scores without the causal saving)"
+                      : "model/flops.h does (PaLM: 6 x active matmul weights + 12 L H Dh T)");
+
+  const double P = double(total);
+  std::printf("memory (fp32 weights, gradients and AdamW moments, as this engine trains):\n");
+  std::printf("  params        %s  (bf16 copy: %s)\n", human_bytes(4 * P).c_str(),
+              human_bytes(2 * P).c_str());
+  std::printf("  grads         %s\n", human_bytes(4 * P).c_str());
+  std::printf("  Adam moments  %s  (exp_avg + exp_avg_sq)\n", human_bytes(8 * P).c_str());
+  std::printf("  together      %s  (16 bytes per parameter)\n", human_bytes(16 * P).c_str());
+  double act_token = 0;
+  std::string act_how;
+  if (planner) {
+    for (int64_t l = 0; l < L; ++l)
+      act_token += plan::act_bytes_per_token_layer(main, c.is_moe_layer(l), plan::Recompute::kNone, 2.0);
+    act_token += 4.0 * double(c.vocab_size);  // fp32 logits
+    act_how = "bf16, no recompute, flash attention: the planner's model";
+  } else {
+    act_token = 4.0 * engine_act_floats_per_token(c, seq);
+    act_how = "fp32 as this engine saves them, attention probabilities included";
+  }
+  std::printf("  activations   %s per token at seq %lld (%s)\n", human_bytes(act_token).c_str(),
+              (long long)seq, act_how.c_str());
+  if (batch > 0)
+    std::printf("                %s per micro-batch of %lld x %lld tokens%s\n",
+                human_bytes(act_token * double(batch * seq)).c_str(), (long long)batch,
+                (long long)seq,
+                accum > 1 ? (" (" + std::to_string(accum) + " micro-batches per step, one live)").c_str() : "");
+  double kv = 0;  // bytes per token
+  std::string kv_how;
+  if (pm.mla()) {
+    kv = 2.0 * double(L) * double(pm.x.kv_lora_rank + pm.x.qk_rope_head_dim);
+    kv_how = "bf16 MLA latents: " + std::to_string(L) + " layers x (" +
+             std::to_string(pm.x.kv_lora_rank) + " + " + std::to_string(pm.x.qk_rope_head_dim) + ")";
+  } else {
+    kv = 4.0 * 2.0 * double(L) * double(c.num_key_value_heads * c.head_dim);
+    kv_how = "fp32 K and V: " + std::to_string(L) + " layers x 2 x " +
+             std::to_string(c.num_key_value_heads) + " x " + std::to_string(c.head_dim);
+  }
+  std::printf("  KV cache      %s per token (%s), %s for %lld tokens\n", human_bytes(kv).c_str(),
+              kv_how.c_str(), human_bytes(kv * double(c.max_position_embeddings)).c_str(),
+              (long long)c.max_position_embeddings);
+  if (planner)
+    std::printf("note: the engine cannot train this config as is (%s); `moe plan` sizes it\n",
+                pm.mla() ? "MLA attention" : "multi-token prediction");
+  return 0;
+}
+
+}  // namespace
+
+void add_info_commands(CLI::App& app) {
+  auto o = std::make_shared<InfoOptions>();
+  auto* sub = app.add_subcommand(
+      "info", "parameters, FLOPs per token and memory of a run config (.toml) or config.json");
+  sub->add_option("config", o->config, "run config (.toml) or model config (.json)")->required();
+  sub->add_option("--batch", o->batch, "sequences per micro-batch (default: [train] batch)");
+  sub->add_option("--seq-len", o->seq_len,
+                  "tokens per sequence (default: [train] seq_len or max_position_embeddings)");
+  sub->callback([o] { run_info(*o); });
+}
