@@ -13,7 +13,7 @@ struct Communicator::Shared {
   // Destroyed bottom-up: the transport says goodbye before the store goes away.
   std::unique_ptr<StoreServer> server;
   std::unique_ptr<StoreClient> store;
-  std::unique_ptr<TcpTransport> tcp;
+  std::unique_ptr<Transport> transport;
   std::vector<std::string> host_names;  // per global rank
 };
 
@@ -44,7 +44,14 @@ CommOptions CommOptions::from_env() {
   o.rhd_max_bytes = static_cast<uint64_t>(env_int("MOE_COMM_RHD_MAX", int64_t(o.rhd_max_bytes)));
   o.piece_bytes = static_cast<uint64_t>(env_int("MOE_COMM_PIECE", int64_t(o.piece_bytes)));
   MOE_CHECK(o.piece_bytes >= 64, "comm", "MOE_COMM_PIECE must be at least 64 bytes");
+  o.hier_min_bytes =
+      static_cast<uint64_t>(env_int("MOE_COMM_HIER_MIN", int64_t(o.hier_min_bytes)));
+  o.algo_a2a = env_str("MOE_COMM_ALGO_A2A", "");
+  o.transport = env_str("MOE_COMM_TRANSPORT", "auto");
+  MOE_CHECK(o.transport == "auto" || o.transport == "shm" || o.transport == "tcp", "comm",
+            "MOE_COMM_TRANSPORT='", o.transport, "': use auto, shm or tcp");
   o.tcp = TcpOptions::from_env();
+  o.shm = ShmOptions::from_env();
   return o;
 }
 
@@ -66,16 +73,36 @@ std::shared_ptr<Communicator> Communicator::init(const JobEnv& env, const CommOp
   // Host names are read before the mesh is connected: once it is, rank 0 may finish and take
   // the store down.
   const std::string prefix = "moe/";
-  sh->store->set(prefix + "host/" + std::to_string(env.rank), host_id());
-  for (int r = 0; r < env.size; ++r)
-    sh->host_names.push_back(sh->store->get(prefix + "host/" + std::to_string(r)));
-  sh->tcp = std::make_unique<TcpTransport>(*sh->store, prefix, env.token, env.rank, env.size,
-                                           opt.tcp);
+  // Host name and transport choice of every rank: ranks on one host must agree on whether
+  // they talk over shared memory, or each would wait for the other on another channel.
+  sh->store->set(prefix + "host/" + std::to_string(env.rank), host_id() + "\n" + opt.transport);
+  std::vector<std::string> modes;
+  for (int r = 0; r < env.size; ++r) {
+    const std::string v = sh->store->get(prefix + "host/" + std::to_string(r));
+    const size_t nl = v.rfind('\n');
+    sh->host_names.push_back(v.substr(0, nl));
+    modes.push_back(v.substr(nl + 1));
+    MOE_CHECK(modes[r] == opt.transport, "comm", "rank ", r, " has MOE_COMM_TRANSPORT=",
+              modes[r], " but rank ", env.rank, " has ", opt.transport,
+              ": set it the same on every rank");
+  }
+  // Shared memory between ranks of this host, unless disabled or every link is emulated
+  // (the latency/bandwidth test hook lives in the TCP transport).
+  std::vector<int> shm_group;
+  const bool emulate_all = opt.tcp.emulating() && opt.tcp.emu_scope == "all";
+  if (opt.transport != "tcp" && !emulate_all)
+    for (int r = 0; r < env.size; ++r)
+      if (sh->host_names[r] == sh->host_names[env.rank]) shm_group.push_back(r);
+  if (emulate_all && opt.transport == "shm" && env.rank == 0)
+    MOE_COMM_WARN("MOE_COMM_EMU_SCOPE=all emulates every link over TCP: shared memory is off");
+  sh->transport = std::make_unique<Transport>(*sh->store, prefix, env.token, env.rank, env.size,
+                                              opt.tcp, opt.shm, shm_group);
 
   std::shared_ptr<Communicator> c(new Communicator());
   c->shared_ = sh;
   c->opt_ = opt;
   c->algo_ = parse_algo(opt.algo);
+  c->algo_a2a_ = parse_algo_a2a(opt.algo_a2a);
   for (int r = 0; r < env.size; ++r) c->ranks_.push_back(r);
   c->rank_ = env.rank;
   c->comm_id_ = mix(0x6d6f65);  // the world
@@ -92,7 +119,7 @@ std::shared_ptr<Communicator> Communicator::init(const JobEnv& env, const CommOp
     std::vector<bool> emulate(env.size);
     for (int r = 0; r < env.size; ++r)
       emulate[r] = opt.tcp.emu_scope == "all" || c->host_of_[r] != c->host_of_[env.rank];
-    sh->tcp->set_emulated_peers(emulate);
+    sh->transport->set_emulated_peers(emulate);
   }
   c->local_size_ = 0;
   for (int i = 0; i < c->size(); ++i) {
@@ -200,6 +227,29 @@ WorkPtr Communicator::all_to_allv_async(const void* in, std::vector<size_t> send
 
 void Communicator::set_algo(const std::string& algo) { algo_ = parse_algo(algo); }
 
+void Communicator::set_algo_a2a(const std::string& algo) { algo_a2a_ = parse_algo_a2a(algo); }
+
+std::string Communicator::transport_info() const { return shared_->transport->describe(); }
+
+namespace {
+// Several hosts, and more than one rank on at least one: where two-level algorithms help.
+bool two_levels(const std::vector<int>& host_of, int num_hosts) {
+  return num_hosts > 1 && int(host_of.size()) > num_hosts;
+}
+}  // namespace
+
+Algo Communicator::all_reduce_algo(size_t bytes) const {
+  if (algo_ != Algo::kAuto) return algo_;
+  if (bytes <= opt_.rhd_max_bytes) return Algo::kHalvingDoubling;
+  if (bytes >= opt_.hier_min_bytes && two_levels(host_of_, num_hosts_)) return Algo::kHierarchical;
+  return Algo::kRing;
+}
+
+Algo Communicator::all_to_all_algo() const {
+  if (algo_a2a_ != Algo::kAuto) return algo_a2a_;
+  return two_levels(host_of_, num_hosts_) ? Algo::kTwoLevel : Algo::kPairwise;
+}
+
 std::string Communicator::describe(const OpSig& sig, uint64_t seq) const {
   std::string s = describe_sig(sig, seq) + " on rank " + std::to_string(rank_) + " of " +
                   std::to_string(size());
@@ -211,12 +261,12 @@ template <class F>
 void Communicator::run(OpKind kind, OpSig sig, F&& body) {
   sig.kind = kind;
   const uint64_t seq = ++seq_;
-  TcpTransport& t = *shared_->tcp;
+  Transport& t = *shared_->transport;
   const std::string what = describe(sig, seq);
   MOE_CHECK(!t.failed(), "comm", what, ": ", t.failure());
   t.begin_op(comm_id_, seq, sig);
-  OpContext ctx(t, ranks_, rank_, comm_id_, seq, sig, deadline_after(opt_.timeout_s), what,
-                scratch_);
+  OpContext ctx(t, ranks_, host_of_, rank_, comm_id_, seq, sig, deadline_after(opt_.timeout_s),
+                what, scratch_);
   body(ctx);
   t.end_op(comm_id_);
 }
@@ -225,14 +275,15 @@ void Communicator::all_reduce(const void* in, void* out, size_t count, Dtype t, 
   sync_point();
   check_dtype_op(t, op, "comm.all_reduce");
   const size_t bytes = count * comm_dtype_size(t);
-  Algo a = algo_;
-  if (a == Algo::kAuto) a = bytes <= opt_.rhd_max_bytes ? Algo::kHalvingDoubling : Algo::kRing;
+  const Algo a = all_reduce_algo(bytes);
   OpSig sig{OpKind::kAllReduce, uint8_t(t), uint8_t(op), uint8_t(a), -1, count};
   run(OpKind::kAllReduce, sig, [&](OpContext& c) {
     if (size() == 1) {
       if (in != out && bytes) std::memmove(out, in, bytes);
     } else if (a == Algo::kHalvingDoubling) {
       halving_doubling_all_reduce(c, in, out, count);
+    } else if (a == Algo::kHierarchical) {
+      hierarchical_all_reduce(c, in, out, count, opt_.piece_bytes);
     } else {
       ring_all_reduce(c, in, out, count, opt_.piece_bytes);
     }
@@ -286,9 +337,15 @@ void Communicator::all_to_all(const void* in, void* out, size_t count, Dtype t) 
   MOE_CHECK(in != out || count == 0, "comm.all_to_all", "in and out must differ");
   std::vector<size_t> counts(size(), count), displs(size());
   for (int i = 0; i < size(); ++i) displs[i] = count * i;
-  OpSig sig{OpKind::kAllToAll, uint8_t(t), 0, uint8_t(Algo::kPairwise), -1, count};
+  const Algo a = all_to_all_algo();
+  OpSig sig{OpKind::kAllToAll, uint8_t(t), 0, uint8_t(a), -1, count};
   run(OpKind::kAllToAll, sig, [&](OpContext& c) {
-    pairwise_all_to_allv(c, in, counts.data(), displs.data(), out, counts.data(), displs.data());
+    if (a == Algo::kTwoLevel)
+      two_level_all_to_allv(c, in, counts.data(), displs.data(), out, counts.data(),
+                            displs.data());
+    else
+      pairwise_all_to_allv(c, in, counts.data(), displs.data(), out, counts.data(),
+                           displs.data());
   });
 }
 
@@ -305,10 +362,15 @@ void Communicator::all_to_allv(const void* in, const std::vector<size_t>& send_c
             "), got ", send_counts.size(), ", ", send_displs.size(), ", ", recv_counts.size(),
             ", ", recv_displs.size());
   // Ranks legitimately differ in counts: the size check is per message, not per signature.
-  OpSig sig{OpKind::kAllToAllv, uint8_t(t), 0, uint8_t(Algo::kPairwise), -1, 0};
+  const Algo a = all_to_all_algo();
+  OpSig sig{OpKind::kAllToAllv, uint8_t(t), 0, uint8_t(a), -1, 0};
   run(OpKind::kAllToAllv, sig, [&](OpContext& c) {
-    pairwise_all_to_allv(c, in, send_counts.data(), send_displs.data(), out, recv_counts.data(),
-                         recv_displs.data());
+    if (a == Algo::kTwoLevel)
+      two_level_all_to_allv(c, in, send_counts.data(), send_displs.data(), out,
+                            recv_counts.data(), recv_displs.data());
+    else
+      pairwise_all_to_allv(c, in, send_counts.data(), send_displs.data(), out,
+                           recv_counts.data(), recv_displs.data());
   });
 }
 
@@ -324,7 +386,7 @@ void Communicator::send(const void* buf, size_t count, Dtype t, int dst) {
             " must be another rank of this communicator of ", size());
   OpSig sig{OpKind::kSendRecv, uint8_t(t), 0, 0, -1, count};
   const uint64_t seq = kP2pSeqBit | ++p2p_send_[dst];
-  TcpTransport& tr = *shared_->tcp;
+  Transport& tr = *shared_->transport;
   const std::string what = "send #" + std::to_string(p2p_send_[dst]) + " of " +
                            std::to_string(count) + " x " + comm_dtype_name(t) + " from rank " +
                            std::to_string(rank_) + " to rank " + std::to_string(dst);
@@ -339,7 +401,7 @@ void Communicator::recv(void* buf, size_t count, Dtype t, int src) {
             " must be another rank of this communicator of ", size());
   OpSig sig{OpKind::kSendRecv, uint8_t(t), 0, 0, -1, count};
   const uint64_t seq = kP2pSeqBit | ++p2p_recv_[src];
-  TcpTransport& tr = *shared_->tcp;
+  Transport& tr = *shared_->transport;
   const std::string what = "recv #" + std::to_string(p2p_recv_[src]) + " of " +
                            std::to_string(count) + " x " + comm_dtype_name(t) + " on rank " +
                            std::to_string(rank_) + " from rank " + std::to_string(src);
@@ -367,6 +429,7 @@ std::shared_ptr<Communicator> Communicator::split(int color, int key) {
   c->shared_ = shared_;
   c->opt_ = opt_;
   c->algo_ = algo_;
+  c->algo_a2a_ = algo_a2a_;
   c->comm_id_ = mix(comm_id_ ^ mix(split_no * 0x10001 + uint64_t(uint32_t(color))));
   std::map<int, int> hosts;
   for (size_t i = 0; i < members.size(); ++i) {

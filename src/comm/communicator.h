@@ -23,7 +23,7 @@
 #include "comm/algorithms/algorithms.h"
 #include "comm/env.h"
 #include "comm/store.h"
-#include "comm/transport/tcp.h"
+#include "comm/transport/transport.h"
 
 namespace moe::comm {
 
@@ -32,7 +32,11 @@ struct CommOptions {
   std::string algo;                     // MOE_COMM_ALGO: all_reduce algorithm, "" = by size
   uint64_t rhd_max_bytes = 256 << 10;   // MOE_COMM_RHD_MAX: all_reduce up to this uses rhd
   uint64_t piece_bytes = 512 << 10;     // MOE_COMM_PIECE: ring pipeline granularity
+  uint64_t hier_min_bytes = 1 << 20;    // MOE_COMM_HIER_MIN: auto all_reduce uses hier from here
+  std::string algo_a2a;                 // MOE_COMM_ALGO_A2A: pairwise or two_level, "" = auto
+  std::string transport = "auto";       // MOE_COMM_TRANSPORT: auto, shm or tcp
   TcpOptions tcp;
+  ShmOptions shm;
   static CommOptions from_env();
 };
 
@@ -69,6 +73,12 @@ class Communicator {
   int local_size() const { return local_size_; }
   uint64_t last_seq() const { return seq_; }
   void set_algo(const std::string& algo);  // overrides MOE_COMM_ALGO for this communicator
+  void set_algo_a2a(const std::string& algo);  // overrides MOE_COMM_ALGO_A2A
+  // The algorithm all_reduce / all_to_allv would use for `bytes` (per rank) now.
+  Algo all_reduce_algo(size_t bytes) const;
+  Algo all_to_all_algo() const;
+  // How this rank reaches the others: "shm to 3 ranks, tcp to 4 ranks".
+  std::string transport_info() const;
 
   // Ranks with the same color form a new communicator, ordered by (key, rank). A negative
   // color returns nullptr (the rank joins none). Collective over this communicator.
@@ -125,7 +135,7 @@ class Communicator {
   std::vector<int> host_of_;
   int num_hosts_ = 1, local_rank_ = 0, local_size_ = 1;
   CommOptions opt_;
-  Algo algo_ = Algo::kAuto;
+  Algo algo_ = Algo::kAuto, algo_a2a_ = Algo::kAuto;
   ScratchArena scratch_;
   // Async execution: one worker thread, started on first use.
   std::mutex q_mu_;

@@ -33,13 +33,21 @@ struct Run {
   }
 };
 
+// `ranks_per_host` > 0 makes fake hosts of that many consecutive ranks (MOE_HOST_ID).
 std::unique_ptr<Run> run_workers(int n, std::vector<std::string> args,
                                  std::vector<std::pair<std::string, std::string>> env = {},
-                                 LaunchOptions opt = {}) {
+                                 LaunchOptions opt = {}, int ranks_per_host = 0) {
   auto run = std::make_unique<Run>();
   opt.nproc_per_node = n;
-  opt.cmd = {COMM_WORKER};
-  for (auto& a : args) opt.cmd.push_back(a);
+  if (ranks_per_host > 0) {
+    std::string cmd = "MOE_HOST_ID=h$((MOE_RANK / " + std::to_string(ranks_per_host) +
+                      ")) exec " COMM_WORKER;
+    for (auto& a : args) cmd += " " + a;
+    opt.cmd = {"/bin/sh", "-c", cmd};
+  } else {
+    opt.cmd = {COMM_WORKER};
+    for (auto& a : args) opt.cmd.push_back(a);
+  }
   opt.env = env;
   opt.env.emplace_back("MOE_COMM_CONNECT_TIMEOUT", "30");
   auto user = opt.on_line;
@@ -176,17 +184,47 @@ TEST(CommStore, SetGetAddWaitDeleteAndRefusesBadToken) {
 
 // ---- multi-process ---------------------------------------------------------------------
 
-class CommSweep : public ::testing::TestWithParam<int> {};
+// The closed-form sweep over each transport:
+//   tcp    one host, MOE_COMM_TRANSPORT=tcp: every pair over TCP
+//   shm    one host, MOE_COMM_TRANSPORT=shm: every pair over shared memory
+//   hosts  fake hosts of two ranks: shared memory inside a host, TCP between hosts, and the
+//          hierarchical all_reduce and two-level all_to_allv beside the flat algorithms
+struct SweepCase {
+  std::string mode;
+  int n;
+};
+void PrintTo(const SweepCase& c, std::ostream* os) { *os << c.mode << " x " << c.n; }
+class CommSweep : public ::testing::TestWithParam<SweepCase> {};
 
-TEST_P(CommSweep, EveryCollectiveDtypeOpAndSize) {
-  const int n = GetParam();
+TEST_P(CommSweep, EveryCollectiveDtypeOpAlgorithmAndSize) {
+  const auto [mode, n] = GetParam();
   // One big f32 case (ring with several pipelined pieces); smaller for larger oversubscription.
   const std::string big = std::to_string(n <= 4 ? (1 << 20) + 3 : (1 << 18) + 3);
-  auto run = run_workers(n, {"sweep", big});
+  // A 64 MiB all_reduce with every algorithm, on 4 ranks.
+  const std::string huge = n == 4 ? std::to_string(64 << 20) : "0";
+  std::vector<std::pair<std::string, std::string>> env;
+  if (mode != "hosts") env.emplace_back("MOE_COMM_TRANSPORT", mode);
+  auto run = run_workers(n, {"sweep", big, huge}, env, {}, mode == "hosts" ? 2 : 0);
   for (int r = 0; r < n; ++r) EXPECT_EQ(run->res.codes[r], 0) << "rank " << r << ":\n" << run->all(r);
-  EXPECT_NE(run->all(0).find("0 failures"), std::string::npos) << run->all(0);
+  const std::string out = run->all(0);
+  EXPECT_NE(out.find(" 0 failures"), std::string::npos) << out;
+  // Rank 0 reaches its peers over the transport the mode asks for.
+  const int shm = mode == "tcp" ? 0 : mode == "shm" ? n - 1 : std::min(1, n - 1);
+  EXPECT_NE(out.find("transport shm to " + std::to_string(shm) + " ranks, tcp to " +
+                     std::to_string(n - 1 - shm) + " ranks, hosts " +
+                     std::to_string(mode == "hosts" ? (n + 1) / 2 : 1)),
+            std::string::npos) << out;
 }
-INSTANTIATE_TEST_SUITE_P(World, CommSweep, ::testing::Values(1, 2, 3, 4, 5, 8));
+std::vector<SweepCase> sweep_cases() {
+  std::vector<SweepCase> v;
+  for (const char* mode : {"tcp", "shm", "hosts"})
+    for (int n = 1; n <= 8; ++n) v.push_back({mode, n});
+  return v;
+}
+INSTANTIATE_TEST_SUITE_P(World, CommSweep, ::testing::ValuesIn(sweep_cases()),
+                         [](const ::testing::TestParamInfo<SweepCase>& i) {
+                           return i.param.mode + std::to_string(i.param.n);
+                         });
 
 TEST(CommMulti, SplitGivesIndependentGroups) {
   for (int n : {4, 5}) {
@@ -236,13 +274,44 @@ TEST(CommMulti, HostTopologyAndEmulatedSlowLinks) {
   }
 }
 
+TEST(CommMulti, HierarchicalBeatsFlatRingAcrossSlowLinks) {
+  // Two fake hosts of two ranks; links between them get 5 ms of latency and 50 MB/s. In the
+  // flat ring (0 1 | 2 3) rank 1 sends all its 2(n-1)/n x 8 MiB = 12 MiB over the slow link
+  // to rank 2 (>= 252 ms). In the hierarchical one each slow link carries one 4 MiB segment
+  // (2 MiB in each of two steps: >= 2 x (5 + 42) ms), about a third.
+  auto run = run_workers(4, {"hier_vs_ring", std::to_string(8 << 20)},
+                         {{"MOE_COMM_EMU_LATENCY_US", "5000"},
+                          {"MOE_COMM_EMU_BW_MBPS", "50"},
+                          {"MOE_COMM_EMU_SCOPE", "remote"}},
+                         {}, 2);
+  for (int r = 0; r < 4; ++r) ASSERT_EQ(run->res.codes[r], 0) << run->all(r);
+  const std::string out = run->all(0);
+  double ring = 0, hier = 0;
+  int hosts = 0;
+  ASSERT_EQ(std::sscanf(out.c_str() + out.find("hier_vs_ring:"),
+                        "hier_vs_ring: hosts %d, ring %lf ms, hier %lf ms", &hosts, &ring, &hier),
+            3) << out;
+  EXPECT_EQ(hosts, 2);
+  std::printf("ring %.1f ms, hier %.1f ms\n", ring, hier);
+  // What the emulation guarantees (this shows the bandwidth cap applies, per link).
+  const double mib_ms = 1.048576 / 50 * 1000;  // one MiB through a 50 MB/s link
+  EXPECT_GE(ring, 12 * mib_ms) << out;
+  EXPECT_GE(hier, 2 * (5 + 2 * mib_ms)) << out;
+  // The ordering, with a wide margin (about 2.5x expected).
+  EXPECT_LT(hier * 1.5, ring) << out;
+}
+
 TEST(CommMulti, SeveralSocketsPerPeer) {
   auto run = run_workers(3, {"sweep", "70001"}, {{"MOE_COMM_SOCKETS", "3"},
                                                  {"MOE_COMM_CHUNK", "4096"}});
   for (int r = 0; r < 3; ++r) EXPECT_EQ(run->res.codes[r], 0) << run->all(r);
 }
 
-TEST(CommFailure, KillDuringBigAllReduceIsReportedByEveryRankWithin10s) {
+// kill -9 one rank during a 64 MiB all_reduce: every other rank exits non-zero within 10 s
+// with a message naming it, whether the data moves over TCP or shared memory.
+class CommKill : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CommKill, DuringA64MiBAllReduceEveryRankNamesTheVictimWithin10s) {
   const int n = 4, victim = 2;
   std::atomic<pid_t> pids[8];
   std::atomic<double> killed_at{0};
@@ -261,9 +330,12 @@ TEST(CommFailure, KillDuringBigAllReduceIsReportedByEveryRankWithin10s) {
       });
     }
   };
-  auto run = run_workers(n, {"loop", std::to_string(16 << 20)}, {{"MOE_COMM_TIMEOUT", "60"}}, opt);
+  auto run = run_workers(n, {"loop", std::to_string(64 << 20)},
+                         {{"MOE_COMM_TIMEOUT", "60"}, {"MOE_COMM_TRANSPORT", GetParam()}}, opt);
   if (killer.joinable()) killer.join();
   ASSERT_TRUE(started.load()) << run->all(0);
+  EXPECT_NE(run->all(0).find("transport " + std::string(GetParam() == "shm" ? "shm to 3" : "shm to 0")),
+            std::string::npos) << run->all(0);
   EXPECT_EQ(run->res.codes[victim], 128 + SIGKILL);
   for (int r = 0; r < n; ++r) {
     if (r == victim) continue;
@@ -275,6 +347,7 @@ TEST(CommFailure, KillDuringBigAllReduceIsReportedByEveryRankWithin10s) {
     EXPECT_LT(run->res.exit_seconds[r] - killed_at, 10.0) << "rank " << r;
   }
 }
+INSTANTIATE_TEST_SUITE_P(Transport, CommKill, ::testing::Values("tcp", "shm"));
 
 TEST(CommFailure, WrongTokenIsRefusedWhileTheJobCompletes) {
   const int port = free_port();
@@ -306,12 +379,15 @@ TEST(CommFailure, WrongTokenIsRefusedWhileTheJobCompletes) {
   EXPECT_NE(impostor_out.find("job's token"), std::string::npos) << impostor_out;
 }
 
-TEST(CommFailure, MismatchedCollectivesAreReportedNotHung) {
+class CommMismatch : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CommMismatch, MismatchedCollectivesAreReportedNotHung) {
   for (const char* kind : {"kind", "size"}) {
     LaunchOptions opt;
     opt.stop_others_on_failure = false;
     const auto t0 = std::chrono::steady_clock::now();
-    auto run = run_workers(3, {"mismatch", kind}, {{"MOE_COMM_TIMEOUT", "60"}}, opt);
+    auto run = run_workers(3, {"mismatch", kind},
+                           {{"MOE_COMM_TIMEOUT", "60"}, {"MOE_COMM_TRANSPORT", GetParam()}}, opt);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_LT(secs, 30);
     std::string everything;
@@ -327,12 +403,34 @@ TEST(CommFailure, MismatchedCollectivesAreReportedNotHung) {
   }
 }
 
-TEST(CommFailure, StalledRankHitsTheDeadline) {
+TEST_P(CommMismatch, StalledRankHitsTheDeadline) {
   LaunchOptions opt;
   opt.stop_others_on_failure = false;
-  auto run = run_workers(2, {"stall", "4"}, {{"MOE_COMM_TIMEOUT", "1"}}, opt);
+  auto run = run_workers(2, {"stall", "3"},
+                         {{"MOE_COMM_TIMEOUT", "1"}, {"MOE_COMM_TRANSPORT", GetParam()}}, opt);
   EXPECT_EQ(run->res.codes[0], 3);
   EXPECT_NE(run->all(0).find("timed out waiting for rank 1"), std::string::npos) << run->all(0);
+}
+INSTANTIATE_TEST_SUITE_P(Transport, CommMismatch, ::testing::Values("tcp", "shm"));
+
+TEST(CommFailure, TransportChoiceMustAgree) {
+  // Rank 1 asks for TCP, the others for shared memory: refused at start, not hung later.
+  LaunchOptions opt;
+  opt.stop_others_on_failure = false;
+  opt.nproc_per_node = 3;
+  opt.cmd = {"/bin/sh", "-c",
+             std::string("[ $MOE_RANK = 1 ] && export MOE_COMM_TRANSPORT=tcp; exec ") +
+                 COMM_WORKER + " hello"};
+  opt.env = {{"MOE_COMM_TRANSPORT", "shm"}, {"MOE_COMM_CONNECT_TIMEOUT", "10"}};
+  std::mutex mu;
+  std::string all;
+  opt.on_line = [&](int, const std::string& l, bool) {
+    std::lock_guard<std::mutex> lock(mu);
+    all += l + "\n";
+  };
+  const LaunchResult res = launch(opt);
+  for (int r = 0; r < 3; ++r) EXPECT_NE(res.codes[r], 0) << all;
+  EXPECT_NE(all.find("has MOE_COMM_TRANSPORT=tcp"), std::string::npos) << all;
 }
 
 TEST(CommLauncher, FirstFailureStopsTheJobWithItsCode) {

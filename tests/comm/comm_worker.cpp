@@ -1,7 +1,9 @@
 // One rank of a multi-process comm test; started by the launcher (tests/comm/comm_test.cpp).
-//   comm_worker sweep [max_count]   every collective x dtype x op x size vs closed-form values
+//   comm_worker sweep [max_count [big_bytes]]  every collective x dtype x op x size x algorithm
+//                                   vs closed-form values (+ an f32 all_reduce of big_bytes)
 //   comm_worker split | p2p | hello
 //   comm_worker loop BYTES          all_reduce of BYTES forever (a victim is killed from outside)
+//   comm_worker hier_vs_ring BYTES  times flat ring and hierarchical all_reduce
 //   comm_worker mismatch KIND       rank 1 calls another collective (kind) or size (size)
 //   comm_worker stall SECONDS       rank 1 sleeps before the collective
 // Exit 0 on success; 1 with "FAIL ..." lines on a wrong value; 3 with the error on moe::Error.
@@ -103,8 +105,45 @@ std::string name(const char* op, Dtype t, size_t n, const char* extra = "") {
   return std::string(op) + " " + comm_dtype_name(t) + " count " + std::to_string(n) + " " + extra;
 }
 
-int sweep(Communicator& c, size_t max_count) {
+// Every all_reduce and all_to_all(v) algorithm that applies: the two-level ones when the
+// communicator spans hosts (MOE_HOST_ID makes fake ones).
+std::vector<const char*> all_reduce_algos(const Communicator& c) {
+  if (c.num_hosts() > 1) return {"ring", "rhd", "hier"};
+  return {"ring", "rhd"};
+}
+std::vector<const char*> a2a_algos(const Communicator& c) {
+  if (c.num_hosts() > 1) return {"pairwise", "two_level"};
+  return {"pairwise"};
+}
+
+void all_to_all_check(Communicator& c, Dtype t, size_t cnt, const char* algo);
+
+// f32 sum all_reduce of `bytes` with every algorithm (the 64 MiB case).
+void big_all_reduce(Communicator& c, size_t bytes) {
   const int n = c.size(), r = c.rank();
+  const size_t cnt = bytes / 4;
+  std::vector<float> a(cnt);
+  for (const char* algo : all_reduce_algos(c)) {
+    c.set_algo(algo);
+    for (size_t i = 0; i < cnt; ++i) a[i] = float(contrib(r, i));
+    c.all_reduce(a.data(), a.data(), cnt, Dtype::kF32, ReduceOp::kSum);
+    ++g_checks;
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < cnt; ++i)
+      if (a[i] != float(expect_reduce(n, i, ReduceOp::kSum)) && !bad++) first = i;
+    if (bad && g_fail++ < 10)
+      std::printf("FAIL rank %d all_reduce f32 %zu bytes %s: %zu wrong, first at %zu (%g)\n", r,
+                  bytes, algo, bad, first, double(a[first]));
+  }
+  c.set_algo("auto");
+}
+
+int sweep(Communicator& c, size_t max_count, size_t big_bytes) {
+  const int n = c.size(), r = c.rank();
+  if (r == 0)
+    std::printf("sweep: transport %s, hosts %d\n", c.transport_info().c_str(), c.num_hosts());
+  std::fflush(stdout);
+  if (big_bytes) big_all_reduce(c, big_bytes);
   const Dtype types[] = {Dtype::kF32, Dtype::kF64, Dtype::kBF16, Dtype::kF16, Dtype::kI32,
                          Dtype::kI64};
   const ReduceOp ops[] = {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax, ReduceOp::kMin};
@@ -115,7 +154,7 @@ int sweep(Communicator& c, size_t max_count) {
     for (size_t cnt : sz) {
       for (ReduceOp op : ops) {
         if (op == ReduceOp::kAvg && !is_float_dtype(t)) continue;
-        for (const char* algo : {"ring", "rhd"}) {
+        for (const char* algo : all_reduce_algos(c)) {
           c.set_algo(algo);
           for (int inplace = 0; inplace < 2; ++inplace) {
             Buf in(t, cnt), out(t, cnt);
@@ -139,43 +178,22 @@ int sweep(Communicator& c, size_t max_count) {
         Buf in(t, cnt), out(t, cnt * n);
         for (size_t j = 0; j < cnt; ++j) in.set(j, tagval(r, 0, j));
         c.all_gather(in.data(), out.data(), cnt, t);
+        const std::string w = name("all_gather", t, cnt);
         for (int s = 0; s < n; ++s)
-          for (size_t j = 0; j < cnt; ++j)
-            check(out, s * cnt + j, tagval(s, 0, j), name("all_gather", t, cnt), r);
+          for (size_t j = 0; j < cnt; ++j) check(out, s * cnt + j, tagval(s, 0, j), w, r);
       }
       for (int root : {0, n - 1}) {  // broadcast
         Buf b(t, cnt);
         for (size_t j = 0; j < cnt; ++j) b.set(j, r == root ? tagval(root, 1, j) : -1);
         c.broadcast(b.data(), cnt, t, root);
-        for (size_t j = 0; j < cnt; ++j)
-          check(b, j, tagval(root, 1, j), name("broadcast", t, cnt, "root ") +
-                std::to_string(root), r);
+        const std::string w = name("broadcast", t, cnt, "root ") + std::to_string(root);
+        for (size_t j = 0; j < cnt; ++j) check(b, j, tagval(root, 1, j), w, r);
       }
-      {  // all_to_all: the block for rank d carries (r, d)
-        Buf in(t, cnt * n), out(t, cnt * n);
-        for (int d = 0; d < n; ++d)
-          for (size_t j = 0; j < cnt; ++j) in.set(d * cnt + j, tagval(r, d, j));
-        c.all_to_all(in.data(), out.data(), cnt, t);
-        for (int s = 0; s < n; ++s)
-          for (size_t j = 0; j < cnt; ++j)
-            check(out, s * cnt + j, tagval(s, r, j), name("all_to_all", t, cnt), r);
+      for (const char* a2a : a2a_algos(c)) {
+        c.set_algo_a2a(a2a);
+        all_to_all_check(c, t, cnt, a2a);
       }
-      {  // all_to_allv: rank a sends (a + 2b + cnt) % 5 * cnt / 4 elements to rank b
-        auto amount = [&](int a, int b) { return size_t((a + 2 * b + cnt) % 5) * cnt / 4; };
-        std::vector<size_t> sc(n), sd(n), rc(n), rd(n);
-        size_t st = 0, rt = 0;
-        for (int d = 0; d < n; ++d) {
-          sc[d] = amount(r, d), sd[d] = st, st += sc[d];
-          rc[d] = amount(d, r), rd[d] = rt, rt += rc[d];
-        }
-        Buf in(t, st), out(t, rt);
-        for (int d = 0; d < n; ++d)
-          for (size_t j = 0; j < sc[d]; ++j) in.set(sd[d] + j, tagval(r, d, j));
-        c.all_to_allv(in.data(), sc, sd, out.data(), rc, rd, t);
-        for (int s = 0; s < n; ++s)
-          for (size_t j = 0; j < rc[s]; ++j)
-            check(out, rd[s] + j, tagval(s, r, j), name("all_to_allv", t, cnt), r);
-      }
+      c.set_algo_a2a("auto");
     }
   }
   c.barrier();
@@ -185,6 +203,35 @@ int sweep(Communicator& c, size_t max_count) {
   if (r == 0) std::printf("sweep: world %d, %ld checks on rank 0, %lld failures in all\n", n,
                           g_checks, static_cast<long long>(fails));
   return fails ? 1 : 0;
+}
+
+void all_to_all_check(Communicator& c, Dtype t, size_t cnt, const char* algo) {
+  const int n = c.size(), r = c.rank();
+  {  // all_to_all: the block for rank d carries (r, d)
+    Buf in(t, cnt * n), out(t, cnt * n);
+    for (int d = 0; d < n; ++d)
+      for (size_t j = 0; j < cnt; ++j) in.set(d * cnt + j, tagval(r, d, j));
+    c.all_to_all(in.data(), out.data(), cnt, t);
+    const std::string w = name("all_to_all", t, cnt, algo);
+    for (int s = 0; s < n; ++s)
+      for (size_t j = 0; j < cnt; ++j) check(out, s * cnt + j, tagval(s, r, j), w, r);
+  }
+  {  // all_to_allv: rank a sends (a + 2b + cnt) % 5 * cnt / 4 elements to rank b
+    auto amount = [&](int a, int b) { return size_t((a + 2 * b + cnt) % 5) * cnt / 4; };
+    std::vector<size_t> sc(n), sd(n), rc(n), rd(n);
+    size_t st = 0, rt = 0;
+    for (int d = 0; d < n; ++d) {
+      sc[d] = amount(r, d), sd[d] = st, st += sc[d];
+      rc[d] = amount(d, r), rd[d] = rt, rt += rc[d];
+    }
+    Buf in(t, st), out(t, rt);
+    for (int d = 0; d < n; ++d)
+      for (size_t j = 0; j < sc[d]; ++j) in.set(sd[d] + j, tagval(r, d, j));
+    c.all_to_allv(in.data(), sc, sd, out.data(), rc, rd, t);
+    const std::string w = name("all_to_allv", t, cnt, algo);
+    for (int s = 0; s < n; ++s)
+      for (size_t j = 0; j < rc[s]; ++j) check(out, rd[s] + j, tagval(s, r, j), w, r);
+  }
 }
 
 int split_test(Communicator& c) {
@@ -248,7 +295,8 @@ int main(int argc, char** argv) {
   try {
     auto c = Communicator::from_env();
     const int r = c->rank();
-    if (mode == "sweep") return sweep(*c, argc > 2 ? std::stoul(argv[2]) : 0);
+    if (mode == "sweep")
+      return sweep(*c, argc > 2 ? std::stoul(argv[2]) : 0, argc > 3 ? std::stoul(argv[3]) : 0);
     if (mode == "split") return split_test(*c);
     if (mode == "p2p") return p2p_test(*c);
     if (mode == "async") {
@@ -286,6 +334,34 @@ int main(int argc, char** argv) {
                   c->num_hosts(), c->local_rank(), c->local_size(), ms);
       return 0;
     }
+    if (mode == "hier_vs_ring") {
+      // Best of three timed f32 all_reduces (the slowest rank's time) per algorithm, each
+      // result checked.
+      const size_t cnt = (argc > 2 ? std::stoul(argv[2]) : 8 << 20) / 4;
+      const int n = c->size();
+      std::vector<float> a(cnt);
+      auto best_ms = [&](const char* algo) {
+        c->set_algo(algo);
+        double best = 1e30;
+        for (int it = 0; it < 4; ++it) {
+          for (size_t i = 0; i < cnt; ++i) a[i] = float(contrib(r, i));
+          c->barrier();
+          const auto t0 = Clock::now();
+          c->all_reduce(a.data(), a.data(), cnt, Dtype::kF32, ReduceOp::kSum);
+          double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+          c->all_reduce(&ms, &ms, 1, Dtype::kF64, ReduceOp::kMax);
+          if (it > 0) best = std::min(best, ms);  // the first is a warmup
+          for (size_t i = 0; i < cnt; ++i)
+            if (a[i] != float(expect_reduce(n, i, ReduceOp::kSum))) ++g_fail;
+        }
+        return best;
+      };
+      const double ring = best_ms("ring"), hier = best_ms("hier");
+      if (r == 0)
+        std::printf("hier_vs_ring: hosts %d, ring %.1f ms, hier %.1f ms, %d wrong\n",
+                    c->num_hosts(), ring, hier, g_fail);
+      return g_fail ? 1 : 0;
+    }
     if (mode == "hello") {
       float x = 1;
       c->all_reduce(&x, &x, 1, Dtype::kF32, ReduceOp::kSum);
@@ -299,6 +375,7 @@ int main(int argc, char** argv) {
       for (long it = 0;; ++it) {
         c->all_reduce(a.data(), a.data(), count, Dtype::kF32, ReduceOp::kAvg);
         if (it == 0) {
+          if (r == 0) std::printf("transport %s\n", c->transport_info().c_str());
           std::printf("loop started\n");
           std::fflush(stdout);
         }

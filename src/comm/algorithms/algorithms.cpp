@@ -10,6 +10,8 @@ const char* algo_name(Algo a) {
     case Algo::kBinomial: return "binomial";
     case Algo::kPairwise: return "pairwise";
     case Algo::kDissemination: return "dissemination";
+    case Algo::kHierarchical: return "hier";
+    case Algo::kTwoLevel: return "two_level";
   }
   return "unknown";
 }
@@ -18,7 +20,17 @@ Algo parse_algo(const std::string& s) {
   if (s.empty() || s == "auto") return Algo::kAuto;
   if (s == "ring") return Algo::kRing;
   if (s == "rhd" || s == "halving_doubling") return Algo::kHalvingDoubling;
-  MOE_FAIL("comm", "unknown algorithm '", s, "' (MOE_COMM_ALGO / --algo): use auto, ring or rhd");
+  if (s == "hier" || s == "hierarchical") return Algo::kHierarchical;
+  MOE_FAIL("comm", "unknown all_reduce algorithm '", s,
+           "' (MOE_COMM_ALGO / --algo): use auto, ring, rhd or hier");
+}
+
+Algo parse_algo_a2a(const std::string& s) {
+  if (s.empty() || s == "auto") return Algo::kAuto;
+  if (s == "pairwise") return Algo::kPairwise;
+  if (s == "two_level" || s == "2level") return Algo::kTwoLevel;
+  MOE_FAIL("comm", "unknown all_to_all algorithm '", s,
+           "' (MOE_COMM_ALGO_A2A / --algo-a2a): use auto, pairwise or two_level");
 }
 
 }  // namespace moe::comm

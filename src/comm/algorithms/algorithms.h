@@ -10,9 +10,13 @@
 namespace moe::comm {
 
 enum class Algo : uint8_t { kAuto = 0, kRing = 1, kHalvingDoubling = 2, kBinomial = 3,
-                            kPairwise = 4, kDissemination = 5 };
+                            kPairwise = 4, kDissemination = 5, kHierarchical = 6,
+                            kTwoLevel = 7 };
 const char* algo_name(Algo a);
-Algo parse_algo(const std::string& s);  // "ring", "rhd", "auto", ...
+// all_reduce (MOE_COMM_ALGO): "auto", "ring", "rhd", "hier".
+Algo parse_algo(const std::string& s);
+// all_to_all(v) (MOE_COMM_ALGO_A2A): "auto", "pairwise", "two_level".
+Algo parse_algo_a2a(const std::string& s);
 
 // ring.cpp
 void ring_all_reduce(OpContext& c, const void* in, void* out, size_t count, size_t piece_bytes);
@@ -20,6 +24,22 @@ void ring_reduce_scatter(OpContext& c, const void* in, void* out, size_t recv_co
                          size_t piece_bytes);
 void ring_all_gather(OpContext& c, const void* in, void* out, size_t send_count,
                      size_t piece_bytes);
+// The two halves of ring_all_reduce, for composing: `count` is cut into c.size() segments as
+// ring_all_reduce cuts it. After the first, segment c.rank() of `out` holds the reduction of
+// every rank's `in` (other segments of `out` are scratch); the second then fills in the rest.
+void ring_reduce_scatter_segments(OpContext& c, const void* in, void* out, size_t count,
+                                  size_t piece_bytes);
+void ring_all_gather_segments(OpContext& c, void* out, size_t count, size_t piece_bytes);
+// Segment i of `count` elements cut into n: [segment_begin(count, n, i), ...(i + 1)).
+inline size_t segment_begin(size_t count, int n, int i) { return count * size_t(i) / size_t(n); }
+// hierarchical.cpp: reduce within each host, all_reduce across hosts, spread within hosts.
+void hierarchical_all_reduce(OpContext& c, const void* in, void* out, size_t count,
+                             size_t piece_bytes);
+// two_level_all_to_all.cpp: like pairwise_all_to_allv, but what crosses hosts is gathered to
+// one rank per host, exchanged between hosts in one message per pair, and scattered there.
+void two_level_all_to_allv(OpContext& c, const void* in, const size_t* send_counts,
+                           const size_t* send_displs, void* out, const size_t* recv_counts,
+                           const size_t* recv_displs);
 // halving_doubling.cpp
 void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t count);
 // binomial_broadcast.cpp

@@ -1,6 +1,10 @@
 // The only view of the world an algorithm has: the ranks of its communicator as 0..size-1 and
 // Pair-style send/recv to any of them, every wait bounded by the operation's deadline. The
 // context stamps each message with the collective's kind, sequence number and signature.
+// Whether a peer is reached over shared memory or TCP is the transport's business.
+//
+// Hierarchical algorithms also see which host each rank is on, and run other algorithms on
+// groups of ranks through sub(): a context whose ranks are a subset, with its own tag range.
 #pragma once
 
 #include <memory>
@@ -8,7 +12,7 @@
 #include <vector>
 
 #include "comm/reduce.h"
-#include "comm/transport/tcp.h"
+#include "comm/transport/transport.h"
 
 namespace moe::comm {
 
@@ -40,26 +44,28 @@ class ScratchArena {
 
 class OpContext {
  public:
-  OpContext(TcpTransport& t, const std::vector<int>& ranks, int rank, uint64_t comm_id,
-            uint64_t seq, const OpSig& sig, Deadline deadline, std::string what,
-            ScratchArena& arena)
-      : t_(t), ranks_(ranks), rank_(rank), comm_id_(comm_id), seq_(seq), sig_(sig),
-        deadline_(deadline), what_(std::move(what)), arena_(arena) {
+  OpContext(Transport& t, const std::vector<int>& ranks, const std::vector<int>& host_of,
+            int rank, uint64_t comm_id, uint64_t seq, const OpSig& sig, Deadline deadline,
+            std::string what, ScratchArena& arena)
+      : t_(t), ranks_(&ranks), host_of_(&host_of), rank_(rank), comm_id_(comm_id), seq_(seq),
+        sig_(sig), deadline_(deadline), what_(std::move(what)), arena_(arena) {
     arena_.reset();
   }
 
   int rank() const { return rank_; }
-  int size() const { return static_cast<int>(ranks_.size()); }
+  int size() const { return static_cast<int>(ranks_->size()); }
   Dtype dtype() const { return static_cast<Dtype>(sig_.dtype); }
   ReduceOp op() const { return static_cast<ReduceOp>(sig_.redop); }
   size_t elem() const { return comm_dtype_size(dtype()); }
+  // Host index (0..) of each rank of this context, as the communicator's topology says.
+  const std::vector<int>& host_of() const { return *host_of_; }
 
   // `peer` is a rank of this communicator; `tag` names the message within the operation.
   Handle send(int peer, const void* buf, size_t bytes, uint32_t tag) {
-    return t_.isend(ranks_[peer], MsgKey{comm_id_, seq_, tag}, sig_, buf, bytes);
+    return t_.isend((*ranks_)[peer], MsgKey{comm_id_, seq_, tag_base_ + tag}, sig_, buf, bytes);
   }
   Handle recv(int peer, void* buf, size_t bytes, uint32_t tag) {
-    return t_.irecv(ranks_[peer], MsgKey{comm_id_, seq_, tag}, sig_, buf, bytes);
+    return t_.irecv((*ranks_)[peer], MsgKey{comm_id_, seq_, tag_base_ + tag}, sig_, buf, bytes);
   }
   void wait(const Handle& h) { t_.wait(*h, deadline_, what_); }
   void wait_all(std::vector<Handle>& hs) {
@@ -73,11 +79,34 @@ class OpContext {
   // Scratch memory that lives for the whole operation.
   char* scratch(size_t bytes) { return arena_.get(bytes); }
 
+  // A context over `members` (ranks of this context, in the order they get ranks 0.. there;
+  // this rank must be one), whose tags are offset by `phase` << 28 so the phases of one
+  // operation never mix. Scratch comes from the same arena and stays valid.
+  OpContext sub(const std::vector<int>& members, uint32_t phase) const {
+    OpContext c(*this);
+    c.own_ranks_ = std::make_shared<std::vector<int>>();
+    c.own_hosts_ = std::make_shared<std::vector<int>>();
+    c.rank_ = -1;
+    for (size_t i = 0; i < members.size(); ++i) {
+      if (members[i] == rank_) c.rank_ = static_cast<int>(i);
+      c.own_ranks_->push_back((*ranks_)[members[i]]);
+      c.own_hosts_->push_back((*host_of_)[members[i]]);
+    }
+    MOE_CHECK(c.rank_ >= 0, "comm", "sub-context without this rank");
+    c.ranks_ = c.own_ranks_.get();
+    c.host_of_ = c.own_hosts_.get();
+    c.tag_base_ = phase << 28;
+    return c;
+  }
+
  private:
-  TcpTransport& t_;
-  const std::vector<int>& ranks_;
+  Transport& t_;
+  std::shared_ptr<std::vector<int>> own_ranks_, own_hosts_;  // a sub-context's lists
+  const std::vector<int>* ranks_;    // global rank of each member
+  const std::vector<int>* host_of_;  // host index of each member
   int rank_;
   uint64_t comm_id_, seq_;
+  uint32_t tag_base_ = 0;
   OpSig sig_;
   Deadline deadline_;
   std::string what_;

@@ -164,6 +164,24 @@ void ring_all_reduce(OpContext& c, const void* in, void* out, size_t count, size
   for (auto& s : sends) c.wait_all(s);
 }
 
+void ring_reduce_scatter_segments(OpContext& c, const void* in, void* out, size_t count,
+                                  size_t piece_bytes) {
+  const RingPlan p = make_plan(c, count, 0, piece_bytes);
+  char* o = static_cast<char*>(out);
+  const size_t es = c.elem();
+  std::vector<std::vector<Handle>> sends;
+  run_reduce_scatter(c, p, static_cast<const char*>(in), [&](int, int seg) {
+    return o + p.seg_off[seg] * es;
+  }, sends);
+  for (auto& s : sends) c.wait_all(s);
+}
+
+void ring_all_gather_segments(OpContext& c, void* out, size_t count, size_t piece_bytes) {
+  const RingPlan p = make_plan(c, count, 0, piece_bytes);
+  char* o = static_cast<char*>(out);
+  run_all_gather(c, p, o, 0, post_all_gather(c, p, o, 0));
+}
+
 void ring_reduce_scatter(OpContext& c, const void* in, void* out, size_t recv_count,
                          size_t piece_bytes) {
   const RingPlan p = make_plan(c, 0, recv_count, piece_bytes);

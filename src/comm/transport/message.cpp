@@ -29,3 +29,42 @@ std::string check_header(const MsgHeader& h) {
 }
 
 }  // namespace moe::comm
+
+namespace moe::comm {
+
+std::string mismatch_message(int rank, const OpSig& mine, int peer, const OpSig& theirs,
+                             uint64_t seq) {
+  std::string extra;
+  if (theirs.kind == mine.kind && theirs.count == mine.count && theirs.algo != mine.algo)
+    extra = " (different algorithms: set MOE_COMM_ALGO and MOE_COMM_ALGO_A2A the same on every "
+            "rank)";
+  return "mismatched collectives: rank " + std::to_string(rank) + " called " +
+         describe_sig(mine, seq) + " but rank " + std::to_string(peer) + " called " +
+         describe_sig(theirs, seq) + extra +
+         "; every rank must call the same collectives in the same order with the same sizes";
+}
+
+std::string size_mismatch_message(int rank, uint64_t want, const OpSig* mine, uint64_t my_seq,
+                                  int peer, uint64_t got, const MsgHeader& theirs) {
+  return "rank " + std::to_string(rank) + " expects " + std::to_string(want) +
+         " bytes from rank " + std::to_string(peer) + " in " +
+         (mine ? describe_sig(*mine, my_seq) : std::string("a message")) + " (tag " +
+         std::to_string(theirs.tag) + "), but rank " + std::to_string(peer) + " sent " +
+         std::to_string(got) + " bytes in " + describe_sig(sig_of(theirs), theirs.seq) +
+         ": every rank must call the same collectives with matching sizes";
+}
+
+std::string timeout_message(const std::string& what, const Request& r) {
+  return what + ": timed out waiting for rank " + std::to_string(r.peer) + " to " +
+         (r.is_send ? "take" : "send") + " a message (tag " + std::to_string(r.tag) +
+         "): that rank is stalled or called a different collective; MOE_COMM_TIMEOUT sets the "
+         "limit in seconds (default 300)";
+}
+
+std::string peer_gone_message(const std::string& what, int peer) {
+  return what + ": rank " + std::to_string(peer) +
+         " has already shut down its communicator: it finished or failed before this "
+         "operation; every rank must call the same collectives";
+}
+
+}  // namespace moe::comm

@@ -5,8 +5,11 @@
 // name instead of hanging.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <tuple>
 
 #include "comm/common.h"
 
@@ -58,7 +61,43 @@ inline OpSig sig_of(const MsgHeader& h) {
   return s;
 }
 
+// One posted send or receive; `done` flips once, under the transport's lock.
+struct Request {
+  std::atomic<bool> done{false};
+  int peer = -1;
+  bool is_send = false;
+  // receive side
+  void* buf = nullptr;
+  uint64_t size = 0;
+  OpSig sig;
+  uint64_t comm_id = 0, seq = 0;
+  uint32_t tag = 0;
+  int chunks_left = 0;  // send side
+  bool shm = false;     // carried by the shared-memory transport (else TCP)
+};
+using RequestPtr = std::shared_ptr<Request>;
+
+struct MsgKey {
+  uint64_t comm_id, seq;
+  uint32_t tag;
+  bool operator<(const MsgKey& o) const {
+    return std::tie(comm_id, seq, tag) < std::tie(o.comm_id, o.seq, o.tag);
+  }
+};
+
 // "" if the header is well formed, else why not (fuzzed by tests/comm).
 std::string check_header(const MsgHeader& h);
+
+// The errors every transport reports in the same words (tests look for them).
+// Another collective (or the same with other arguments) at the same sequence number:
+std::string mismatch_message(int rank, const OpSig& mine, int peer, const OpSig& theirs,
+                             uint64_t seq);
+// A message of another size than the posted receive:
+std::string size_mismatch_message(int rank, uint64_t want, const OpSig* mine, uint64_t my_seq,
+                                  int peer, uint64_t got, const MsgHeader& theirs);
+// The deadline passed while `r` was pending:
+std::string timeout_message(const std::string& what, const Request& r);
+// A receive from a rank that already closed its communicator:
+std::string peer_gone_message(const std::string& what, int peer);
 
 }  // namespace moe::comm

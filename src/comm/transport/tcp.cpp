@@ -46,6 +46,10 @@ TcpOptions TcpOptions::from_env() {
   o.bind_addr = env_str("MOE_COMM_IFADDR", "");
   o.emu_latency_us = env_double("MOE_COMM_EMU_LATENCY_US", 0);
   o.emu_gbps = env_double("MOE_COMM_EMU_GBPS", 0);
+  // The same cap in MB/s (10^6 bytes), handier for slow links: 100 is about 1 Gbit/s.
+  const double mbps = env_double("MOE_COMM_EMU_BW_MBPS", 0);
+  MOE_CHECK(mbps >= 0 && o.emu_gbps >= 0, "comm.tcp", "emulated bandwidth must be positive");
+  if (mbps > 0) o.emu_gbps = mbps / 1000;
   o.emu_scope = env_str("MOE_COMM_EMU_SCOPE", "remote");
   MOE_CHECK(o.emu_scope == "remote" || o.emu_scope == "all", "comm.tcp",
             "MOE_COMM_EMU_SCOPE='", o.emu_scope, "': use remote or all");
@@ -219,6 +223,21 @@ std::string TcpTransport::failure() const {
   return error_;
 }
 
+void TcpTransport::fail(const std::string& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_locked(why);
+}
+
+bool TcpTransport::peer_said_bye(int peer) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return peers_[peer].bye;
+}
+
+void TcpTransport::set_wake_hook(std::function<void()> hook) {
+  std::lock_guard<std::mutex> lock(mu_);
+  wake_hook_ = std::move(hook);
+}
+
 void TcpTransport::fail_locked(const std::string& why) {
   if (!failed_) {
     error_ = why;
@@ -242,11 +261,13 @@ void TcpTransport::fail_locked(const std::string& why) {
     }
   }
   cv_.notify_all();
+  if (wake_hook_) wake_hook_();
 }
 
 void TcpTransport::complete(Request& r) {
   r.done.store(true, std::memory_order_release);
   cv_.notify_all();
+  if (wake_hook_) wake_hook_();
 }
 
 void TcpTransport::enqueue_locked(Sock& s, OutChunk c) {
@@ -337,12 +358,7 @@ RequestPtr TcpTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, vo
   }
   InMsg& m = it->second;
   if (m.total != n || m.req) {
-    fail_locked("rank " + std::to_string(rank_) + " expects " + std::to_string(n) +
-                " bytes from rank " + std::to_string(peer) + " in " +
-                describe_sig(sig, key.seq) + " (tag " + std::to_string(key.tag) +
-                "), but rank " + std::to_string(peer) + " sent " + std::to_string(m.total) +
-                " bytes in " + describe_sig(sig_of(m.first), m.first.seq) +
-                ": every rank must call the same collectives with matching sizes");
+    fail_locked(size_mismatch_message(rank_, n, &sig, key.seq, peer, m.total, m.first));
     return req;
   }
   if (m.got == m.total) {
@@ -363,16 +379,10 @@ void TcpTransport::wait(Request& r, Deadline deadline, const std::string& what) 
   std::unique_lock<std::mutex> lock(mu_);
   while (!r.done.load(std::memory_order_acquire)) {
     MOE_CHECK(!failed_, "comm", what, ": ", error_);
-    MOE_CHECK(r.is_send || !peers_[r.peer].bye, "comm", what, ": rank ", r.peer,
-              " has already shut down its communicator: it finished or failed before this "
-              "operation; every rank must call the same collectives");
+    MOE_CHECK(r.is_send || !peers_[r.peer].bye, "comm", peer_gone_message(what, r.peer));
     if (cv_.wait_until(lock, deadline) == std::cv_status::timeout &&
-        !r.done.load(std::memory_order_acquire)) {
-      MOE_FAIL("comm", what, ": timed out waiting for rank ", r.peer, " to ",
-               r.is_send ? "take" : "send", " a message (tag ", r.tag,
-               "): that rank is stalled or called a different collective; MOE_COMM_TIMEOUT "
-               "sets the limit in seconds (default 300)");
-    }
+        !r.done.load(std::memory_order_acquire))
+      MOE_FAIL("comm", timeout_message(what, r));
   }
 }
 
@@ -400,15 +410,7 @@ void TcpTransport::check_sig_locked(int peer, const MsgHeader& h) {
   if (it == current_.end() || it->second.seq != h.seq) return;
   const OpSig theirs = sig_of(h);
   if (theirs == it->second.sig) return;
-  std::string extra;
-  if (theirs.kind == it->second.sig.kind && theirs.count == it->second.sig.count &&
-      theirs.algo != it->second.sig.algo)
-    extra = " (different algorithms: set MOE_COMM_ALGO the same on every rank)";
-  fail_locked("mismatched collectives: rank " + std::to_string(rank_) + " called " +
-              describe_sig(it->second.sig, h.seq) + " but rank " + std::to_string(peer) +
-              " called " + describe_sig(theirs, h.seq) + extra +
-              "; every rank must call the same collectives in the same order with the same "
-              "sizes");
+  fail_locked(mismatch_message(rank_, it->second.sig, peer, theirs, h.seq));
 }
 
 void TcpTransport::progress_loop() {
@@ -521,6 +523,7 @@ void TcpTransport::header_arrived(Sock& s) {
     P.bye = std::all_of(P.socks.begin(), P.socks.end(),
                         [](const std::unique_ptr<Sock>& o) { return o->got_bye || o->closed; });
     cv_.notify_all();
+    if (wake_hook_) wake_hook_();
     return;
   }
   if (h.kind == static_cast<uint8_t>(OpKind::kAbort)) {
@@ -546,12 +549,8 @@ void TcpTransport::header_arrived(Sock& s) {
   if (m.first.magic != kMsgMagic) m.first = h;
   if (m.total != h.total) {
     const Request* q = m.req.get();
-    fail_locked("rank " + std::to_string(rank_) + " expects " + std::to_string(m.total) +
-                " bytes from rank " + std::to_string(s.peer) + " in " +
-                (q ? describe_sig(q->sig, q->seq) : std::string("a message")) + " (tag " +
-                std::to_string(h.tag) + "), but rank " + std::to_string(s.peer) + " sent " +
-                std::to_string(h.total) + " bytes in " + describe_sig(sig_of(h), h.seq) +
-                ": every rank must call the same collectives with matching sizes");
+    fail_locked(size_mismatch_message(rank_, m.total, q ? &q->sig : nullptr, q ? q->seq : 0,
+                                      s.peer, h.total, h));
     // Keep the stream in sync: read this chunk into a stash of the sender's size.
     if (m.stash) give_stash(std::move(m.stash));
     m.stash = take_stash(h.total);

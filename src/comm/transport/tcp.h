@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,35 +35,14 @@ struct TcpOptions {
                                    // one our store connection leaves from)
   // Test hook: emulate a slow link (the kernel here has tbf but no netem). Every message to an
   // emulated peer leaves no earlier than a token bucket of `emu_gbps` allows, plus
-  // `emu_latency_us`. Scope "remote" emulates links to other hosts only, "all" every link.
+  // `emu_latency_us`. The bucket is per link (per peer, shared by its sockets). Scope "remote"
+  // emulates links to other hosts only, "all" every link (and then shared memory is off).
   double emu_latency_us = 0;       // MOE_COMM_EMU_LATENCY_US, e.g. 200
-  double emu_gbps = 0;             // MOE_COMM_EMU_GBPS, e.g. 1.25 (10 Gbit/s); 0 = no cap
+  double emu_gbps = 0;             // MOE_COMM_EMU_GBPS, e.g. 1.25 (10 Gbit/s), or
+                                   // MOE_COMM_EMU_BW_MBPS / 1000; 0 = no cap
   std::string emu_scope = "remote";  // MOE_COMM_EMU_SCOPE
   bool emulating() const { return emu_latency_us > 0 || emu_gbps > 0; }
   static TcpOptions from_env();
-};
-
-// One posted send or receive; `done` flips once, under the transport's lock.
-struct Request {
-  std::atomic<bool> done{false};
-  int peer = -1;
-  bool is_send = false;
-  // receive side
-  void* buf = nullptr;
-  uint64_t size = 0;
-  OpSig sig;
-  uint64_t comm_id = 0, seq = 0;
-  uint32_t tag = 0;
-  int chunks_left = 0;  // send side
-};
-using RequestPtr = std::shared_ptr<Request>;
-
-struct MsgKey {
-  uint64_t comm_id, seq;
-  uint32_t tag;
-  bool operator<(const MsgKey& o) const {
-    return std::tie(comm_id, seq, tag) < std::tie(o.comm_id, o.seq, o.tag);
-  }
 };
 
 class TcpTransport {
@@ -94,6 +74,14 @@ class TcpTransport {
 
   bool failed() const { return failed_.load(); }
   std::string failure() const;
+  // Fails the transport (the shared-memory transport's errors go this way, so every peer
+  // hears of them too).
+  void fail(const std::string& why);
+  // The peer closed its communicator on purpose (said goodbye on every socket).
+  bool peer_said_bye(int peer) const;
+  // Called (from the progress thread, briefly) whenever a request completes or the transport
+  // fails: the combined transport sleeps on a futex and needs waking.
+  void set_wake_hook(std::function<void()> hook);
 
  private:
   struct OutChunk {
@@ -180,6 +168,7 @@ class TcpTransport {
   // Stash buffers are reused: in a VM each fresh page faults, which cost more than the copy.
   std::vector<Stash> stash_pool_;
   std::vector<Sock*> timed_;  // sockets held back by the emulation hook
+  std::function<void()> wake_hook_;
 };
 
 }  // namespace moe::comm

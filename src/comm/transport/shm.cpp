@@ -1,0 +1,417 @@
+#include "comm/transport/shm.h"
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <random>
+
+#include "comm/transport/tcp.h"
+
+namespace moe::comm {
+
+namespace {
+
+constexpr uint64_t kSegMagic = 0x314d48534d454dull;  // "MEMSHM1"
+constexpr size_t kSegHeaderBytes = 4096;
+constexpr size_t kRingCtlBytes = 128;
+
+// Both live in shared memory: only lock-free (address-free) atomics and plain data.
+struct SegHeader {
+  uint64_t magic;
+  uint64_t ring_bytes;
+  int32_t nlocal;
+  int32_t rank;
+  alignas(64) std::atomic<uint32_t> doorbell;  // futex word: bumped by whoever has news for us
+  std::atomic<uint32_t> sleepers;              // threads of ours asleep on it
+};
+struct RingCtl {
+  alignas(64) std::atomic<uint64_t> tail;  // bytes ever written (by the one writer)
+  alignas(64) std::atomic<uint64_t> head;  // bytes ever consumed (by the one reader)
+};
+static_assert(sizeof(RingCtl) == kRingCtlBytes);
+static_assert(std::atomic<uint64_t>::is_always_lock_free);
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+uint64_t round64(uint64_t x) { return (x + 63) & ~uint64_t(63); }
+
+long futex(std::atomic<uint32_t>* addr, int op, uint32_t val, const timespec* ts) {
+  // Not FUTEX_PRIVATE: the word is shared between processes.
+  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), op, val, ts, nullptr, 0);
+}
+
+SegHeader* header_of(char* seg) { return reinterpret_cast<SegHeader*>(seg); }
+
+}  // namespace
+
+// A view of one directed ring: its control block and data area inside a mapped segment.
+struct ShmTransport::Ring {
+  RingCtl* ctl;
+  char* data;
+  uint64_t cap;
+  // Copies with wrap-around; positions are the ever-growing byte counters.
+  void put(uint64_t pos, const void* src, uint64_t n) const {
+    const uint64_t at = pos % cap, first = std::min(n, cap - at);
+    std::memcpy(data + at, src, first);
+    if (n > first) std::memcpy(data, static_cast<const char*>(src) + first, n - first);
+  }
+  void get(uint64_t pos, void* dst, uint64_t n) const {
+    const uint64_t at = pos % cap, first = std::min(n, cap - at);
+    std::memcpy(dst, data + at, first);
+    if (n > first) std::memcpy(static_cast<char*>(dst) + first, data, n - first);
+  }
+};
+
+ShmOptions ShmOptions::from_env() {
+  ShmOptions o;
+  o.ring_bytes = static_cast<uint64_t>(env_int("MOE_COMM_SHM_RING", int64_t(o.ring_bytes)));
+  MOE_CHECK(o.ring_bytes >= (64 << 10) && o.ring_bytes % 4096 == 0, "comm.shm",
+            "MOE_COMM_SHM_RING=", o.ring_bytes, " must be a multiple of 4096, at least 64 KiB");
+  o.chunk_bytes = static_cast<uint64_t>(env_int("MOE_COMM_SHM_CHUNK", int64_t(o.chunk_bytes)));
+  MOE_CHECK(o.chunk_bytes >= 4096, "comm.shm", "MOE_COMM_SHM_CHUNK must be at least 4096 bytes");
+  // A record must fit in half a ring, so reader and writer can work on two at once.
+  o.chunk_bytes = std::min(o.chunk_bytes, o.ring_bytes / 2 - 64);
+  o.spin_us = env_double("MOE_COMM_SHM_SPIN_US", o.spin_us);
+  return o;
+}
+
+ShmTransport::ShmTransport(StoreClient& store, const std::string& prefix, int rank,
+                           const std::vector<int>& local, const ShmOptions& opt)
+    : rank_(rank), local_(local), opt_(opt) {
+  const int nl = static_cast<int>(local_.size());
+  slot_.assign(*std::max_element(local_.begin(), local_.end()) + 1, -1);
+  for (int i = 0; i < nl; ++i) {
+    slot_[local_[i]] = i;
+    if (local_[i] == rank_) me_ = i;
+  }
+  peer_ = std::vector<Peer>(nl);
+  seg_.assign(nl, nullptr);
+  seg_bytes_ = kSegHeaderBytes + size_t(nl) * (kRingCtlBytes + opt_.ring_bytes);
+
+  // Our segment, under a name nobody else can be using (pid and random bits).
+  std::random_device rd;
+  char name[96];
+  std::snprintf(name, sizeof name, "/moe-comm-%d-r%d-%08x%08x", int(getpid()), rank_, rd(), rd());
+  const int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+  MOE_CHECK(fd >= 0, "comm.shm", "shm_open(", name, "): ", std::strerror(errno),
+            " (is /dev/shm mounted and writable? MOE_COMM_TRANSPORT=tcp avoids shared memory)");
+  auto unlink_mine = [&] { shm_unlink(name); };
+  if (ftruncate(fd, off_t(seg_bytes_)) != 0) {
+    const int e = errno;
+    ::close(fd);
+    unlink_mine();
+    MOE_FAIL("comm.shm", "ftruncate(", name, ", ", seg_bytes_, "): ", std::strerror(e));
+  }
+  void* p = mmap(nullptr, seg_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) {
+    const int e = errno;
+    unlink_mine();
+    MOE_FAIL("comm.shm", "mmap of ", seg_bytes_, " bytes: ", std::strerror(e));
+  }
+  seg_[me_] = static_cast<char*>(p);
+  SegHeader* h = new (seg_[me_]) SegHeader{};
+  h->magic = kSegMagic;
+  h->ring_bytes = opt_.ring_bytes;
+  h->nlocal = nl;
+  h->rank = rank_;
+  for (int i = 0; i < nl; ++i)
+    new (seg_[me_] + kSegHeaderBytes + i * (kRingCtlBytes + opt_.ring_bytes)) RingCtl{};
+
+  // Exchange names, map the others' segments, and unlink ours once every peer has it mapped
+  // (the store's own timeout, MOE_COMM_CONNECT_TIMEOUT, bounds the waits).
+  try {
+    store.set(prefix + "shm/name/" + std::to_string(rank_), name);
+    for (int i = 0; i < nl; ++i) {
+      if (i == me_) continue;
+      const std::string other = store.get(prefix + "shm/name/" + std::to_string(local_[i]));
+      const int ofd = shm_open(other.c_str(), O_RDWR, 0);
+      MOE_CHECK(ofd >= 0, "comm.shm", "rank ", rank_, " cannot open rank ", local_[i],
+                "'s shared memory ", other, ": ", std::strerror(errno),
+                " (are these ranks really on one host? check MOE_HOST_ID, or set "
+                "MOE_COMM_TRANSPORT=tcp)");
+      void* q = mmap(nullptr, seg_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, ofd, 0);
+      ::close(ofd);
+      MOE_CHECK(q != MAP_FAILED, "comm.shm", "mmap of rank ", local_[i],
+                "'s segment: ", std::strerror(errno));
+      seg_[i] = static_cast<char*>(q);
+      const SegHeader* oh = header_of(seg_[i]);
+      MOE_CHECK(oh->magic == kSegMagic && oh->nlocal == nl && oh->ring_bytes == opt_.ring_bytes &&
+                    oh->rank == local_[i],
+                "comm.shm", "rank ", local_[i], "'s shared memory does not match ours (",
+                oh->nlocal, " local ranks, rings of ", oh->ring_bytes, " bytes, vs ", nl, " and ",
+                opt_.ring_bytes, "): set MOE_COMM_SHM_RING the same on every rank");
+    }
+    store.set(prefix + "shm/mapped/" + std::to_string(rank_), "1");
+    std::vector<std::string> keys;
+    for (int i = 0; i < nl; ++i)
+      if (i != me_) keys.push_back(prefix + "shm/mapped/" + std::to_string(local_[i]));
+    store.wait(keys);
+  } catch (...) {
+    unlink_mine();
+    for (char* s : seg_)
+      if (s) munmap(s, seg_bytes_);
+    throw;
+  }
+  unlink_mine();
+}
+
+ShmTransport::~ShmTransport() {
+  for (char* s : seg_)
+    if (s) munmap(s, seg_bytes_);
+}
+
+ShmTransport::Ring ShmTransport::out_ring(int slot) {
+  char* base = seg_[slot] + kSegHeaderBytes + size_t(me_) * (kRingCtlBytes + opt_.ring_bytes);
+  return Ring{reinterpret_cast<RingCtl*>(base), base + kRingCtlBytes, opt_.ring_bytes};
+}
+
+ShmTransport::Ring ShmTransport::in_ring(int slot) {
+  char* base = seg_[me_] + kSegHeaderBytes + size_t(slot) * (kRingCtlBytes + opt_.ring_bytes);
+  return Ring{reinterpret_cast<RingCtl*>(base), base + kRingCtlBytes, opt_.ring_bytes};
+}
+
+uint32_t ShmTransport::doorbell() const {
+  return header_of(seg_[me_])->doorbell.load(std::memory_order_seq_cst);
+}
+
+void ShmTransport::ring(int slot) {
+  SegHeader* h = header_of(seg_[slot]);
+  h->doorbell.fetch_add(1, std::memory_order_seq_cst);
+  if (h->sleepers.load(std::memory_order_seq_cst) > 0)
+    futex(&h->doorbell, FUTEX_WAKE, INT_MAX, nullptr);
+}
+
+void ShmTransport::ring_self() { ring(me_); }
+
+void ShmTransport::sleep(uint32_t seen, Deadline until) {
+  SegHeader* h = header_of(seg_[me_]);
+  const auto left = until - Clock::now();
+  if (left <= Clock::duration::zero()) return;
+  const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+  const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+  // A ring between our reading `seen` and the futex call changes the word, and then the
+  // kernel returns at once (EAGAIN): no wakeup is lost. Ringers check `sleepers` after
+  // bumping the word, we bump `sleepers` before the futex reads it (both seq_cst).
+  h->sleepers.fetch_add(1, std::memory_order_seq_cst);
+  futex(&h->doorbell, FUTEX_WAIT, seen, &ts);
+  h->sleepers.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+void ShmTransport::complete(Request& r) { r.done.store(true, std::memory_order_release); }
+
+void ShmTransport::fail_locked(const std::string& why) {
+  failed_ = true;
+  if (tcp_) tcp_->fail(why);
+}
+
+RequestPtr ShmTransport::isend(int peer, const MsgKey& key, const OpSig& sig, const void* buf,
+                               uint64_t n) {
+  MOE_CHECK(reaches(peer) && peer != rank_, "comm.shm", "send to rank ", peer, " from rank ", rank_,
+            ": not a shared-memory peer");
+  auto req = std::make_shared<Request>();
+  req->is_send = true;
+  req->shm = true;
+  req->peer = peer;
+  req->size = n;
+  req->tag = key.tag;
+  SendOp op;
+  op.req = req;
+  MsgHeader& h = op.hdr;
+  h = MsgHeader{};
+  h.magic = kMsgMagic;
+  h.kind = static_cast<uint8_t>(sig.kind);
+  h.dtype = sig.dtype;
+  h.redop = sig.redop;
+  h.algo = sig.algo;
+  h.root = sig.root;
+  h.op_count = sig.count;
+  h.tag = key.tag;
+  h.comm_id = key.comm_id;
+  h.seq = key.seq;
+  h.total = n;
+  op.data = static_cast<const char*>(buf);
+  const int s = slot_[peer];
+  std::lock_guard<std::mutex> lock(mu_);
+  peer_[s].sendq.push_back(op);
+  // Write at once what fits: the receiver may already be waiting.
+  if (push(s)) ring(s);
+  return req;
+}
+
+RequestPtr ShmTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf,
+                               uint64_t n) {
+  MOE_CHECK(reaches(peer) && peer != rank_, "comm.shm", "receive from rank ", peer, " on rank ",
+            rank_, ": not a shared-memory peer");
+  auto req = std::make_shared<Request>();
+  req->shm = true;
+  req->peer = peer;
+  req->buf = buf;
+  req->size = n;
+  req->sig = sig;
+  req->comm_id = key.comm_id;
+  req->seq = key.seq;
+  req->tag = key.tag;
+  std::lock_guard<std::mutex> lock(mu_);
+  Peer& P = peer_[slot_[peer]];
+  auto it = P.inbox.find(key);
+  if (it == P.inbox.end()) {
+    InMsg& m = P.inbox[key];
+    m.req = req;
+    m.total = n;
+    return req;
+  }
+  InMsg& m = it->second;
+  if (m.total != n || m.req) {
+    fail_locked(size_mismatch_message(rank_, n, &sig, key.seq, peer, m.total, m.first));
+    return req;
+  }
+  if (m.got == m.total) {
+    if (n) std::memcpy(buf, m.stash.get(), n);
+    P.inbox.erase(it);
+    complete(*req);
+  } else {
+    m.req = req;  // the rest lands in the stash and is copied out at the end
+  }
+  return req;
+}
+
+void ShmTransport::begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig) {
+  std::lock_guard<std::mutex> lock(mu_);
+  current_[comm_id] = CurrentOp{seq, sig};
+  // Records of this operation that came before it started were not checked yet.
+  for (size_t s = 0; s < peer_.size(); ++s) {
+    auto& inbox = peer_[s].inbox;
+    for (auto it = inbox.lower_bound(MsgKey{comm_id, seq, 0});
+         it != inbox.end() && it->first.comm_id == comm_id && it->first.seq == seq; ++it)
+      if (it->second.first.magic == kMsgMagic) check_sig_locked(local_[s], it->second.first);
+  }
+}
+
+void ShmTransport::end_op(uint64_t comm_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  current_.erase(comm_id);
+}
+
+void ShmTransport::check_sig_locked(int peer, const MsgHeader& h) {
+  if (h.seq & kP2pSeqBit) return;
+  auto it = current_.find(h.comm_id);
+  if (it == current_.end() || it->second.seq != h.seq) return;
+  if (sig_of(h) == it->second.sig) return;
+  fail_locked(mismatch_message(rank_, it->second.sig, peer, sig_of(h), h.seq));
+}
+
+bool ShmTransport::progress() {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool moved = false;
+  for (int s = 0; s < int(peer_.size()); ++s) {
+    if (s == me_) continue;
+    bool m = push(s);
+    m |= pull(s);
+    if (m) ring(s);  // it may wait for our data or for the room we made
+    moved |= m;
+  }
+  return moved;
+}
+
+bool ShmTransport::push(int slot) {
+  Peer& P = peer_[slot];
+  if (P.sendq.empty()) return false;
+  const Ring r = out_ring(slot);
+  bool moved = false;
+  uint64_t head = r.ctl->head.load(std::memory_order_acquire);
+  while (!P.sendq.empty()) {
+    SendOp& op = P.sendq.front();
+    const uint64_t left = op.hdr.total - op.sent;
+    uint64_t room = r.cap - (P.out_tail - head);
+    if (room < 64 + round64(std::min<uint64_t>(left, 4096))) {
+      head = r.ctl->head.load(std::memory_order_acquire);  // the reader may have moved on
+      room = r.cap - (P.out_tail - head);
+      if (room < 64 + round64(std::min<uint64_t>(left, 4096))) break;
+    }
+    // As much as fits (whole 64-byte units, at most a chunk): a ring never sits idle half
+    // empty while a big message waits.
+    const uint64_t len = std::min({left, opt_.chunk_bytes, (room - 64) & ~uint64_t(63)});
+    op.hdr.offset = op.sent;
+    op.hdr.chunk_len = static_cast<uint32_t>(len);
+    r.put(P.out_tail, &op.hdr, sizeof(MsgHeader));
+    if (len) r.put(P.out_tail + 64, op.data + op.sent, len);
+    P.out_tail += 64 + round64(len);
+    r.ctl->tail.store(P.out_tail, std::memory_order_release);
+    op.sent += len;
+    moved = true;
+    if (op.sent == op.hdr.total) {
+      complete(*op.req);
+      P.sendq.pop_front();
+    }
+  }
+  return moved;
+}
+
+bool ShmTransport::pull(int slot) {
+  Peer& P = peer_[slot];
+  if (P.dead) return false;
+  const Ring r = in_ring(slot);
+  bool moved = false;
+  while (true) {
+    const uint64_t tail = r.ctl->tail.load(std::memory_order_acquire);
+    if (tail == P.in_head) break;
+    MsgHeader h;
+    r.get(P.in_head, &h, sizeof h);
+    std::string bad = check_header(h);
+    if (bad.empty() && tail - P.in_head < 64 + round64(h.chunk_len)) bad = "record past the tail";
+    if (!bad.empty()) {
+      // The peer is in our job (same token, same host): a bug or corruption.
+      P.dead = true;
+      fail_locked("rank " + std::to_string(local_[slot]) +
+                  " wrote a malformed message header into shared memory (" + bad + ")");
+      break;
+    }
+    take_chunk(slot, h, r, P.in_head + 64);
+    P.in_head += 64 + round64(h.chunk_len);
+    r.ctl->head.store(P.in_head, std::memory_order_release);
+    moved = true;
+  }
+  return moved;
+}
+
+void ShmTransport::take_chunk(int slot, const MsgHeader& h, const Ring& r, uint64_t pos) {
+  const int peer = local_[slot];
+  Peer& P = peer_[slot];
+  check_sig_locked(peer, h);
+  const MsgKey key{h.comm_id, h.seq, h.tag};
+  auto [it, inserted] = P.inbox.try_emplace(key);
+  InMsg& m = it->second;
+  if (inserted) m.total = h.total;
+  if (m.first.magic != kMsgMagic) m.first = h;
+  if (m.total != h.total) {
+    const Request* q = m.req.get();
+    fail_locked(size_mismatch_message(rank_, m.total, q ? &q->sig : nullptr, q ? q->seq : 0, peer,
+                                      h.total, h));
+    return;  // the record is dropped; the transport has failed anyway
+  }
+  char* dst;
+  if (m.req && !m.stash) {
+    dst = static_cast<char*>(m.req->buf);
+  } else {
+    if (!m.stash) m.stash.reset(new char[std::max<uint64_t>(m.total, 1)]);
+    dst = m.stash.get();
+  }
+  if (h.chunk_len) r.get(pos, dst + h.offset, h.chunk_len);
+  m.got += h.chunk_len;
+  if (m.got < m.total || !m.req) return;
+  if (m.stash && m.total) std::memcpy(m.req->buf, m.stash.get(), m.total);
+  RequestPtr q = std::move(m.req);
+  P.inbox.erase(it);
+  complete(*q);
+}
+
+}  // namespace moe::comm

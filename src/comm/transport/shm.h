@@ -1,0 +1,126 @@
+// Shared-memory transport between ranks on the same host.
+//
+// Every rank creates one POSIX shared-memory segment (shm_open + mmap) holding its "doorbell"
+// and one ring buffer per local peer: the ring from peer p to this rank. All local ranks map
+// every local segment, and each segment is unlinked as soon as all peers have mapped it, so
+// nothing is left in /dev/shm when processes die.
+//
+// A ring carries records: the same 64-byte MsgHeader as TCP (kind, sequence, tag, signature,
+// offset and length of the chunk) followed by the chunk's bytes, padded to 64. The single
+// writer publishes a record by advancing `tail` (release) after copying it in; the single
+// reader consumes it and advances `head`. Receives are matched by (communicator, sequence,
+// tag) exactly as over TCP: into the posted buffer, or into a stash when the data came first.
+//
+// There is no progress thread: whoever waits (Transport::wait) moves data in both directions
+// for every local peer, then sleeps on its doorbell (a futex word in shared memory) once a
+// short spin found nothing to do. Writers and readers ring the other side's doorbell, and only
+// make the futex_wake system call when someone sleeps there. The TCP connections stay open
+// beside the rings: they report a peer that dies (kill -9) and carry abort messages.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "comm/store.h"
+#include "comm/transport/message.h"
+
+namespace moe::comm {
+
+class TcpTransport;
+
+struct ShmOptions {
+  uint64_t ring_bytes = 4 << 20;     // MOE_COMM_SHM_RING: bytes of each directed ring
+  uint64_t chunk_bytes = 512 << 10;  // MOE_COMM_SHM_CHUNK: largest record payload
+  double spin_us = 30;               // MOE_COMM_SHM_SPIN_US: spin (yielding) before sleeping
+  static ShmOptions from_env();
+};
+
+class ShmTransport {
+ public:
+  // Collective over `local` (the global ranks that use shared memory with each other,
+  // ascending, including `rank`): creates, exchanges through the store, maps and unlinks the
+  // segments.
+  ShmTransport(StoreClient& store, const std::string& prefix, int rank,
+               const std::vector<int>& local, const ShmOptions& opt);
+  ~ShmTransport();
+  ShmTransport(const ShmTransport&) = delete;
+  ShmTransport& operator=(const ShmTransport&) = delete;
+
+  // Errors (malformed records, mismatched collectives) fail `tcp`, which tells every peer.
+  void attach(TcpTransport* tcp) { tcp_ = tcp; }
+  bool reaches(int peer) const { return peer >= 0 && peer < int(slot_.size()) && slot_[peer] >= 0; }
+  int peers() const { return int(local_.size()) - 1; }
+  const ShmOptions& options() const { return opt_; }
+
+  RequestPtr isend(int peer, const MsgKey& key, const OpSig& sig, const void* buf, uint64_t n);
+  RequestPtr irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n);
+  void begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig);
+  void end_op(uint64_t comm_id);
+
+  // Moves every record that can move now (sends into peers' rings, records out of ours);
+  // never blocks on a peer. True if anything moved.
+  bool progress();
+  // The doorbell's value: read it before progress(), then sleep(value, ...) sleeps only if
+  // nobody rang since.
+  uint32_t doorbell() const;
+  void sleep(uint32_t seen, Deadline until);
+  // Wakes this process's sleepers (used when a TCP request completes).
+  void ring_self();
+
+ private:
+  struct Segment;
+  struct Ring;
+  struct SendOp {
+    RequestPtr req;
+    MsgHeader hdr;
+    const char* data;
+    uint64_t sent = 0;
+  };
+  struct InMsg {
+    RequestPtr req;
+    std::unique_ptr<char[]> stash;  // bytes that came before the receive was posted
+    uint64_t total = 0, got = 0;
+    MsgHeader first{};
+  };
+  struct Peer {
+    std::deque<SendOp> sendq;
+    std::map<MsgKey, InMsg> inbox;
+    uint64_t out_tail = 0;  // our copy of the tail of the ring to the peer (we write it)
+    uint64_t in_head = 0;   // our copy of the head of the ring from the peer (we read it)
+    bool dead = false;      // sent a malformed record: stop reading its ring
+  };
+  struct CurrentOp {
+    uint64_t seq;
+    OpSig sig;
+  };
+
+  Ring out_ring(int slot);  // ring from us to local peer `slot`
+  Ring in_ring(int slot);   // ring from local peer `slot` to us
+  bool push(int slot);      // mu_ held
+  bool pull(int slot);      // mu_ held
+  void take_chunk(int slot, const MsgHeader& h, const Ring& r, uint64_t pos);  // mu_ held
+  void check_sig_locked(int peer, const MsgHeader& h);
+  void fail_locked(const std::string& why);
+  void complete(Request& r);
+  void ring(int slot);  // rings local peer `slot`'s doorbell
+
+  int rank_;
+  std::vector<int> local_;  // global ranks, ascending
+  std::vector<int> slot_;   // global rank -> index in local_, or -1
+  int me_ = 0;              // our index in local_
+  ShmOptions opt_;
+  TcpTransport* tcp_ = nullptr;
+  std::vector<char*> seg_;  // mapped segment of each local rank
+  size_t seg_bytes_ = 0;
+  std::vector<Peer> peer_;  // by slot
+  std::map<uint64_t, CurrentOp> current_;
+  std::mutex mu_;
+  bool failed_ = false;
+};
+
+}  // namespace moe::comm

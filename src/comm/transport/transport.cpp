@@ -1,0 +1,89 @@
+#include "comm/transport/transport.h"
+
+#include <sched.h>
+
+#include <algorithm>
+
+namespace moe::comm {
+
+Transport::Transport(StoreClient& store, const std::string& prefix, const std::string& token,
+                     int rank, int size, const TcpOptions& tcp, const ShmOptions& shm,
+                     const std::vector<int>& shm_group)
+    : rank_(rank), size_(size) {
+  // Shared memory first: it needs the store, which rank 0 may take down soon after the TCP
+  // mesh is up.
+  if (shm_group.size() > 1)
+    shm_ = std::make_unique<ShmTransport>(store, prefix, rank, shm_group, shm);
+  tcp_ = std::make_unique<TcpTransport>(store, prefix, token, rank, size, tcp);
+  if (shm_) {
+    shm_->attach(tcp_.get());
+    // A TCP request that completes, or a failure, wakes a rank asleep on its doorbell.
+    tcp_->set_wake_hook([s = shm_.get()] { s->ring_self(); });
+  }
+}
+
+Transport::~Transport() {
+  // TCP first: its goodbye waits for the peers, who may still read our rings until then.
+  if (tcp_) tcp_->set_wake_hook(nullptr);
+  tcp_.reset();
+  shm_.reset();
+}
+
+std::string Transport::describe() const {
+  int shm = 0;
+  for (int p = 0; p < size_; ++p) shm += via_shm(p);
+  return "shm to " + std::to_string(shm) + " ranks, tcp to " + std::to_string(size_ - 1 - shm) +
+         " ranks";
+}
+
+RequestPtr Transport::isend(int peer, const MsgKey& key, const OpSig& sig, const void* buf,
+                            uint64_t n) {
+  return via_shm(peer) ? shm_->isend(peer, key, sig, buf, n) : tcp_->isend(peer, key, sig, buf, n);
+}
+
+RequestPtr Transport::irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n) {
+  return via_shm(peer) ? shm_->irecv(peer, key, sig, buf, n) : tcp_->irecv(peer, key, sig, buf, n);
+}
+
+void Transport::begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig) {
+  tcp_->begin_op(comm_id, seq, sig);
+  if (shm_) shm_->begin_op(comm_id, seq, sig);
+}
+
+void Transport::end_op(uint64_t comm_id) {
+  tcp_->end_op(comm_id);
+  if (shm_) shm_->end_op(comm_id);
+}
+
+void Transport::wait(Request& r, Deadline deadline, const std::string& what) {
+  if (!shm_) return tcp_->wait(r, deadline, what);
+  // Spin (yielding the core: there are usually more ranks than cores) for a few microseconds,
+  // then sleep on the doorbell. The sleep is capped so the deadline is checked on time.
+  const auto spin = std::chrono::nanoseconds(int64_t(shm_->options().spin_us * 1e3));
+  auto idle_since = Clock::now();
+  while (true) {
+    if (r.done.load(std::memory_order_acquire)) return;
+    MOE_CHECK(!tcp_->failed(), "comm", what, ": ", tcp_->failure());
+    const uint32_t bell = shm_->doorbell();
+    if (shm_->progress()) {
+      idle_since = Clock::now();
+      continue;
+    }
+    if (r.done.load(std::memory_order_acquire)) return;
+    if (!r.is_send && tcp_->peer_said_bye(r.peer)) {
+      // Everything the peer sent before its goodbye is in our ring or socket by now.
+      shm_->progress();
+      MOE_CHECK(r.done.load(std::memory_order_acquire), "comm", peer_gone_message(what, r.peer));
+      return;
+    }
+    const auto now = Clock::now();
+    if (now >= deadline) MOE_FAIL("comm", timeout_message(what, r));
+    if (now - idle_since < spin) {
+      sched_yield();
+      continue;
+    }
+    shm_->sleep(bell, std::min(deadline, now + std::chrono::milliseconds(100)));
+  }
+}
+
+}  // namespace moe::comm

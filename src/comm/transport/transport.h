@@ -1,0 +1,47 @@
+// What the algorithms talk to (through OpContext): one transport per job that sends to each
+// peer over shared memory when the peer is on this host (transport/shm.h) and over TCP
+// otherwise (transport/tcp.h). The TCP mesh always exists: it is how a dead peer is noticed
+// and how a failing rank's reason reaches everyone, whatever carries the data.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/transport/shm.h"
+#include "comm/transport/tcp.h"
+
+namespace moe::comm {
+
+class Transport {
+ public:
+  // Collective over all ranks. `shm_group`: the global ranks (ascending, including `rank`)
+  // this rank reaches over shared memory; fewer than two means TCP only.
+  Transport(StoreClient& store, const std::string& prefix, const std::string& token, int rank,
+            int size, const TcpOptions& tcp, const ShmOptions& shm,
+            const std::vector<int>& shm_group);
+  ~Transport();
+
+  RequestPtr isend(int peer, const MsgKey& key, const OpSig& sig, const void* buf, uint64_t n);
+  RequestPtr irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n);
+  // Waits for `r`; throws an Error starting with `what` if the deadline passes, the peer died
+  // or shut down, or the transport failed. While waiting it moves every shared-memory message
+  // it can, so ranks never wait on each other's progress.
+  void wait(Request& r, Deadline deadline, const std::string& what);
+  void begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig);
+  void end_op(uint64_t comm_id);
+  void set_emulated_peers(const std::vector<bool>& emulate) { tcp_->set_emulated_peers(emulate); }
+
+  bool failed() const { return tcp_->failed(); }
+  std::string failure() const { return tcp_->failure(); }
+  bool via_shm(int peer) const { return shm_ && shm_->reaches(peer) && peer != rank_; }
+  // "shm to 3 ranks, tcp to 4 ranks"
+  std::string describe() const;
+
+ private:
+  int rank_, size_;
+  std::unique_ptr<ShmTransport> shm_;
+  std::unique_ptr<TcpTransport> tcp_;
+};
+
+}  // namespace moe::comm
