@@ -104,6 +104,23 @@ TEST(Info, RunConfigMatchesTheEngineCounts) {
   EXPECT_NE(out2.find("at seq 64"), std::string::npos) << out2;
 }
 
+// configs/small.toml stays a real MoE and within about 10 minutes of compute on 2 cores: the
+// default tiny run sustains 35.9K tok/s x 5.72 MFLOP = 205 GFLOP/s here (README).
+TEST(Info, SmallConfigIsARealMoeWithinTenMinutesOfCompute) {
+  const RunConfig rc = load_run_config(config("configs/small.toml"));
+  const ModelConfig& m = rc.model;
+  EXPECT_GE(m.n_routed_experts, 8);
+  EXPECT_EQ(m.num_experts_per_tok, 2);
+  EXPECT_EQ(m.n_shared_experts, 1);
+  EXPECT_EQ(m.first_k_dense_replace, 1);
+  EXPECT_GT(m.num_hidden_layers, m.first_k_dense_replace);
+  const double tokens = double(rc.train.steps * rc.train.batch * rc.train.seq_len * rc.train.accum);
+  const double flops = tokens * train_flops_per_token(m, rc.train.seq_len);
+  EXPECT_LT(flops / 205e9, 600.0) << "training alone would take " << flops / 205e9 << " s";
+  EXPECT_GT(flops / 205e9, 120.0) << "much less than 10 minutes: the model could be bigger";
+  EXPECT_EQ(rc.data.source, "../shared/data/tinyshakespeare.txt");
+}
+
 TEST(Info, ErrorsAreOneLine) {
   auto [code, out] = run_moe("info /nonexistent/model.json");
   EXPECT_EQ(code, 1) << out;
