@@ -34,9 +34,15 @@ namespace moe::comm {
 class TcpTransport;
 
 struct ShmOptions {
-  uint64_t ring_bytes = 4 << 20;     // MOE_COMM_SHM_RING: bytes of each directed ring
-  uint64_t chunk_bytes = 512 << 10;  // MOE_COMM_SHM_CHUNK: largest record payload
-  double spin_us = 30;               // MOE_COMM_SHM_SPIN_US: spin (yielding) before sleeping
+  // A ring that fits in L2 beside its peer's measured faster than bigger ones (1.7 vs 1.1
+  // GB/s for a 64 MiB all_reduce of 2 ranks with 16 MiB rings).
+  uint64_t ring_bytes = 1 << 20;     // MOE_COMM_SHM_RING: bytes of each directed ring
+  uint64_t chunk_bytes = 256 << 10;  // MOE_COMM_SHM_CHUNK: largest record payload
+  // MOE_COMM_SHM_SPIN_US: how long a waiter yields and retries before it sleeps. Spinning
+  // cuts small-message latency (8 B all_reduce of 2 ranks: 7 vs 18 us) but steals the core
+  // from the peers when there are more local ranks than cores, so the default (-1) spins
+  // 30 us only when the local ranks fit on the CPUs this process may use.
+  double spin_us = -1;
   static ShmOptions from_env();
 };
 
