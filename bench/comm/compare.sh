@@ -128,7 +128,7 @@ run_one() {
 }
 
 echo "# compare.sh: $(date -u +%FT%TZ) on $(hostname), $(nproc) cores, $(uname -r)"
-echo "# ours: $moe ($(git -C "$(dirname "$0")" log -1 --format=%h 2>/dev/null || echo '?'))," \
+echo "# ours: $moe (source tree of this script at $(git -C "$(dirname "$0")" log -1 --format=%h 2>/dev/null || echo '?'))," \
      "MOE_COMM_TRANSPORT=${MOE_COMM_TRANSPORT:-unset} for 'ours'"
 ((have_mpi)) && echo "# $(mpirun --version 2>/dev/null | head -1)"
 ((have_gloo)) && echo "# Gloo: $(dpkg-query -W -f='${Version}' libgloo-dev 2>/dev/null || echo '?')"
