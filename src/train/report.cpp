@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 
@@ -470,6 +471,50 @@ std::string moe_section(const RunMetrics& m, std::vector<std::string>& notes) {
     o += svg::render_line_chart(bal);
   else
     notes.push_back("The moe records have no max_over_mean: imbalance chart omitted.");
+
+  // One curve per layer of a value of the moe records; drawn if some record has it and `draw`
+  // holds for the values seen.
+  auto per_layer = [&](const char* id, const char* title, const char* y_label,
+                       const std::function<std::optional<double>(const MoeRecord&)>& get,
+                       const std::function<bool(const std::vector<double>&)>& draw) {
+    svg::LineChart c;
+    c.id = id, c.title = title, c.y_label = y_label;
+    std::vector<double> all;
+    size_t ci = 0;
+    for (const auto& [layer, ks] : kept) {
+      svg::Series s;
+      s.name = "layer " + std::to_string(layer);
+      s.color = kPalette[ci++ % 10];
+      for (size_t k : ks) {
+        const auto v = get(m.moe[by_layer[layer][k]]);
+        if (!v) continue;
+        s.x.push_back(static_cast<double>(m.moe[by_layer[layer][k]].step));
+        s.y.push_back(*v);
+        all.push_back(*v);
+      }
+      if (!s.x.empty()) c.series.push_back(std::move(s));
+    }
+    if (!c.series.empty() && draw(all)) o += svg::render_line_chart(c);
+  };
+  auto any_nonzero = [](const std::vector<double>& v) {
+    for (double x : v)
+      if (x != 0) return true;
+    return false;
+  };
+  per_layer("chart-moe-entropy",
+            "Router entropy (mean over tokens of the entropy of the normalized scores; ln E = "
+            "uniform)",
+            "nats", [](const MoeRecord& r) { return r.router_entropy; },
+            [](const std::vector<double>&) { return true; });
+  per_layer("chart-moe-dropped", "Routed slots dropped by expert capacity", "fraction",
+            [](const MoeRecord& r) { return r.dropped_frac; }, any_nonzero);
+  per_layer("chart-moe-bias", "Balancing bias spread (max - min over experts)", "bias",
+            [](const MoeRecord& r) -> std::optional<double> {
+              if (r.bias.empty()) return std::nullopt;
+              const auto [lo, hi] = std::minmax_element(r.bias.begin(), r.bias.end());
+              return *hi - *lo;
+            },
+            [](const std::vector<double>&) { return true; });
 
   std::map<int64_t, std::vector<std::vector<double>>> cells;
   double range = 1;  // |log2 ratio| at full colour: 1 (0.5x..2x) to 3 (0.125x..8x)

@@ -1,6 +1,7 @@
 // `moe report`: reads a run's metrics.jsonl and renders one self-contained HTML page (inline
 // SVG, no scripts, no network) with loss, validation loss, learning rate, throughput and
-// gradient-norm curves, expert-load heatmaps per MoE layer, and the run's events. The page is
+// gradient-norm curves, per-MoE-layer balance, router-entropy, capacity-drop and bias curves,
+// expert-load heatmaps per MoE layer, and the run's events. The page is
 // well-formed XHTML, so it opens in a browser and parses as XML.
 //
 // metrics.jsonl holds one JSON object per line, each with a "kind":
@@ -8,7 +9,8 @@
 //   train  {"step", "loss", "ce", "lr", "grad_norm", "tokens_per_s", "mfu", "tokens", "time_s"}
 //   val    {"step", "loss", "ppl"}
 //   moe    {"step", "layer", "load": [E], "max_over_mean", "min_over_mean", "router_entropy",
-//           "dropped_frac", "bias": [E]}
+//           "dropped_frac", "bias": [E]} (router_entropy: mean over tokens of the entropy of
+//           the normalized router scores; dropped_frac: of this layer's routed slots)
 //   event  {"step", "event": "skip_nonfinite" | "skip_spike" | "rollback" | "checkpoint" |
 //           "resume" | "interrupted", "detail"}
 // Unknown kinds and fields are ignored. A non-finite value may be written as null (what

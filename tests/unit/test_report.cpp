@@ -215,8 +215,9 @@ TEST(Report, EveryChartIsPresentAndThePageIsWellFormedXml) {
   EXPECT_EQ(xml_parse_status(path), 0) << "not well-formed XML: " << path;
   EXPECT_EQ(
       svg_ids(path),
-      "chart-grad-norm\nchart-loss\nchart-lr\nchart-mfu\nchart-moe-balance\nchart-throughput\n"
-      "chart-val-loss\nheatmap-layer-1\nheatmap-layer-2\nheatmap-layer-3");
+      "chart-grad-norm\nchart-loss\nchart-lr\nchart-mfu\nchart-moe-balance\nchart-moe-bias\n"
+      "chart-moe-entropy\nchart-throughput\nchart-val-loss\nheatmap-layer-1\nheatmap-layer-2\n"
+      "heatmap-layer-3");
 
   const std::string html = slurp(path);
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
@@ -341,6 +342,40 @@ TEST(Report, MissingKindsOmitTheirChartsWithANote) {
                            "have no &quot;tokens_per_s&quot;", "have no &quot;grad_norm&quot;"})
     EXPECT_NE(html.find(note), std::string::npos) << note;
   EXPECT_EQ(html.find("<h2>Events</h2>"), std::string::npos);
+}
+
+// The per-layer router statistics the trainer writes: entropy always, capacity drops only when
+// some slot was dropped, the bias spread when biases are logged.
+TEST(Report, RouterEntropyDropsAndBiasPerLayer) {
+  const std::string dir = temp_dir("moestats");
+  std::string m;
+  for (int s = 10; s <= 30; s += 10)
+    for (int layer = 1; layer <= 2; ++layer)
+      m += json{{"kind", "moe"}, {"step", s}, {"layer", layer}, {"load", {3, 5, 4, 4}},
+                {"max_over_mean", 1.25}, {"min_over_mean", 0.75}, {"router_entropy", 1.25 + 0.01 * s}, {"dropped_frac", layer == 2 ? 0.125 : 0.0},
+                {"bias", {0.0, -0.002, 0.001, 0.0}}}
+               .dump() +
+           "\n";
+  spit(dir + "/metrics.jsonl", m);
+  const std::string path = write_report(dir);
+  EXPECT_EQ(xml_parse_status(path), 0);
+  EXPECT_EQ(svg_ids(path),
+            "chart-moe-balance\nchart-moe-bias\nchart-moe-dropped\nchart-moe-entropy\n"
+            "heatmap-layer-1\nheatmap-layer-2");
+  const std::string html = slurp(path);
+  const std::string ent = svg_by_id(html, "chart-moe-entropy");
+  EXPECT_NE(ent.find("layer 1"), std::string::npos);
+  EXPECT_NE(ent.find("layer 2"), std::string::npos);
+  EXPECT_NE(svg_by_id(html, "chart-moe-dropped").find("layer 2"), std::string::npos);
+  // Nothing dropped anywhere: no drop chart.
+  std::string none;
+  for (int s = 10; s <= 30; s += 10)
+    none += json{{"kind", "moe"}, {"step", s}, {"layer", 1}, {"load", {4, 4}},
+                 {"router_entropy", 0.6}, {"dropped_frac", 0.0}}
+                .dump() +
+            "\n";
+  spit(dir + "/metrics.jsonl", none);
+  EXPECT_EQ(svg_ids(write_report(dir)), "chart-moe-entropy\nheatmap-layer-1");
 }
 
 TEST(Report, EmptyFileSinglePointAndAllNonFinite) {
