@@ -315,8 +315,15 @@ void ShmTransport::check_sig_locked(int peer, const MsgHeader& h) {
   fail_locked(mismatch_message(rank_, it->second.sig, peer, sig_of(h), h.seq));
 }
 
+void ShmTransport::abandon() {
+  std::lock_guard<std::mutex> lock(mu_);
+  failed_ = true;
+}
+
 bool ShmTransport::progress() {
   std::lock_guard<std::mutex> lock(mu_);
+  // A failed job moves nothing more: the callers' buffers may be gone.
+  if (failed_ || (tcp_ && tcp_->failed())) return false;
   bool moved = false;
   for (int s = 0; s < int(peer_.size()); ++s) {
     if (s == me_) continue;

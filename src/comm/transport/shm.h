@@ -68,6 +68,8 @@ class ShmTransport {
   void begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig);
   void end_op(uint64_t comm_id);
 
+  // After an error: never touch a caller's buffer again (progress() does nothing).
+  void abandon();
   // Moves every record that can move now (sends into peers' rings, records out of ours);
   // never blocks on a peer. True if anything moved.
   bool progress();

@@ -16,6 +16,9 @@ namespace moe::comm {
 
 namespace {
 
+constexpr size_t kSinkBytes = 64 << 10;
+const char kZeros[kSinkBytes] = {};
+
 constexpr uint32_t kHelloMagic = 0x4c454d4d;  // "MMEL"
 struct Hello {
   uint32_t magic;
@@ -58,7 +61,7 @@ TcpOptions TcpOptions::from_env() {
 
 TcpTransport::TcpTransport(StoreClient& store, const std::string& prefix,
                            const std::string& token, int rank, int size, const TcpOptions& opt)
-    : rank_(rank), size_(size), opt_(opt), peers_(size) {
+    : rank_(rank), size_(size), opt_(opt), peers_(size), sink_(new char[kSinkBytes]) {
   for (auto& p : peers_) p.socks.resize(opt_.sockets_per_peer);
   connect_mesh(store, prefix, token);
   epoll_ = Fd(epoll_create1(EPOLL_CLOEXEC));
@@ -228,6 +231,15 @@ void TcpTransport::fail(const std::string& why) {
   fail_locked(why);
 }
 
+void TcpTransport::abandon(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fail_locked(why);  // keeps the first failure if there was one
+  }
+  std::lock_guard<std::mutex> user(user_mu_);
+  detached_ = true;
+}
+
 bool TcpTransport::peer_said_bye(int peer) const {
   std::lock_guard<std::mutex> lock(mu_);
   return peers_[peer].bye;
@@ -376,14 +388,24 @@ void TcpTransport::wait(Request& r, Deadline deadline, const std::string& what) 
     if (r.done.load(std::memory_order_acquire)) return;
     if (failed_.load(std::memory_order_relaxed)) break;
   }
-  std::unique_lock<std::mutex> lock(mu_);
-  while (!r.done.load(std::memory_order_acquire)) {
-    MOE_CHECK(!failed_, "comm", what, ": ", error_);
-    MOE_CHECK(r.is_send || !peers_[r.peer].bye, "comm", peer_gone_message(what, r.peer));
-    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout &&
-        !r.done.load(std::memory_order_acquire))
-      MOE_FAIL("comm", timeout_message(what, r));
+  std::string err;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!r.done.load(std::memory_order_acquire)) {
+      if (failed_) {
+        err = what + ": " + error_;
+      } else if (!r.is_send && peers_[r.peer].bye) {
+        err = peer_gone_message(what, r.peer);
+      } else if (cv_.wait_until(lock, deadline) == std::cv_status::timeout &&
+                 !r.done.load(std::memory_order_acquire)) {
+        err = timeout_message(what, r);
+      }
+      if (!err.empty()) break;
+    }
   }
+  if (err.empty()) return;
+  abandon(err);
+  MOE_FAIL("comm", err);
 }
 
 void TcpTransport::begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig) {
@@ -477,8 +499,19 @@ void TcpTransport::on_readable(Sock& s) {
   while (!s.closed) {
     const bool in_header = s.msg == nullptr;
     char* dst = in_header ? reinterpret_cast<char*>(&s.hdr) + s.hdr_got : s.dst;
-    const size_t want = in_header ? sizeof(MsgHeader) - s.hdr_got : s.left;
+    size_t want = in_header ? sizeof(MsgHeader) - s.hdr_got : s.left;
+    // A caller's buffer is written only while it is not abandoned (see abandon()).
+    std::unique_lock<std::mutex> user(user_mu_, std::defer_lock);
+    if (!in_header && s.to_user) {
+      user.lock();
+      if (detached_) s.to_user = false, s.discard = true;
+    }
+    if (!in_header && s.discard) {
+      dst = sink_.get();
+      want = std::min(want, kSinkBytes);
+    }
     ssize_t r = want ? ::recv(s.fd, dst, want, 0) : 0;
+    if (user.owns_lock()) user.unlock();
     if (want && r == 0) return peer_closed(s, "end of stream");
     if (r < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
@@ -493,7 +526,7 @@ void TcpTransport::on_readable(Sock& s) {
       header_arrived(s);
       if (s.msg && s.left == 0) chunk_done(s);
     } else {
-      s.dst += r;
+      if (!s.discard) s.dst += r;
       s.left -= static_cast<size_t>(r);
       if (s.left == 0) {
         std::lock_guard<std::mutex> lock(mu_);
@@ -506,6 +539,7 @@ void TcpTransport::on_readable(Sock& s) {
 void TcpTransport::header_arrived(Sock& s) {
   const MsgHeader& h = s.hdr;
   Peer& P = peers_[s.peer];
+  s.to_user = s.discard = false;
   const std::string bad = check_header(h);
   if (!bad.empty()) {
     // The peer proved the token, so this is a bug or corruption: stop reading the stream.
@@ -559,6 +593,7 @@ void TcpTransport::header_arrived(Sock& s) {
   }
   if (m.req && !m.stash) {
     s.dst = static_cast<char*>(m.req->buf) + h.offset;
+    s.to_user = true;
   } else {
     if (!m.stash) m.stash = take_stash(m.total);
     s.dst = m.stash.get() + h.offset;
@@ -579,7 +614,10 @@ void TcpTransport::chunk_done(Sock& s) {
   }
   m.got += s.hdr.chunk_len;
   if (m.got < m.total || !m.req) return;
-  if (m.stash && m.total) std::memcpy(m.req->buf, m.stash.get(), m.total);
+  if (m.stash && m.total) {
+    std::lock_guard<std::mutex> user(user_mu_);
+    if (!detached_) std::memcpy(m.req->buf, m.stash.get(), m.total);
+  }
   RequestPtr r = std::move(m.req);
   Peer& P = peers_[s.peer];
   erase_msg(P, P.inbox.find(s.key));
@@ -675,18 +713,36 @@ void TcpTransport::on_writable(Sock& s) {
     }
     const size_t hsz = sizeof(MsgHeader);
     const size_t len = hsz + c->hdr.chunk_len;
+    // Caller data (chunks with a request; goodbyes and aborts have none) is read only while
+    // not abandoned. Afterwards an unstarted chunk is dropped and a started one is finished
+    // with zeros, so the peer can still parse the stream up to our abort message.
+    std::unique_lock<std::mutex> user(user_mu_, std::defer_lock);
+    const char* data = c->data;
+    if (c->req) {
+      user.lock();
+      if (detached_ && c->sent == 0) {
+        user.unlock();
+        std::lock_guard<std::mutex> lock(mu_);
+        s.out.pop_front();
+        continue;
+      }
+      if (detached_) data = nullptr;
+    }
     iovec iov[2];
     int cnt = 0;
     if (c->sent < hsz) {
       iov[cnt++] = {reinterpret_cast<char*>(&c->hdr) + c->sent, hsz - c->sent};
-      if (c->hdr.chunk_len) iov[cnt++] = {const_cast<char*>(c->data), c->hdr.chunk_len};
+      if (c->hdr.chunk_len && data) iov[cnt++] = {const_cast<char*>(data), c->hdr.chunk_len};
+    } else if (data) {
+      iov[cnt++] = {const_cast<char*>(data) + (c->sent - hsz), len - c->sent};
     } else {
-      iov[cnt++] = {const_cast<char*>(c->data) + (c->sent - hsz), len - c->sent};
+      iov[cnt++] = {const_cast<char*>(kZeros), std::min(len - c->sent, kSinkBytes)};
     }
     msghdr mh{};
     mh.msg_iov = iov;
     mh.msg_iovlen = cnt;
     const ssize_t w = ::sendmsg(s.fd, &mh, MSG_NOSIGNAL);
+    if (user.owns_lock()) user.unlock();
     if (w < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       if (errno == EINTR) continue;

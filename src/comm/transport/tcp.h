@@ -77,6 +77,11 @@ class TcpTransport {
   // Fails the transport (the shared-memory transport's errors go this way, so every peer
   // hears of them too).
   void fail(const std::string& why);
+  // Fails the transport and lets go of every caller buffer: the progress thread never again
+  // reads or writes memory of a pending send or receive (it discards incoming payload and
+  // pads a half-sent chunk with zeros). Called before an operation throws, since the caller
+  // may free its buffers as the exception unwinds.
+  void abandon(const std::string& why);
   // The peer closed its communicator on purpose (said goodbye on every socket).
   bool peer_said_bye(int peer) const;
   // Called (from the progress thread, briefly) whenever a request completes or the transport
@@ -116,6 +121,8 @@ class TcpTransport {
     size_t left = 0;
     InMsg* msg = nullptr;
     MsgKey key{};
+    bool to_user = false;        // the payload lands in a caller's buffer
+    bool discard = false;        // ... which was abandoned: read the rest into a sink
     bool got_bye = false;        // the peer said goodbye on this socket
     bool reading_abort = false;  // the payload is a failed peer's reason
     std::string abort_text;
@@ -169,6 +176,11 @@ class TcpTransport {
   std::vector<Stash> stash_pool_;
   std::vector<Sock*> timed_;  // sockets held back by the emulation hook
   std::function<void()> wake_hook_;
+  // Guards the progress thread's use of caller buffers against abandon(). Lock order: mu_,
+  // then user_mu_ (never the other way).
+  std::mutex user_mu_;
+  bool detached_ = false;
+  std::unique_ptr<char[]> sink_;  // where abandoned payload goes
 };
 
 }  // namespace moe::comm

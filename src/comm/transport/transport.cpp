@@ -61,9 +61,13 @@ void Transport::wait(Request& r, Deadline deadline, const std::string& what) {
   // then sleep on the doorbell. The sleep is capped so the deadline is checked on time.
   const auto spin = std::chrono::nanoseconds(int64_t(shm_->options().spin_us * 1e3));
   auto idle_since = Clock::now();
-  while (true) {
+  std::string err;
+  while (err.empty()) {
     if (r.done.load(std::memory_order_acquire)) return;
-    MOE_CHECK(!tcp_->failed(), "comm", what, ": ", tcp_->failure());
+    if (tcp_->failed()) {
+      err = what + ": " + tcp_->failure();
+      break;
+    }
     const uint32_t bell = shm_->doorbell();
     if (shm_->progress()) {
       idle_since = Clock::now();
@@ -73,17 +77,26 @@ void Transport::wait(Request& r, Deadline deadline, const std::string& what) {
     if (!r.is_send && tcp_->peer_said_bye(r.peer)) {
       // Everything the peer sent before its goodbye is in our ring or socket by now.
       shm_->progress();
-      MOE_CHECK(r.done.load(std::memory_order_acquire), "comm", peer_gone_message(what, r.peer));
-      return;
+      if (r.done.load(std::memory_order_acquire)) return;
+      err = peer_gone_message(what, r.peer);
+      break;
     }
     const auto now = Clock::now();
-    if (now >= deadline) MOE_FAIL("comm", timeout_message(what, r));
+    if (now >= deadline) {
+      err = timeout_message(what, r);
+      break;
+    }
     if (now - idle_since < spin) {
       sched_yield();
       continue;
     }
     shm_->sleep(bell, std::min(deadline, now + std::chrono::milliseconds(100)));
   }
+  // The caller may free its buffers while the exception unwinds: neither transport may touch
+  // them after this.
+  shm_->abandon();
+  tcp_->abandon(err);
+  MOE_FAIL("comm", err);
 }
 
 }  // namespace moe::comm
