@@ -283,6 +283,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
                            static_cast<long long>(n));
     if (data.entropy_floor >= 0)
       line += fmt(" | entropy floor %.4f | gap %.4f", data.entropy_floor, ce - data.entropy_floor);
+    line += fmt(" | perplexity %.3f", std::exp(ce));
     progress.message(line);
     return ce;
   };

@@ -335,6 +335,8 @@ TEST(TrainData, BpeRunCarriesItsTokenizer) {
   std::tie(code, out) = run_moe(args);
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("bpe (vocab 300"), std::string::npos) << out;
+  EXPECT_NE(out.find("held-out: ce "), std::string::npos) << out;
+  EXPECT_NE(out.find("| perplexity "), std::string::npos) << out;
   const std::string tok = slurp(d / "tok.json");
   EXPECT_EQ(slurp(d / "run/tokenizer.json"), tok);
   const fs::path ck = d / "run/checkpoints/step_00000012";
