@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 
 #include "comm/bench.h"
@@ -30,6 +31,7 @@ std::string self_exe() {
 struct BenchArgs {
   BenchOptions opt;
   std::string min_bytes = "1K", max_bytes = "64M", dtype = "f32", redop = "sum";
+  std::string transport;  // empty: MOE_COMM_TRANSPORT as set, else auto
   int nproc = 2;
 };
 
@@ -39,6 +41,9 @@ void run_comm_bench(const BenchArgs& a) {
   opt.max_bytes = parse_bytes(a.max_bytes);
   opt.dtype = parse_comm_dtype(a.dtype);
   opt.redop = parse_reduce_op(a.redop);
+  // The transport is read from the environment when the communicator starts; the launcher's
+  // ranks inherit ours.
+  if (!a.transport.empty()) setenv("MOE_COMM_TRANSPORT", a.transport.c_str(), 1);
   if (!under_a_launcher()) {
     // Not started by a launcher: start --nproc copies of ourselves on this host.
     LaunchOptions lo;
@@ -62,7 +67,9 @@ void run_comm_bench(const BenchArgs& a) {
     return;
   }
   auto c = Communicator::from_env();
-  if (c->rank() == 0) std::printf("%s\n", bench_header(opt, c->size()).c_str());
+  if (c->rank() == 0)
+    std::printf("# transport: %s\n%s\n", c->transport_info().c_str(),
+                bench_header(opt, c->size()).c_str());
   int64_t wrong = 0;
   run_bench(*c, opt, [&](const BenchRow& row) {
     wrong += row.wrong;
@@ -117,7 +124,11 @@ void add_comm_commands(CLI::App& app) {
   cb->add_option("--factor", ba->opt.factor, "size step")->capture_default_str();
   cb->add_option("--dtype", ba->dtype, "f32, f64, bf16, f16, i32, i64")->capture_default_str();
   cb->add_option("--redop", ba->redop, "sum, avg, max, min")->capture_default_str();
-  cb->add_option("--algo", ba->opt.algo, "all_reduce algorithm: ring or rhd (default by size)");
+  cb->add_option("--algo", ba->opt.algo,
+                 "all_reduce algorithm: ring, rhd or hier (default by size and topology)");
+  cb->add_option("--transport", ba->transport,
+                 "auto, shm or tcp (sets MOE_COMM_TRANSPORT; default: as set, else auto)")
+      ->check(CLI::IsMember({"auto", "shm", "tcp"}));
   cb->add_option("--iters", ba->opt.iters, "timed iterations per size")->capture_default_str();
   cb->add_option("--warmup", ba->opt.warmup, "untimed iterations per size")->capture_default_str();
   cb->add_flag("!--no-check", ba->opt.check, "skip the #wrong check");
