@@ -1,6 +1,7 @@
 // `moe launch` and `moe comm-bench`: thin wrappers over moe::comm (src/comm).
-//   moe launch --nproc-per-node 4 [--nnodes 2 --node-rank 0 --master-addr A --master-port P] -- CMD...
-//   moe comm-bench --op all_reduce --min-bytes 1K --max-bytes 64M [--nproc 4] [--dtype f32] [--algo ring]
+//   moe launch --nproc-per-node 4 [--nnodes 2 --node-rank 0 --master-addr A --master-port P] --
+//   CMD... moe comm-bench --op all_reduce --min-bytes 1K --max-bytes 64M [--nproc 4] [--dtype f32]
+//   [--algo ring]
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -48,18 +49,23 @@ void run_comm_bench(const BenchArgs& a) {
     // Not started by a launcher: start --nproc copies of ourselves on this host.
     LaunchOptions lo;
     lo.nproc_per_node = a.nproc;
-    lo.cmd = {self_exe(),        "comm-bench",  "--op",      opt.op,
-              "--min-bytes",     a.min_bytes,   "--max-bytes", a.max_bytes,
-              "--factor",        std::to_string(opt.factor),
-              "--dtype",         a.dtype,       "--redop",   a.redop,
-              "--iters",         std::to_string(opt.iters),
-              "--warmup",        std::to_string(opt.warmup)};
+    lo.cmd = {self_exe(),    "comm-bench",
+              "--op",        opt.op,
+              "--min-bytes", a.min_bytes,
+              "--max-bytes", a.max_bytes,
+              "--factor",    std::to_string(opt.factor),
+              "--dtype",     a.dtype,
+              "--redop",     a.redop,
+              "--iters",     std::to_string(opt.iters),
+              "--warmup",    std::to_string(opt.warmup)};
     if (!opt.algo.empty()) lo.cmd.insert(lo.cmd.end(), {"--algo", opt.algo});
     if (!opt.check) lo.cmd.push_back("--no-check");
     lo.on_line = [](int r, const std::string& line, bool is_err) {
       std::FILE* f = is_err ? stderr : stdout;
-      if (r == 0 && !is_err) std::fprintf(f, "%s\n", line.c_str());
-      else std::fprintf(f, "[%d] %s\n", r, line.c_str());
+      if (r == 0 && !is_err)
+        std::fprintf(f, "%s\n", line.c_str());
+      else
+        std::fprintf(f, "[%d] %s\n", r, line.c_str());
       std::fflush(f);
     };
     const LaunchResult res = launch(lo);
@@ -79,8 +85,8 @@ void run_comm_bench(const BenchArgs& a) {
     }
   });
   if (wrong) {
-    if (c->rank() == 0) std::fprintf(stderr, "moe comm-bench: %lld wrong elements\n",
-                                     static_cast<long long>(wrong));
+    if (c->rank() == 0)
+      std::fprintf(stderr, "moe comm-bench: %lld wrong elements\n", static_cast<long long>(wrong));
     throw CLI::RuntimeError(1);
   }
 }
@@ -116,7 +122,8 @@ void add_comm_commands(CLI::App& app) {
       "comm-bench",
       "collective bandwidth in nccl-tests' columns (size count type redop time algbw busbw "
       "#wrong); starts --nproc ranks itself unless run under moe launch, torchrun, mpirun or srun");
-  cb->add_option("--op", ba->opt.op, "all_reduce, all_gather, reduce_scatter, all_to_all, broadcast")
+  cb->add_option("--op", ba->opt.op,
+                 "all_reduce, all_gather, reduce_scatter, all_to_all, broadcast")
       ->capture_default_str();
   cb->add_option("--min-bytes", ba->min_bytes, "smallest size (K, M, G suffixes)")
       ->capture_default_str();

@@ -1,30 +1,32 @@
-// Runs the real `moe` binary (MOE_BINARY, set by CMake) with arguments and collects its exit
-// code and output, for tests of the command line.
+// Runs programs for the command-line tests: the real `moe` binary (MOE_BINARY, set by CMake)
+// or any shell command, collecting the exit code and the output.
 #pragma once
 
 #include <sys/wait.h>
 
+#include <array>
 #include <cstdio>
 #include <string>
+#include <utility>
 
 namespace moe::testing {
 
-struct CmdResult {
-  int code = -1;    // exit code; -1 if it did not exit normally
-  std::string out;  // stdout and stderr together
-};
-
-inline CmdResult run_moe(const std::string& args) {
-  const std::string cmd = std::string(MOE_BINARY) + " " + args + " 2>&1";
-  CmdResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+// (exit code, stdout and stderr together); a program killed by signal S gives 128 + S, as a
+// shell would report it; -1 if it could not be run.
+inline std::pair<int, std::string> run_command(const std::string& cmd) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return {-1, ""};
+  std::string out;
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
   const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  if (WIFSIGNALED(status)) return {128 + WTERMSIG(status), out};
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// `moe ARGS`.
+inline std::pair<int, std::string> run_moe(const std::string& args) {
+  return run_command(std::string(MOE_BINARY) + " " + args);
 }
 
 }  // namespace moe::testing

@@ -10,7 +10,7 @@
 namespace moe {
 namespace {
 
-using testing::run_moe;
+using moe::testing::run_moe;
 
 // The #wrong column of every data row (lines that do not start with '#').
 int64_t total_wrong(const std::string& out, int* rows) {
@@ -34,21 +34,21 @@ TEST(CommBenchCli, TransportFlagChoosesTheTransport) {
     const auto r = run_moe("comm-bench --nproc 2 --transport " + tr +
                            " --op all_reduce --min-bytes 1K --max-bytes 64K --factor 8"
                            " --iters 2 --warmup 1");
-    ASSERT_EQ(r.code, 0) << r.out;
+    ASSERT_EQ(r.first, 0) << r.second;
     // Two ranks on one host: the one peer is reached over the chosen transport.
-    EXPECT_NE(r.out.find("# transport: "), std::string::npos) << r.out;
-    EXPECT_NE(r.out.find(tr + " to 1 ranks"), std::string::npos) << r.out;
+    EXPECT_NE(r.second.find("# transport: "), std::string::npos) << r.second;
+    EXPECT_NE(r.second.find(tr + " to 1 ranks"), std::string::npos) << r.second;
     int rows = 0;
-    EXPECT_EQ(total_wrong(r.out, &rows), 0) << r.out;
-    EXPECT_EQ(rows, 3) << r.out;  // 1K, 8K, 64K
+    EXPECT_EQ(total_wrong(r.second, &rows), 0) << r.second;
+    EXPECT_EQ(rows, 3) << r.second;  // 1K, 8K, 64K
   }
 }
 
 TEST(CommBenchCli, UnknownTransportIsRefused) {
   const auto r = run_moe("comm-bench --nproc 2 --transport carrier-pigeon");
-  EXPECT_NE(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("carrier-pigeon"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("tcp"), std::string::npos) << r.out;  // says what is allowed
+  EXPECT_NE(r.first, 0) << r.second;
+  EXPECT_NE(r.second.find("carrier-pigeon"), std::string::npos) << r.second;
+  EXPECT_NE(r.second.find("tcp"), std::string::npos) << r.second;  // says what is allowed
 }
 
 }  // namespace

@@ -13,29 +13,14 @@
 
 #include "data/shards.h"
 #include "data/tokenizers.h"
+#include "run_binary.h"
 
 namespace moe {
 namespace {
 
+using moe::testing::run_moe;
+
 namespace fs = std::filesystem;
-
-struct CmdResult {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-CmdResult run(const std::string& args) {
-  const std::string cmd = std::string(MOE_BINARY) + " " + args + " 2>&1";
-  CmdResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
 
 class TempDir {
  public:
@@ -66,8 +51,8 @@ void spit(const fs::path& path, const std::string& bytes) {
 
 // Deterministic English-like text with repeated words, so BPE has something to learn.
 std::string make_text(int lines, int salt) {
-  static const char* words[] = {"the", "king", "shall", "speak", "of", "love", "and", "war",
-                                "my", "lord", "good", "night", "sweet", "prince", "thou", "art"};
+  static const char* words[] = {"the", "king", "shall", "speak", "of",    "love",   "and",  "war",
+                                "my",  "lord", "good",  "night", "sweet", "prince", "thou", "art"};
   std::string s;
   uint32_t x = 12345u + uint32_t(salt);
   for (int l = 0; l < lines; ++l) {
@@ -120,10 +105,11 @@ TEST(DataCli, PrepareFoldersWithTheByteTokenizer) {
   const std::string out = (d / "shards").string();
   const std::string inputs = (d / "in").string() + " " + (d / "c.txt").string();
 
-  CmdResult r = run("data prepare " + inputs + " --out " + out + " --shard-tokens 2K --val-fraction 0.1");
-  ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("3 files"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("tokenizer byte"), std::string::npos) << r.out;
+  auto r =
+      run_moe("data prepare " + inputs + " --out " + out + " --shard-tokens 2K --val-fraction 0.1");
+  ASSERT_EQ(r.first, 0) << r.second;
+  EXPECT_NE(r.second.find("3 files"), std::string::npos) << r.second;
+  EXPECT_NE(r.second.find("tokenizer byte"), std::string::npos) << r.second;
 
   TokenDataset ds(out);
   EXPECT_EQ(ds.tokenizer_spec(), "byte");
@@ -139,8 +125,8 @@ TEST(DataCli, PrepareFoldersWithTheByteTokenizer) {
                             split_text(ds, *tok, Split::kVal), "");
 
   // Re-preparing into the same folder with bigger shards removes the old, now unlisted ones.
-  r = run("data prepare " + inputs + " --out " + out + " --shard-tokens 1M");
-  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_moe("data prepare " + inputs + " --out " + out + " --shard-tokens 1M");
+  ASSERT_EQ(r.first, 0) << r.second;
   int bins = 0;
   for (const auto& e : fs::directory_iterator(out)) bins += e.path().extension() == ".bin";
   EXPECT_EQ(bins, 2) << "one train and one val shard expected";
@@ -154,22 +140,23 @@ TEST(DataCli, TokenizerTrainThenPrepareWithEos) {
   spit(d / "t1.txt", texts[0]);
   spit(d / "t2.txt", texts[1]);
   const std::string tok_path = (d / "tok/tokenizer.json").string();
-  CmdResult r = run("tokenizer train --vocab-size 300 --out " + tok_path + " " + (d / "t1.txt").string() +
-              " " + (d / "t2.txt").string());
-  ASSERT_EQ(r.code, 0) << r.out;
-  ASSERT_TRUE(fs::exists(tok_path)) << r.out;
-  const size_t at = r.out.find(" bytes/token");
-  ASSERT_NE(at, std::string::npos) << r.out;
-  const double bpt = std::atof(r.out.substr(r.out.rfind(' ', at - 1) + 1).c_str());
-  EXPECT_GT(bpt, 2.0) << "a 300-token BPE on repetitive words should compress: " << r.out;
+  auto r = run_moe("tokenizer train --vocab-size 300 --out " + tok_path + " " +
+                   (d / "t1.txt").string() + " " + (d / "t2.txt").string());
+  ASSERT_EQ(r.first, 0) << r.second;
+  ASSERT_TRUE(fs::exists(tok_path)) << r.second;
+  const size_t at = r.second.find(" bytes/token");
+  ASSERT_NE(at, std::string::npos) << r.second;
+  const double bpt = std::atof(r.second.substr(r.second.rfind(' ', at - 1) + 1).c_str());
+  EXPECT_GT(bpt, 2.0) << "a 300-token BPE on repetitive words should compress: " << r.second;
 
   const std::string out = (d / "shards").string();
-  r = run("data prepare " + (d / "t1.txt").string() + " " + (d / "t2.txt").string() +
-          " --tokenizer " + (d / "tok").string() + " --out " + out + " --val-fraction 0.05");
-  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_moe("data prepare " + (d / "t1.txt").string() + " " + (d / "t2.txt").string() +
+              " --tokenizer " + (d / "tok").string() + " --out " + out + " --val-fraction 0.05");
+  ASSERT_EQ(r.first, 0) << r.second;
   TokenDataset ds(out);
   // The dataset keeps its own copy of the tokenizer.
-  EXPECT_EQ(ds.tokenizer_spec(), fs::absolute(fs::path(out) / "tokenizer.json").lexically_normal().string());
+  EXPECT_EQ(ds.tokenizer_spec(),
+            fs::absolute(fs::path(out) / "tokenizer.json").lexically_normal().string());
   EXPECT_EQ(slurp(ds.tokenizer_spec()), slurp(tok_path));
   auto tok = make_tokenizer(ds.tokenizer_spec());
   ASSERT_GE(ds.eos_id(), 0);
@@ -185,25 +172,25 @@ TEST(DataCli, TokenizerTrainThenPrepareWithEos) {
 
 TEST(DataCli, ErrorsAreOneLineAndNameTheProblem) {
   TempDir d("data_cli_err");
-  CmdResult r = run("data prepare " + (d / "missing.txt").string() + " --out " + (d / "o").string());
-  EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.out.rfind("moe: error: [data] input '", 0), 0u) << r.out;
-  EXPECT_NE(r.out.find("missing.txt"), std::string::npos) << r.out;
+  auto r = run_moe("data prepare " + (d / "missing.txt").string() + " --out " + (d / "o").string());
+  EXPECT_EQ(r.first, 1);
+  EXPECT_EQ(r.second.rfind("moe: error: [data] input '", 0), 0u) << r.second;
+  EXPECT_NE(r.second.find("missing.txt"), std::string::npos) << r.second;
   EXPECT_FALSE(fs::exists(d / "o")) << "a failed prepare should not create the output folder";
 
   spit(d / "x.txt", "hello\n");
-  r = run("data prepare " + (d / "x.txt").string() + " --tokenizer " + (d / "none.json").string() +
-          " --out " + (d / "o").string());
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.out.find("none.json' is neither"), std::string::npos) << r.out;
-  r = run("data prepare " + (d / "x.txt").string() + " --out " + (d / "o").string() +
-          " --shard-tokens lots");
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.out.find("--shard-tokens = 'lots'"), std::string::npos) << r.out;
-  r = run("tokenizer train --vocab-size 10 --out " + (d / "t.json").string() + " " +
-          (d / "x.txt").string());
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.out.find("--vocab-size = 10"), std::string::npos) << r.out;
+  r = run_moe("data prepare " + (d / "x.txt").string() + " --tokenizer " +
+              (d / "none.json").string() + " --out " + (d / "o").string());
+  EXPECT_EQ(r.first, 1);
+  EXPECT_NE(r.second.find("none.json' is neither"), std::string::npos) << r.second;
+  r = run_moe("data prepare " + (d / "x.txt").string() + " --out " + (d / "o").string() +
+              " --shard-tokens lots");
+  EXPECT_EQ(r.first, 1);
+  EXPECT_NE(r.second.find("--shard-tokens = 'lots'"), std::string::npos) << r.second;
+  r = run_moe("tokenizer train --vocab-size 10 --out " + (d / "t.json").string() + " " +
+              (d / "x.txt").string());
+  EXPECT_EQ(r.first, 1);
+  EXPECT_NE(r.second.find("--vocab-size = 10"), std::string::npos) << r.second;
 }
 
 fs::path shared_data_file(const std::string& name) {
@@ -221,17 +208,17 @@ TEST(DataCli, Tinyshakespeare) {
   const std::string text = slurp(src);
   TempDir d("data_cli_shk");
   const std::string tok_path = (d / "tokenizer.json").string();
-  CmdResult r = run("tokenizer train --vocab-size 1024 --out " + tok_path + " " + src.string());
-  ASSERT_EQ(r.code, 0) << r.out;
-  const size_t at = r.out.find(" bytes/token");
-  ASSERT_NE(at, std::string::npos) << r.out;
-  const double bpt = std::atof(r.out.substr(r.out.rfind(' ', at - 1) + 1).c_str());
-  EXPECT_GT(bpt, 2.2) << r.out;  // measured 2.43 bytes/token with 1024 tokens on this text
+  auto r = run_moe("tokenizer train --vocab-size 1024 --out " + tok_path + " " + src.string());
+  ASSERT_EQ(r.first, 0) << r.second;
+  const size_t at = r.second.find(" bytes/token");
+  ASSERT_NE(at, std::string::npos) << r.second;
+  const double bpt = std::atof(r.second.substr(r.second.rfind(' ', at - 1) + 1).c_str());
+  EXPECT_GT(bpt, 2.2) << r.second;  // measured 2.43 bytes/token with 1024 tokens on this text
 
   for (const std::string& spec : {std::string("byte"), tok_path}) {
     const std::string out = (d / (spec == "byte" ? "shards_byte" : "shards_bpe")).string();
-    r = run("data prepare " + src.string() + " --tokenizer " + spec + " --out " + out);
-    ASSERT_EQ(r.code, 0) << r.out;
+    r = run_moe("data prepare " + src.string() + " --tokenizer " + spec + " --out " + out);
+    ASSERT_EQ(r.first, 0) << r.second;
     TokenDataset ds(out);
     auto tok = make_tokenizer(ds.tokenizer_spec());
     const std::string sep = tok->eos_id() >= 0 ? "<|endoftext|>" : "";

@@ -12,32 +12,35 @@
 #include <string>
 
 #include "model/flops.h"
+#include "run_binary.h"
 #include "train/run_config.h"
 
 namespace moe {
 namespace {
 
-namespace fs = std::filesystem;
+using moe::testing::run_moe;
 
-std::pair<int, std::string> run_moe(const std::string& args) {
-  FILE* p = popen((std::string(MOE_BINARY) + " " + args + " 2>&1").c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+namespace fs = std::filesystem;
 
 // "671B" -> 6.71e11 (K, M, B, T suffixes).
 double parse_count(const std::string& s) {
   char* end = nullptr;
   double v = std::strtod(s.c_str(), &end);
   switch (*end) {
-    case 'K': v *= 1e3; break;
-    case 'M': v *= 1e6; break;
-    case 'B': v *= 1e9; break;
-    case 'T': v *= 1e12; break;
-    default: break;
+    case 'K':
+      v *= 1e3;
+      break;
+    case 'M':
+      v *= 1e6;
+      break;
+    case 'B':
+      v *= 1e9;
+      break;
+    case 'T':
+      v *= 1e12;
+      break;
+    default:
+      break;
   }
   return v;
 }

@@ -13,11 +13,14 @@
 #include "data/corpus.h"
 #include "data/tokenizer.h"
 #include "model/model.h"
+#include "run_binary.h"
 #include "train/train_state.h"
 #include "train/trainer.h"
 
 namespace moe {
 namespace {
+
+using moe::testing::run_command;
 
 namespace fs = std::filesystem;
 
@@ -118,16 +121,6 @@ TEST(Resume, TwentyPlusTwentyEqualsFortyBitwise) {
   fs::remove_all(a), fs::remove_all(b);
 }
 
-std::pair<int, std::string> run(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int status = pclose(p);
-  if (WIFSIGNALED(status)) return {128 + WTERMSIG(status), out};
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
 std::string write_model_json(const fs::path& dir) {
   fs::create_directories(dir);
   const fs::path p = dir / "model.json";
@@ -144,14 +137,14 @@ TEST(Resume, KillDuringCheckpointWriteKeepsThePreviousOne) {
                            (d / "run").string() +
                            " --steps 40 --batch 4 --seq-len 32 --samples 0 --checkpoint.every 10"
                            " --log.progress plain --train.eval_tokens 0";
-  const auto [code, out] = run("MOE_TEST_KILL_IN_CHECKPOINT=3 " + args);
+  const auto [code, out] = run_command("MOE_TEST_KILL_IN_CHECKPOINT=3 " + args);
   EXPECT_EQ(code, 128 + 9) << out;  // killed by SIGKILL
   std::vector<std::string> skipped;
   const auto valid = list_train_checkpoints((d / "run").string(), &skipped);
   ASSERT_EQ(valid.size(), 2u) << out;
   EXPECT_NE(valid.front().find("step_00000020"), std::string::npos) << valid.front();
 
-  const auto [code2, out2] = run(args + " --resume");
+  const auto [code2, out2] = run_command(args + " --resume");
   EXPECT_EQ(code2, 0) << out2;
   EXPECT_NE(out2.find("continuing from"), std::string::npos) << out2;
   EXPECT_NE(out2.find("step_00000020"), std::string::npos) << out2;

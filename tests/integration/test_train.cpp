@@ -16,10 +16,13 @@
 #include "infer/generate.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
+#include "run_binary.h"
 #include "train/trainer.h"
 
 namespace moe {
 namespace {
+
+using moe::testing::run_moe;
 
 namespace fs = std::filesystem;
 
@@ -88,17 +91,6 @@ TEST(Generate, KvCacheMatchesFullForward) {
   EXPECT_LE(diff / mx, 1e-5) << "decoder logits differ from the full forward by " << diff;
 }
 
-// Runs the moe binary; returns (exit code, combined output).
-std::pair<int, std::string> run_moe(const std::string& args) {
-  const std::string cmd = std::string(MOE_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
 class Cli : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -127,18 +119,21 @@ TEST_F(Cli, UnknownConfigKey) {
 }
 
 TEST_F(Cli, TopKLargerThanExperts) {
-  expect_error("train --config " + write("c.json", R"({"n_routed_experts":4,"num_experts_per_tok":6})"),
-               "num_experts_per_tok");
+  expect_error(
+      "train --config " + write("c.json", R"({"n_routed_experts":4,"num_experts_per_tok":6})"),
+      "num_experts_per_tok");
 }
 
 TEST_F(Cli, HeadsNotDividingHidden) {
-  expect_error("train --config " + write("c.json", R"({"num_attention_heads":6,"num_key_value_heads":6})"),
-               "num_attention_heads");
+  expect_error(
+      "train --config " + write("c.json", R"({"num_attention_heads":6,"num_key_value_heads":6})"),
+      "num_attention_heads");
 }
 
 TEST_F(Cli, KvHeadsNotDividingHeads) {
-  expect_error("train --config " + write("c.json", R"({"num_attention_heads":4,"num_key_value_heads":3})"),
-               "num_key_value_heads");
+  expect_error(
+      "train --config " + write("c.json", R"({"num_attention_heads":4,"num_key_value_heads":3})"),
+      "num_key_value_heads");
 }
 
 TEST_F(Cli, MissingCheckpoint) {
@@ -161,8 +156,8 @@ TEST_F(Cli, EvalPrintsJson) {
   const std::string ck = (dir_ / "ck").string();
   save_checkpoint(ck, m.config(), m.layout(), m.params().data());
   // 64*3 + 1 bytes: exactly three whole windows of 64.
-  const auto [code, out] =
-      run_moe("eval --checkpoint " + ck + " --json --data " + write("d.txt", std::string(193, 'x')));
+  const auto [code, out] = run_moe("eval --checkpoint " + ck + " --json --data " +
+                                   write("d.txt", std::string(193, 'x')));
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("\"tokens\": 192"), std::string::npos) << out;
   EXPECT_NE(out.find("\"loss\": "), std::string::npos) << out;
@@ -176,8 +171,11 @@ TEST(DefaultRun, ReachesEntropyFloor) {
   const size_t p = out.find("held-out: ce ");
   ASSERT_NE(p, std::string::npos) << out;
   double ce = 0, floor = 0, gap = 0;
-  ASSERT_EQ(std::sscanf(out.c_str() + p, "held-out: ce %lf nats/token over %*d tokens | entropy "
-                                         "floor %lf | gap %lf", &ce, &floor, &gap), 3)
+  ASSERT_EQ(std::sscanf(out.c_str() + p,
+                        "held-out: ce %lf nats/token over %*d tokens | entropy "
+                        "floor %lf | gap %lf",
+                        &ce, &floor, &gap),
+            3)
       << out.substr(p);
   EXPECT_NEAR(floor, builtin_corpus_entropy(), 1e-3);
   EXPECT_LE(ce - floor, 0.15) << out.substr(p);

@@ -21,11 +21,14 @@
 #include "data/shards.h"
 #include "data/tokenizers.h"
 #include "model/model.h"
+#include "run_binary.h"
 #include "train/report.h"
 #include "train/trainer.h"
 
 namespace moe {
 namespace {
+
+using moe::testing::run_moe;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -81,8 +84,8 @@ void spit(const fs::path& p, const std::string& s) {
 
 // English-like lines with repeated words (something for BPE to learn), deterministic.
 std::string make_text(int lines, uint32_t seed) {
-  static const char* words[] = {"the", "king", "shall", "speak", "of", "love", "and", "war",
-                                "my", "lord", "good", "night", "sweet", "prince", "thou", "art"};
+  static const char* words[] = {"the", "king", "shall", "speak", "of",    "love",   "and",  "war",
+                                "my",  "lord", "good",  "night", "sweet", "prince", "thou", "art"};
   std::string s;
   uint32_t x = seed;
   for (int l = 0; l < lines; ++l) {
@@ -94,15 +97,6 @@ std::string make_text(int lines, uint32_t seed) {
     }
   }
   return s;
-}
-
-std::pair<int, std::string> run_moe(const std::string& args) {
-  FILE* p = popen((std::string(MOE_BINARY) + " " + args + " 2>&1").c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 std::vector<json> read_metrics(const fs::path& dir) {
@@ -351,7 +345,8 @@ TEST(TrainData, BpeRunCarriesItsTokenizer) {
   ASSERT_EQ(code, 0) << out;
   const json r = json::parse(out);
   EXPECT_EQ(r["tokenizer"], "bpe");
-  const int64_t bpe_tokens = make_tokenizer((d / "tok.json").string())->encode(slurp(d / "held.txt")).size();
+  const int64_t bpe_tokens =
+      make_tokenizer((d / "tok.json").string())->encode(slurp(d / "held.txt")).size();
   EXPECT_EQ(int64_t(r["tokens"]), (bpe_tokens - 1) / 32 * 32);
   EXPECT_LT(int64_t(r["tokens"]), int64_t(fs::file_size(d / "held.txt")) / 2);
   // The run's own cache folder is a prepared dataset: eval on its validation split.
@@ -364,7 +359,8 @@ TEST(TrainData, BpeRunCarriesItsTokenizer) {
                                 " --prompt 'the king' --max-new-tokens 20 --seed 1");
   ASSERT_EQ(code, 0) << out;
   EXPECT_EQ(out.rfind("the king", 0), 0u) << out;
-  EXPECT_GT(out.size(), std::string("the king\n").size() + 20) << "20 BPE tokens decode to more than 20 bytes: " << out;
+  EXPECT_GT(out.size(), std::string("the king\n").size() + 20)
+      << "20 BPE tokens decode to more than 20 bytes: " << out;
 
   // A byte-level checkpoint refuses a dataset made with the BPE.
   fs::remove(d / "run/tokenizer.json");
@@ -379,7 +375,8 @@ TEST(TrainData, TinyShakespeareLoads) {
   const char* env = std::getenv("MOE_SHARED_DATA");
   const fs::path path =
       fs::path(env ? env : MOE_SOURCE_DIR "/../shared/data") / "tinyshakespeare.txt";
-  if (!fs::exists(path)) GTEST_SKIP() << "skipped: " << path << " is absent (the shared data folder)";
+  if (!fs::exists(path))
+    GTEST_SKIP() << "skipped: " << path << " is absent (the shared data folder)";
   TempDir d("train_data_shakespeare");
   DataConfig dc;
   dc.source = path.string();
