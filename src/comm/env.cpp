@@ -81,7 +81,12 @@ JobEnv detect_env(const std::function<const char*(const char*)>& get_raw) {
     e.size = num("OMPI_COMM_WORLD_SIZE", 1);
     e.local_rank = num("OMPI_COMM_WORLD_LOCAL_RANK", e.rank);
     e.local_size = num("OMPI_COMM_WORLD_LOCAL_SIZE", e.size);
-    if (get("OMPI_MCA_orte_ess_jobid")) job_id = get("OMPI_MCA_orte_ess_jobid");
+    // The job id: OMPI_MCA_ess_base_jobid in Open MPI 3 to 4.1 (seen under mpirun 4.1.4),
+    // OMPI_MCA_orte_ess_jobid in older releases.
+    if (get("OMPI_MCA_ess_base_jobid"))
+      job_id = get("OMPI_MCA_ess_base_jobid");
+    else if (get("OMPI_MCA_orte_ess_jobid"))
+      job_id = get("OMPI_MCA_orte_ess_jobid");
   } else if (get("SLURM_PROCID")) {
     e.source = "slurm";
     e.rank = num("SLURM_PROCID", 0);

@@ -99,6 +99,14 @@ TEST(CommEnv, ReadsEachLauncherFamily) {
   EXPECT_EQ(e.master_addr, "127.0.0.1");
   EXPECT_EQ(e.token, "s3cret");
   EXPECT_FALSE(e.token_is_derived);
+  // Without MOE_JOB_TOKEN the token comes from the job id, which Open MPI 4.1's mpirun puts
+  // in OMPI_MCA_ess_base_jobid: two jobs differ, the ranks of one agree.
+  vars.erase("MOE_JOB_TOKEN");
+  vars["OMPI_MCA_ess_base_jobid"] = "851509249";
+  e = detect_env(get);
+  EXPECT_TRUE(e.token_is_derived);
+  EXPECT_NE(e.token.find(":openmpi:851509249:"), std::string::npos) << e.token;
+  EXPECT_EQ(e.master_port, 29400);
 
   vars = {{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"},
           {"SLURM_NTASKS_PER_NODE", "4(x2)"}, {"SLURM_JOB_NODELIST", "node[07-08]"}};
