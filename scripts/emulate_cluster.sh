@@ -8,11 +8,14 @@
 #       moe comm-bench --op all_reduce --algo ALGO ...
 # with MOE_HOST_ID=hostR, once per algorithm, and the busbw of each algorithm is printed with
 # the link-limited bound for a flat ring (busbw <= link rate) and for a two-level all_reduce
-# (link rate * ((N-1)/N) / ((M-1)/M), N = M*K ranks).
+# (link rate * ((N-1)/N) / ((M-1)/M), N = M*K ranks). With --op all_to_all the algorithms are
+# all_to_all ones (--algo-a2a, default pairwise,two_level); both move the same bytes across
+# each host's link, so they share one bound: link rate * (N-1) / (K * (N-K)).
 #
 # usage: scripts/emulate_cluster.sh [--hosts 2] [--nproc-per-node 2] [--rate-mbit 200]
-#          [--size 16M] [--iters 5] [--warmup 1] [--algos ring,hier] [--op all_reduce]
-#          [--delay-ms D] [--moe PATH] [--min-speedup X] [--quick]
+#          [--size 16M] [--iters 5] [--warmup 1] [--op all_reduce|all_to_all]
+#          [--algos ring,hier | pairwise,two_level] [--delay-ms D] [--moe PATH]
+#          [--min-speedup X] [--quick]
 #   --quick          the ctest case: 2 hosts x 4 ranks, 100 Mbit/s, 8 MiB, 3 iters, ring vs
 #                    hier, and --min-speedup 1.3 unless given (link-limited bound: 1.75)
 #   --min-speedup X  exit 1 unless busbw(second algo) >= X * busbw(first algo) (the ratio of
@@ -25,7 +28,7 @@
 # failure and Ctrl-C.
 set -uo pipefail
 
-hosts=2 nproc=2 rate_mbit=200 size=16M iters=5 warmup=1 algos=ring,hier op=all_reduce
+hosts=2 nproc=2 rate_mbit=200 size=16M iters=5 warmup=1 algos= op=all_reduce
 delay_ms= moe= min_speedup= quick=0
 while (($#)); do
   case $1 in
@@ -41,7 +44,7 @@ while (($#)); do
     --moe) moe=$2; shift 2 ;;
     --min-speedup) min_speedup=$2; shift 2 ;;
     --quick) quick=1; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "emulate_cluster: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +52,11 @@ if ((quick)); then
   hosts=2 nproc=4 rate_mbit=100 size=8M iters=3 warmup=1 algos=ring,hier op=all_reduce
   min_speedup=${min_speedup:-1.3}
 fi
+case $op in
+  all_reduce) algo_flag=--algo; algos=${algos:-ring,hier} ;;
+  all_to_all) algo_flag=--algo-a2a; algos=${algos:-pairwise,two_level} ;;
+  *) echo "emulate_cluster: --op must be all_reduce or all_to_all" >&2; exit 2 ;;
+esac
 skip() { echo "emulate_cluster: SKIP: $*"; exit 77; }
 die() { echo "emulate_cluster: FAIL: $*" >&2; exit 1; }
 
@@ -68,11 +76,11 @@ command -v tc >/dev/null || skip "no 'tc' command (Debian: iproute2)"
 
 IFS=, read -ra algo_list <<<"$algos"
 for a in "${algo_list[@]}"; do
-  if ! out=$(MOE_COMM_ALGO= "$moe" comm-bench --nproc 1 --op all_reduce --algo "$a" --min-bytes 4 \
-               --max-bytes 4 --iters 1 --warmup 0 2>&1); then
-    grep -qE "unknown (all_reduce )?algorithm" <<<"$out" &&
-      skip "this moe has no all_reduce algorithm '$a' yet: $(grep -m1 -oE "unknown (all_reduce )?algorithm.*" <<<"$out")"
-    die "moe comm-bench --algo $a does not run: $out"
+  if ! out=$(MOE_COMM_ALGO= MOE_COMM_ALGO_A2A= "$moe" comm-bench --nproc 1 --op "$op" \
+               "$algo_flag" "$a" --min-bytes 4 --max-bytes 4 --iters 1 --warmup 0 2>&1); then
+    grep -qE "unknown ((all_reduce|all_to_all) )?algorithm|$algo_flag" <<<"$out" &&
+      skip "this moe has no $op algorithm '$a' (or no $algo_flag) yet: $(grep -m1 -E "unknown|$algo_flag" <<<"$out")"
+    die "moe comm-bench $algo_flag $a does not run: $out"
   fi
 done
 
@@ -86,7 +94,10 @@ bg_pids=()
 
 cleanup() {
   local rc=$? p
-  trap - EXIT INT TERM
+  # A second Ctrl-C (or a signal sent to the whole process group, as timeout does) must not
+  # cut the clean-up short and leave namespaces behind: ignore them until it is done.
+  trap - EXIT
+  trap "" INT TERM
   for p in "${bg_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   # Anything still running inside our namespaces was started by us.
   for n in "${ns[@]}" "$sw"; do
@@ -149,25 +160,28 @@ ranks=$((hosts * nproc))
 echo "# emulate_cluster: $hosts hosts x $nproc ranks ($ranks), links capped at $rate_mbit Mbit/s each way" \
      "(tbf burst $burst B)${delay_ms:+, +${delay_ms} ms delay}; $op $size, $warmup warmup + $iters iters"
 echo "# moe: $moe; MOE_COMM_TRANSPORT=${MOE_COMM_TRANSPORT:-auto}"
-awk -v r="$rate_mbit" -v n="$ranks" -v m="$hosts" 'BEGIN {
+awk -v r="$rate_mbit" -v n="$ranks" -v m="$hosts" -v k="$nproc" -v op="$op" 'BEGIN {
   b = r * 1e6 / 8 / 1e9
-  printf "# link-limited busbw bounds: flat ring %.4f GB/s, two-level %.4f GB/s\n", b, b * ((n - 1) / n) / ((m - 1) / m) }'
+  if (op == "all_to_all")  # each host sends K*S*(N-K)/N bytes over its link, whatever the algorithm
+    printf "# link-limited busbw bound: %.4f GB/s (pairwise and two-level alike)\n", b * (n - 1) / (k * (n - k))
+  else
+    printf "# link-limited busbw bounds: flat ring %.4f GB/s, two-level %.4f GB/s\n", b, b * ((n - 1) / n) / ((m - 1) / m) }'
 
 # --- one run per algorithm ----------------------------------------------------------------
 token=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 port=29400
 declare -A time_us
-printf '%-8s %12s %14s %8s\n' algo "time(us)" "busbw(GB/s)" "wall(s)"
+printf '%-10s %12s %14s %8s\n' algo "time(us)" "busbw(GB/s)" "wall(s)"
 for a in "${algo_list[@]}"; do
   port=$((port + 1))
   bg_pids=()
   t0=$(date +%s.%N)
   for ((h = 0; h < hosts; h++)); do
     ip netns exec "${ns[h]}" env MOE_HOST_ID="host$h" MOE_JOB_TOKEN="$token" MOE_COMM_TIMEOUT=120 \
-      MOE_COMM_CONNECT_TIMEOUT=30 \
+      MOE_COMM_CONNECT_TIMEOUT=30 MOE_COMM_ALGO= MOE_COMM_ALGO_A2A= \
       "$moe" launch --nnodes "$hosts" --node-rank "$h" --master-addr "$subnet.1" \
       --master-port "$port" --nproc-per-node "$nproc" -- \
-      "$moe" comm-bench --op "$op" --algo "$a" --min-bytes "$size" --max-bytes "$size" \
+      "$moe" comm-bench --op "$op" "$algo_flag" "$a" --min-bytes "$size" --max-bytes "$size" \
       --iters "$iters" --warmup "$warmup" >"$work/$a.$h.log" 2>&1 &
     bg_pids+=($!)
   done
@@ -180,13 +194,15 @@ for a in "${algo_list[@]}"; do
     for ((h = 0; h < hosts; h++)); do echo "--- host $h ($a):"; tail -8 "$work/$a.$h.log"; done >&2
     die "$op with algo $a failed"
   fi
+  # The header names the algorithm it ran with: the flag took effect.
+  grep -qE "algo(-a2a)? $a," "$work/$a.0.log" || die "$op: the comm-bench header does not name algo $a"
   read -r bytes _ _ _ us _ _ wrong <<<"$row"
   ((wrong == 0)) || die "$op with algo $a: $wrong wrong elements"
   time_us[$a]=$us
   # comm-bench prints 3 decimals; at capped rates we want more (same nccl-tests formula).
   bw=$(awk -v b="$bytes" -v t="$us" -v n="$ranks" -v op="$op" 'BEGIN {
     f = op == "all_reduce" ? 2 * (n - 1) / n : (n - 1) / n; printf "%.5f", b / (t * 1e-6) / 1e9 * f }')
-  printf '%-8s %12s %14s %8s\n' "$a" "$us" "$bw" "$wall"
+  printf '%-10s %12s %14s %8s\n' "$a" "$us" "$bw" "$wall"
 done
 
 if ((${#algo_list[@]} >= 2)); then

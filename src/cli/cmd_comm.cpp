@@ -1,7 +1,7 @@
 // `moe launch` and `moe comm-bench`: thin wrappers over moe::comm (src/comm).
 //   moe launch --nproc-per-node 4 [--nnodes 2 --node-rank 0 --master-addr A --master-port P] --
 //   CMD... moe comm-bench --op all_reduce --min-bytes 1K --max-bytes 64M [--nproc 4] [--dtype f32]
-//   [--algo ring]
+//   [--algo ring] [--algo-a2a two_level]
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -59,6 +59,7 @@ void run_comm_bench(const BenchArgs& a) {
               "--iters",     std::to_string(opt.iters),
               "--warmup",    std::to_string(opt.warmup)};
     if (!opt.algo.empty()) lo.cmd.insert(lo.cmd.end(), {"--algo", opt.algo});
+    if (!opt.algo_a2a.empty()) lo.cmd.insert(lo.cmd.end(), {"--algo-a2a", opt.algo_a2a});
     if (!opt.check) lo.cmd.push_back("--no-check");
     lo.on_line = [](int r, const std::string& line, bool is_err) {
       std::FILE* f = is_err ? stderr : stdout;
@@ -133,6 +134,9 @@ void add_comm_commands(CLI::App& app) {
   cb->add_option("--redop", ba->redop, "sum, avg, max, min")->capture_default_str();
   cb->add_option("--algo", ba->opt.algo,
                  "all_reduce algorithm: ring, rhd or hier (default by size and topology)");
+  cb->add_option("--algo-a2a", ba->opt.algo_a2a,
+                 "all_to_all algorithm: pairwise or two_level (default: MOE_COMM_ALGO_A2A, "
+                 "else by topology)");
   cb->add_option("--transport", ba->transport,
                  "auto, shm or tcp (sets MOE_COMM_TRANSPORT; default: as set, else auto)")
       ->check(CLI::IsMember({"auto", "shm", "tcp"}));

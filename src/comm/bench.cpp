@@ -95,12 +95,14 @@ uint64_t parse_bytes(const std::string& s) {
 std::string bench_header(const BenchOptions& opt, int world) {
   char buf[512];
   std::snprintf(buf, sizeof buf,
-                "# moe comm-bench: %s, %d ranks, %s, %s, algo %s, %d warmup + %d timed iters\n"
+                "# moe comm-bench: %s, %d ranks, %s, %s, algo %s%s%s, %d warmup + %d timed "
+                "iters\n"
                 "#%12s %12s %8s %6s %10s %8s %8s %7s\n#%12s %12s %8s %6s %10s %8s %8s %7s",
                 opt.op.c_str(), world, comm_dtype_name(opt.dtype), reduce_op_name(opt.redop),
-                opt.algo.empty() ? "auto" : opt.algo.c_str(), opt.warmup, opt.iters, "size",
-                "count", "type", "redop", "time", "algbw", "busbw", "#wrong", "(B)",
-                "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "");
+                opt.algo.empty() ? "auto" : opt.algo.c_str(),
+                opt.algo_a2a.empty() ? "" : ", algo-a2a ", opt.algo_a2a.c_str(), opt.warmup,
+                opt.iters, "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong",
+                "(B)", "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "");
   return buf;
 }
 
@@ -124,6 +126,7 @@ void run_bench(Communicator& c, const BenchOptions& opt,
   MOE_CHECK(opt.factor > 1, "comm-bench", "--factor must be above 1");
   MOE_CHECK(opt.iters >= 1, "comm-bench", "--iters must be at least 1");
   c.set_algo(opt.algo);
+  if (!opt.algo_a2a.empty()) c.set_algo_a2a(opt.algo_a2a);  // else MOE_COMM_ALGO_A2A or auto
   const std::string& op = opt.op;
   const bool per_rank_blocks = op == "all_gather" || op == "reduce_scatter" || op == "all_to_all";
   MOE_CHECK(op == "all_reduce" || op == "broadcast" || per_rank_blocks, "comm-bench",
