@@ -19,6 +19,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (h.offset + h.chunk_len > h.total || h.total > kMaxMessageBytes) std::abort();
       describe_sig(sig_of(h), h.seq);  // error messages format any accepted header
     }
+    // The shared-memory transport also accepts the single-copy flags, never with a payload.
+    if (check_header(h, kFlagCmaOffer | kFlagCmaDone).empty()) {
+      if (h.offset + h.chunk_len > h.total || h.total > kMaxMessageBytes) std::abort();
+      if (h.flags && (h.chunk_len || h.offset || h.flags > kFlagCmaDone)) std::abort();
+    }
   }
   StoreRequestHeader s;
   if (size >= sizeof s) {

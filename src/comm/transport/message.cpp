@@ -4,19 +4,20 @@ namespace moe::comm {
 
 std::string describe_sig(const OpSig& s, uint64_t seq) {
   std::string out = op_kind_name(s.kind);
-  if (seq & kP2pSeqBit) out += " #" + std::to_string(seq & ~kP2pSeqBit) + " (point-to-point)";
-  else out += " #" + std::to_string(seq);
+  if (seq & kP2pSeqBit)
+    out += " #" + std::to_string(seq & ~kP2pSeqBit) + " (point-to-point)";
+  else
+    out += " #" + std::to_string(seq);
   if (s.kind == OpKind::kSendRecv || s.kind == OpKind::kBarrier || s.kind == OpKind::kSplit)
     return out;
-  out += " (" + std::to_string(s.count) + " x " +
-         comm_dtype_name(static_cast<Dtype>(s.dtype));
+  out += " (" + std::to_string(s.count) + " x " + comm_dtype_name(static_cast<Dtype>(s.dtype));
   if (s.kind == OpKind::kAllReduce || s.kind == OpKind::kReduceScatter)
     out += std::string(", ") + reduce_op_name(static_cast<ReduceOp>(s.redop));
   if (s.kind == OpKind::kBroadcast) out += ", root " + std::to_string(s.root);
   return out + ")";
 }
 
-std::string check_header(const MsgHeader& h) {
+std::string check_header(const MsgHeader& h, uint32_t allowed_flags) {
   if (h.magic != kMsgMagic) return "bad magic";
   if (h.kind == 0 || h.kind >= static_cast<uint8_t>(OpKind::kCount))
     return "unknown kind " + std::to_string(h.kind);
@@ -25,6 +26,9 @@ std::string check_header(const MsgHeader& h) {
     return "chunk [" + std::to_string(h.offset) + ", +" + std::to_string(h.chunk_len) +
            ") outside a message of " + std::to_string(h.total) + " bytes";
   if (h.redop > 3) return "unknown reduction " + std::to_string(h.redop);
+  if (h.flags & ~allowed_flags) return "unknown flags " + std::to_string(h.flags);
+  if (h.flags == (kFlagCmaOffer | kFlagCmaDone)) return "offer and done flags together";
+  if (h.flags && (h.chunk_len || h.offset)) return "a single-copy record with a payload";
   return "";
 }
 
@@ -36,8 +40,9 @@ std::string mismatch_message(int rank, const OpSig& mine, int peer, const OpSig&
                              uint64_t seq) {
   std::string extra;
   if (theirs.kind == mine.kind && theirs.count == mine.count && theirs.algo != mine.algo)
-    extra = " (different algorithms: set MOE_COMM_ALGO and MOE_COMM_ALGO_A2A the same on every "
-            "rank)";
+    extra =
+        " (different algorithms: set MOE_COMM_ALGO and MOE_COMM_ALGO_A2A the same on every "
+        "rank)";
   return "mismatched collectives: rank " + std::to_string(rank) + " called " +
          describe_sig(mine, seq) + " but rank " + std::to_string(peer) + " called " +
          describe_sig(theirs, seq) + extra +
@@ -46,8 +51,8 @@ std::string mismatch_message(int rank, const OpSig& mine, int peer, const OpSig&
 
 std::string size_mismatch_message(int rank, uint64_t want, const OpSig* mine, uint64_t my_seq,
                                   int peer, uint64_t got, const MsgHeader& theirs) {
-  return "rank " + std::to_string(rank) + " expects " + std::to_string(want) +
-         " bytes from rank " + std::to_string(peer) + " in " +
+  return "rank " + std::to_string(rank) + " expects " + std::to_string(want) + " bytes from rank " +
+         std::to_string(peer) + " in " +
          (mine ? describe_sig(*mine, my_seq) : std::string("a message")) + " (tag " +
          std::to_string(theirs.tag) + "), but rank " + std::to_string(peer) + " sent " +
          std::to_string(got) + " bytes in " + describe_sig(sig_of(theirs), theirs.seq) +

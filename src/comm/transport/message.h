@@ -19,6 +19,11 @@ constexpr uint32_t kMsgMagic = 0x314d454d;  // "MEM1"
 // Point-to-point messages use their own sequence space (per pair of ranks).
 constexpr uint64_t kP2pSeqBit = 1ull << 63;
 constexpr uint64_t kMaxMessageBytes = 1ull << 40;
+// MsgHeader::flags, shared-memory transport only (single copy, transport/shm.h): the record
+// offers the whole message for the receiver to read from the sender's memory (a 64-byte payload
+// holds the address), or reports that the receiver has read it.
+constexpr uint32_t kFlagCmaOffer = 1;
+constexpr uint32_t kFlagCmaDone = 2;
 
 // The signature of one call of a collective: equal on every rank for a correct program.
 struct OpSig {
@@ -34,19 +39,19 @@ std::string describe_sig(const OpSig& s, uint64_t seq);  // "all_reduce #5 (1024
 
 struct MsgHeader {
   uint32_t magic;
-  uint8_t kind;       // OpKind
-  uint8_t dtype;      // OpSig
+  uint8_t kind;   // OpKind
+  uint8_t dtype;  // OpSig
   uint8_t redop;
   uint8_t algo;
-  uint32_t tag;       // which message of the algorithm (step, piece)
+  uint32_t tag;  // which message of the algorithm (step, piece)
   int32_t root;
-  uint64_t comm_id;   // which communicator (world or a split)
-  uint64_t seq;       // collective sequence number on that communicator
+  uint64_t comm_id;  // which communicator (world or a split)
+  uint64_t seq;      // collective sequence number on that communicator
   uint64_t op_count;
-  uint64_t total;     // bytes of the whole message
-  uint64_t offset;    // where this chunk starts in it
-  uint32_t chunk_len; // bytes of payload after this header
-  uint32_t reserved;
+  uint64_t total;      // bytes of the whole message
+  uint64_t offset;     // where this chunk starts in it
+  uint32_t chunk_len;  // bytes of payload after this header
+  uint32_t flags;      // kFlagCma*; 0 over TCP
 };
 static_assert(sizeof(MsgHeader) == 64);
 
@@ -85,8 +90,9 @@ struct MsgKey {
   }
 };
 
-// "" if the header is well formed, else why not (fuzzed by tests/comm).
-std::string check_header(const MsgHeader& h);
+// "" if the header is well formed, else why not (fuzzed by tests/comm). `allowed_flags`: the
+// flags this transport understands (the others must be 0).
+std::string check_header(const MsgHeader& h, uint32_t allowed_flags = 0);
 
 // The errors every transport reports in the same words (tests look for them).
 // Another collective (or the same with other arguments) at the same sequence number:

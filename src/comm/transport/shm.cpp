@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <climits>
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include "comm/transport/tcp.h"
 
@@ -31,6 +33,9 @@ struct SegHeader {
   uint64_t ring_bytes;
   int32_t nlocal;
   int32_t rank;
+  int32_t pid;         // for single-copy reads of this rank's memory (process_vm_readv)
+  uint64_t self_addr;  // where this rank mapped its own segment (the start-up probe reads it)
+  std::atomic<uint32_t> abandoned;  // set when this rank gave up: its buffers may be gone
   alignas(64) std::atomic<uint32_t> doorbell;  // futex word: bumped by whoever has news for us
   std::atomic<uint32_t> sleepers;              // threads of ours asleep on it
 };
@@ -43,6 +48,14 @@ static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 
 uint64_t round64(uint64_t x) { return (x + 63) & ~uint64_t(63); }
+
+// Bytes of one ring record: the header, then the chunk, or the offer's 64-byte payload.
+uint64_t record_bytes(const MsgHeader& h) {
+  return 64 + ((h.flags & kFlagCmaOffer) ? 64 : round64(h.chunk_len));
+}
+
+// What the start-up probe reads and compares: magic, ring_bytes, nlocal, rank.
+constexpr size_t kProbeBytes = 24;
 
 long futex(std::atomic<uint32_t>* addr, int op, uint32_t val, const timespec* ts) {
   // Not FUTEX_PRIVATE: the word is shared between processes.
@@ -81,6 +94,12 @@ ShmOptions ShmOptions::from_env() {
   // A record must fit in half a ring, so reader and writer can work on two at once.
   o.chunk_bytes = std::min(o.chunk_bytes, o.ring_bytes / 2 - 64);
   o.spin_us = env_double("MOE_COMM_SHM_SPIN_US", o.spin_us);
+  o.cma = static_cast<int>(env_int("MOE_COMM_SHM_CMA", o.cma));
+  MOE_CHECK(o.cma >= -1 && o.cma <= 1, "comm.shm", "MOE_COMM_SHM_CMA=", o.cma,
+            " must be -1 (single copy where allowed), 0 (never) or 1 (required)");
+  o.cma_min_bytes =
+      static_cast<uint64_t>(env_int("MOE_COMM_SHM_CMA_MIN", int64_t(o.cma_min_bytes)));
+  MOE_CHECK(o.cma_min_bytes >= 1, "comm.shm", "MOE_COMM_SHM_CMA_MIN must be at least 1 byte");
   return o;
 }
 
@@ -97,7 +116,7 @@ ShmTransport::ShmTransport(StoreClient& store, const std::string& prefix, int ra
   if (opt_.spin_us < 0) {
     cpu_set_t cpus;
     const int ncpu = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
-    opt_.spin_us = nl <= ncpu ? 30 : 0;
+    opt_.spin_us = nl <= ncpu ? 1000 : 0;
   }
   seg_.assign(nl, nullptr);
   seg_bytes_ = kSegHeaderBytes + size_t(nl) * (kRingCtlBytes + opt_.ring_bytes);
@@ -129,6 +148,8 @@ ShmTransport::ShmTransport(StoreClient& store, const std::string& prefix, int ra
   h->ring_bytes = opt_.ring_bytes;
   h->nlocal = nl;
   h->rank = rank_;
+  h->pid = static_cast<int32_t>(getpid());
+  h->self_addr = reinterpret_cast<uint64_t>(seg_[me_]);
   for (int i = 0; i < nl; ++i)
     new (seg_[me_] + kSegHeaderBytes + i * (kRingCtlBytes + opt_.ring_bytes)) RingCtl{};
 
@@ -156,11 +177,23 @@ ShmTransport::ShmTransport(StoreClient& store, const std::string& prefix, int ra
                 oh->nlocal, " local ranks, rings of ", oh->ring_bytes, " bytes, vs ", nl, " and ",
                 opt_.ring_bytes, "): set MOE_COMM_SHM_RING the same on every rank");
     }
-    store.set(prefix + "shm/mapped/" + std::to_string(rank_), "1");
+    // Single copy only if every rank can read every local peer's memory; the values say.
+    const std::string cannot = opt_.cma == 0 ? "MOE_COMM_SHM_CMA=0" : probe_cma();
+    store.set(prefix + "shm/mapped/" + std::to_string(rank_), cannot.empty() ? "cma" : cannot);
     std::vector<std::string> keys;
     for (int i = 0; i < nl; ++i)
       if (i != me_) keys.push_back(prefix + "shm/mapped/" + std::to_string(local_[i]));
     store.wait(keys);
+    std::string why_not = cannot.empty() ? "" : "rank " + std::to_string(rank_) + ": " + cannot;
+    for (int i = 0, k = 0; i < nl; ++i) {
+      if (i == me_) continue;
+      const std::string v = store.get(keys[k++]);
+      if (v != "cma" && why_not.empty()) why_not = "rank " + std::to_string(local_[i]) + ": " + v;
+    }
+    MOE_CHECK(opt_.cma != 1 || why_not.empty(), "comm.shm",
+              "MOE_COMM_SHM_CMA=1 but single-copy reads between local ranks are not possible (",
+              why_not, "); unset MOE_COMM_SHM_CMA to copy through the rings instead");
+    cma_ = why_not.empty();
   } catch (...) {
     unlink_mine();
     for (char* s : seg_)
@@ -168,6 +201,25 @@ ShmTransport::ShmTransport(StoreClient& store, const std::string& prefix, int ra
     throw;
   }
   unlink_mine();
+}
+
+std::string ShmTransport::probe_cma() {
+  for (int i = 0; i < int(seg_.size()); ++i) {
+    if (i == me_) continue;
+    const SegHeader* oh = header_of(seg_[i]);
+    char got[kProbeBytes];
+    iovec local{got, kProbeBytes};
+    iovec remote{reinterpret_cast<void*>(oh->self_addr), kProbeBytes};
+    const ssize_t n = process_vm_readv(oh->pid, &local, 1, &remote, 1, 0);
+    if (n < 0)
+      return "process_vm_readv from rank " + std::to_string(local_[i]) + " (pid " +
+             std::to_string(oh->pid) + "): " + std::strerror(errno) +
+             (errno == EPERM ? " (ptrace policy or a seccomp profile forbids it)" : "");
+    if (n != ssize_t(kProbeBytes) || std::memcmp(got, seg_[i], kProbeBytes) != 0)
+      return "pid " + std::to_string(oh->pid) + " of rank " + std::to_string(local_[i]) +
+             " is another process here (a separate pid namespace?)";
+  }
+  return "";
 }
 
 ShmTransport::~ShmTransport() {
@@ -244,6 +296,7 @@ RequestPtr ShmTransport::isend(int peer, const MsgKey& key, const OpSig& sig, co
   h.comm_id = key.comm_id;
   h.seq = key.seq;
   h.total = n;
+  if (cma_ && n >= opt_.cma_min_bytes) h.flags = kFlagCmaOffer;
   op.data = static_cast<const char*>(buf);
   const int s = slot_[peer];
   std::lock_guard<std::mutex> lock(mu_);
@@ -278,6 +331,13 @@ RequestPtr ShmTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, vo
   InMsg& m = it->second;
   if (m.total != n || m.req) {
     fail_locked(size_mismatch_message(rank_, n, &sig, key.seq, peer, m.total, m.first));
+    return req;
+  }
+  if (m.offered) {  // single copy: the sender's bytes are waiting in its own memory
+    const MsgHeader h = m.first;
+    const uint64_t addr = m.offer_addr;
+    P.inbox.erase(it);
+    if (read_offer(slot_[peer], h, addr, buf)) complete(*req);
     return req;
   }
   if (m.got == m.total) {
@@ -318,6 +378,8 @@ void ShmTransport::check_sig_locked(int peer, const MsgHeader& h) {
 void ShmTransport::abandon() {
   std::lock_guard<std::mutex> lock(mu_);
   failed_ = true;
+  // Peers must not complete a single-copy read of a buffer our caller is about to free.
+  header_of(seg_[me_])->abandoned.store(1, std::memory_order_seq_cst);
 }
 
 bool ShmTransport::progress() {
@@ -337,30 +399,50 @@ bool ShmTransport::progress() {
 
 bool ShmTransport::push(int slot) {
   Peer& P = peer_[slot];
-  if (P.sendq.empty()) return false;
+  if (P.sendq.empty() && P.doneq.empty()) return false;
   const Ring r = out_ring(slot);
   bool moved = false;
   uint64_t head = r.ctl->head.load(std::memory_order_acquire);
+  auto room = [&] { return r.cap - (P.out_tail - head); };
+  auto has_room = [&](uint64_t need) {
+    if (room() >= need) return true;
+    head = r.ctl->head.load(std::memory_order_acquire);  // the reader may have moved on
+    return room() >= need;
+  };
+  auto publish = [&](uint64_t bytes) {
+    P.out_tail += bytes;
+    r.ctl->tail.store(P.out_tail, std::memory_order_release);
+    moved = true;
+  };
+  while (!P.doneq.empty() && has_room(64)) {
+    r.put(P.out_tail, &P.doneq.front(), sizeof(MsgHeader));
+    P.doneq.pop_front();
+    publish(64);
+  }
   while (!P.sendq.empty()) {
     SendOp& op = P.sendq.front();
-    const uint64_t left = op.hdr.total - op.sent;
-    uint64_t room = r.cap - (P.out_tail - head);
-    if (room < 64 + round64(std::min<uint64_t>(left, 4096))) {
-      head = r.ctl->head.load(std::memory_order_acquire);  // the reader may have moved on
-      room = r.cap - (P.out_tail - head);
-      if (room < 64 + round64(std::min<uint64_t>(left, 4096))) break;
+    if (op.hdr.flags & kFlagCmaOffer) {
+      // The whole message in one record: the peer reads it from our memory and says "done".
+      if (!has_room(128)) break;
+      const uint64_t payload[8] = {reinterpret_cast<uint64_t>(op.data)};
+      r.put(P.out_tail, &op.hdr, sizeof(MsgHeader));
+      r.put(P.out_tail + 64, payload, sizeof payload);
+      P.offered[MsgKey{op.hdr.comm_id, op.hdr.seq, op.hdr.tag}] = std::move(op.req);
+      P.sendq.pop_front();
+      publish(128);
+      continue;
     }
+    const uint64_t left = op.hdr.total - op.sent;
+    if (!has_room(64 + round64(std::min<uint64_t>(left, 4096)))) break;
     // As much as fits (whole 64-byte units, at most a chunk): a ring never sits idle half
     // empty while a big message waits.
-    const uint64_t len = std::min({left, opt_.chunk_bytes, (room - 64) & ~uint64_t(63)});
+    const uint64_t len = std::min({left, opt_.chunk_bytes, (room() - 64) & ~uint64_t(63)});
     op.hdr.offset = op.sent;
     op.hdr.chunk_len = static_cast<uint32_t>(len);
     r.put(P.out_tail, &op.hdr, sizeof(MsgHeader));
     if (len) r.put(P.out_tail + 64, op.data + op.sent, len);
-    P.out_tail += 64 + round64(len);
-    r.ctl->tail.store(P.out_tail, std::memory_order_release);
     op.sent += len;
-    moved = true;
+    publish(64 + round64(len));
     if (op.sent == op.hdr.total) {
       complete(*op.req);
       P.sendq.pop_front();
@@ -379,8 +461,8 @@ bool ShmTransport::pull(int slot) {
     if (tail == P.in_head) break;
     MsgHeader h;
     r.get(P.in_head, &h, sizeof h);
-    std::string bad = check_header(h);
-    if (bad.empty() && tail - P.in_head < 64 + round64(h.chunk_len)) bad = "record past the tail";
+    std::string bad = check_header(h, cma_ ? kFlagCmaOffer | kFlagCmaDone : 0);
+    if (bad.empty() && tail - P.in_head < record_bytes(h)) bad = "record past the tail";
     if (!bad.empty()) {
       // The peer is in our job (same token, same host): a bug or corruption.
       P.dead = true;
@@ -388,10 +470,19 @@ bool ShmTransport::pull(int slot) {
                   " wrote a malformed message header into shared memory (" + bad + ")");
       break;
     }
-    take_chunk(slot, h, r, P.in_head + 64);
-    P.in_head += 64 + round64(h.chunk_len);
+    if (h.flags & kFlagCmaOffer) {
+      uint64_t addr = 0;
+      r.get(P.in_head + 64, &addr, sizeof addr);
+      take_offer(slot, h, addr);
+    } else if (h.flags & kFlagCmaDone) {
+      take_done(slot, h);
+    } else {
+      take_chunk(slot, h, r, P.in_head + 64);
+    }
+    P.in_head += record_bytes(h);
     r.ctl->head.store(P.in_head, std::memory_order_release);
     moved = true;
+    if (failed_) break;
   }
   return moved;
 }
@@ -424,6 +515,90 @@ void ShmTransport::take_chunk(int slot, const MsgHeader& h, const Ring& r, uint6
   if (m.stash && m.total) std::memcpy(m.req->buf, m.stash.get(), m.total);
   RequestPtr q = std::move(m.req);
   P.inbox.erase(it);
+  complete(*q);
+}
+
+void ShmTransport::take_offer(int slot, const MsgHeader& h, uint64_t addr) {
+  const int peer = local_[slot];
+  Peer& P = peer_[slot];
+  check_sig_locked(peer, h);
+  const MsgKey key{h.comm_id, h.seq, h.tag};
+  auto [it, inserted] = P.inbox.try_emplace(key);
+  InMsg& m = it->second;
+  if (inserted) {  // no receive yet: irecv reads it
+    m.total = h.total;
+    m.first = h;
+    m.offered = true;
+    m.offer_addr = addr;
+    return;
+  }
+  if (!m.req || m.offered || m.got) {
+    P.dead = true;
+    fail_locked("rank " + std::to_string(peer) + " sent message " + std::to_string(h.tag) + " of " +
+                describe_sig(sig_of(h), h.seq) + " twice");
+    return;
+  }
+  if (m.total != h.total) {
+    fail_locked(size_mismatch_message(rank_, m.total, &m.req->sig, m.req->seq, peer, h.total, h));
+    return;
+  }
+  RequestPtr q = std::move(m.req);
+  P.inbox.erase(it);
+  if (read_offer(slot, h, addr, q->buf)) complete(*q);
+}
+
+bool ShmTransport::read_offer(int slot, const MsgHeader& h, uint64_t addr, void* dst) {
+  const int peer = local_[slot];
+  const SegHeader* ph = header_of(seg_[slot]);
+  for (uint64_t done = 0; done < h.total;) {
+    iovec local{static_cast<char*>(dst) + done, h.total - done};
+    iovec remote{reinterpret_cast<void*>(addr + done), h.total - done};
+    const ssize_t n = process_vm_readv(ph->pid, &local, 1, &remote, 1, 0);
+    if (n <= 0) {
+      const int e = n < 0 ? errno : 0;
+      if (e == ESRCH && tcp_) {
+        // The process is gone and its sockets closed with it: the TCP transport reports that
+        // in the words every transport uses ("rank N closed its connection"). Give it a moment.
+        for (int i = 0; i < 400 && !tcp_->failed(); ++i)
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        if (tcp_->failed()) {
+          failed_ = true;
+          return false;
+        }
+      }
+      fail_locked("rank " + std::to_string(rank_) + " could not read " +
+                  describe_sig(sig_of(h), h.seq) + " from rank " + std::to_string(peer) +
+                  "'s memory: " + (e ? std::strerror(e) : "nothing read") +
+                  (e == ESRCH ? " (the process is gone)" : ""));
+      return false;
+    }
+    done += uint64_t(n);
+  }
+  // Read before checking: if the flag was still clear, the buffer was still the caller's.
+  if (ph->abandoned.load(std::memory_order_seq_cst)) {
+    fail_locked("rank " + std::to_string(peer) + " gave up on " + describe_sig(sig_of(h), h.seq) +
+                " while rank " + std::to_string(rank_) + " was reading its data");
+    return false;
+  }
+  MsgHeader d = h;
+  d.flags = kFlagCmaDone;
+  peer_[slot].doneq.push_back(d);
+  if (push(slot)) ring(slot);
+  return true;
+}
+
+void ShmTransport::take_done(int slot, const MsgHeader& h) {
+  Peer& P = peer_[slot];
+  auto it = P.offered.find(MsgKey{h.comm_id, h.seq, h.tag});
+  if (it == P.offered.end()) {
+    P.dead = true;
+    fail_locked("rank " + std::to_string(local_[slot]) + " reported reading message " +
+                std::to_string(h.tag) + " of " + describe_sig(sig_of(h), h.seq) + " that rank " +
+                std::to_string(rank_) + " never offered");
+    return;
+  }
+  RequestPtr q = std::move(it->second);
+  P.offered.erase(it);
   complete(*q);
 }
 

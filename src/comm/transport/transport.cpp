@@ -32,8 +32,12 @@ Transport::~Transport() {
 std::string Transport::describe() const {
   int shm = 0;
   for (int p = 0; p < size_; ++p) shm += via_shm(p);
-  return "shm to " + std::to_string(shm) + " ranks, tcp to " + std::to_string(size_ - 1 - shm) +
-         " ranks";
+  std::string out = "shm to " + std::to_string(shm) + " ranks, tcp to " +
+                    std::to_string(size_ - 1 - shm) + " ranks";
+  if (shm && shm_->single_copy())
+    out +=
+        " (shm: single copy from " + std::to_string(shm_->options().cma_min_bytes >> 10) + " KiB)";
+  return out;
 }
 
 RequestPtr Transport::isend(int peer, const MsgKey& key, const OpSig& sig, const void* buf,
