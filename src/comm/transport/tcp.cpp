@@ -31,8 +31,8 @@ void epoll_mod(int ep, int fd, void* ptr, uint32_t events, int op) {
   epoll_event ev{};
   ev.events = events;
   ev.data.ptr = ptr;
-  MOE_CHECK(epoll_ctl(ep, op, fd, &ev) == 0 || op == EPOLL_CTL_DEL, "comm.tcp", "epoll_ctl: ",
-            std::strerror(errno));
+  MOE_CHECK(epoll_ctl(ep, op, fd, &ev) == 0 || op == EPOLL_CTL_DEL, "comm.tcp",
+            "epoll_ctl: ", std::strerror(errno));
 }
 
 }  // namespace
@@ -54,13 +54,13 @@ TcpOptions TcpOptions::from_env() {
   MOE_CHECK(mbps >= 0 && o.emu_gbps >= 0, "comm.tcp", "emulated bandwidth must be positive");
   if (mbps > 0) o.emu_gbps = mbps / 1000;
   o.emu_scope = env_str("MOE_COMM_EMU_SCOPE", "remote");
-  MOE_CHECK(o.emu_scope == "remote" || o.emu_scope == "all", "comm.tcp",
-            "MOE_COMM_EMU_SCOPE='", o.emu_scope, "': use remote or all");
+  MOE_CHECK(o.emu_scope == "remote" || o.emu_scope == "all", "comm.tcp", "MOE_COMM_EMU_SCOPE='",
+            o.emu_scope, "': use remote or all");
   return o;
 }
 
-TcpTransport::TcpTransport(StoreClient& store, const std::string& prefix,
-                           const std::string& token, int rank, int size, const TcpOptions& opt)
+TcpTransport::TcpTransport(StoreClient& store, const std::string& prefix, const std::string& token,
+                           int rank, int size, const TcpOptions& opt)
     : rank_(rank), size_(size), opt_(opt), peers_(size), sink_(new char[kSinkBytes]) {
   for (auto& p : peers_) p.socks.resize(opt_.sockets_per_peer);
   connect_mesh(store, prefix, token);
@@ -103,8 +103,8 @@ void TcpTransport::connect_mesh(StoreClient& store, const std::string& prefix,
         Fd fd = accept_tcp(lfd.get(), std::min(deadline, deadline_after(0.2)), &from);
         if (!fd) {
           MOE_CHECK(Clock::now() < deadline, "comm.tcp", "rank ", rank_, ": ", expected,
-                    " connections from higher ranks did not arrive within ",
-                    opt_.connect_timeout_s, " s; a rank did not start or cannot reach ", ip,
+                    " connections from higher ranks did not arrive within ", opt_.connect_timeout_s,
+                    " s; a rank did not start or cannot reach ", ip,
                     " (set MOE_COMM_IFADDR to an address the others can reach)");
           continue;
         }
@@ -122,8 +122,8 @@ void TcpTransport::connect_mesh(StoreClient& store, const std::string& prefix,
         }
         if (h.magic != kHelloMagic || h.size != size_ || h.rank <= rank_ || h.rank >= size_ ||
             h.index < 0 || h.index >= nsock || peers_[h.rank].socks[h.index]) {
-          MOE_COMM_WARN("rank ", rank_, ": refused a connection from ", from,
-                        ": it claims rank ", h.rank, " socket ", h.index, " of world ", h.size);
+          MOE_COMM_WARN("rank ", rank_, ": refused a connection from ", from, ": it claims rank ",
+                        h.rank, " socket ", h.index, " of world ", h.size);
           continue;
         }
         auto s = std::make_unique<Sock>();
@@ -313,10 +313,10 @@ RequestPtr TcpTransport::isend(int peer, const MsgKey& key, const OpSig& sig, co
   Peer& P = peers_[peer];
   const uint64_t nsock = P.socks.size();
   // Big messages are cut into chunks dealt round-robin over the peer's sockets.
-  const uint64_t chunk = std::min<uint64_t>(
-      opt_.chunk_bytes, std::max<uint64_t>(64 << 10, (n + nsock - 1) / nsock));
+  const uint64_t chunk =
+      std::min<uint64_t>(opt_.chunk_bytes, std::max<uint64_t>(64 << 10, (n + nsock - 1) / nsock));
   const uint64_t nchunks = n == 0 ? 1 : (n + chunk - 1) / chunk;
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   req->chunks_left = static_cast<int>(nchunks);
   for (uint64_t i = 0; i < nchunks; ++i) {
     h.offset = i * chunk;
@@ -331,15 +331,30 @@ RequestPtr TcpTransport::isend(int peer, const MsgKey& key, const OpSig& sig, co
       if (opt_.emu_gbps > 0)
         P.link_free += std::chrono::nanoseconds(
             static_cast<int64_t>(double(sizeof(MsgHeader) + h.chunk_len) / opt_.emu_gbps));
-      c.ready = P.link_free + std::chrono::nanoseconds(
-                                  static_cast<int64_t>(opt_.emu_latency_us * 1e3));
+      c.ready =
+          P.link_free + std::chrono::nanoseconds(static_cast<int64_t>(opt_.emu_latency_us * 1e3));
       enqueue_locked(s, std::move(c));
       continue;
     }
     // Fast path: with nothing queued on the socket the progress thread is not writing to it,
-    // so the caller writes itself and saves a thread hand-off per message.
-    if (s.out.empty() && try_write(s, c)) {
-      if (--req->chunks_left == 0) req->done.store(true, std::memory_order_release);
+    // so the caller writes itself and saves a thread hand-off per message. The write happens
+    // outside the lock (`writing` keeps the socket ours), so the progress thread goes on
+    // receiving meanwhile: holding the lock through a 1 MiB write stalled the receive side.
+    if (s.out.empty() && !s.writing) {
+      s.writing = true;
+      lock.unlock();
+      const bool all = try_write(s, c);
+      lock.lock();
+      s.writing = false;
+      if (all) {
+        if (--req->chunks_left == 0) req->done.store(true, std::memory_order_release);
+      } else if (!s.closed) {
+        s.out.push_front(std::move(c));  // started on the wire: before anything queued since
+      }
+      if (!s.out.empty() && !s.want_out && !s.timed) {
+        s.want_out = true;
+        epoll_mod(epoll_.get(), s.fd, &s, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
+      }
       continue;
     }
     enqueue_locked(s, std::move(c));
@@ -455,8 +470,8 @@ void TcpTransport::progress_loop() {
           timed_.pop_back();
           continue;
         }
-        const auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(
-            s.out.front().ready - now).count();
+        const auto wait =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(s.out.front().ready - now).count();
         if (wait < timeout.tv_sec * 1000000000ll + timeout.tv_nsec)
           timeout = {static_cast<time_t>(wait / 1000000000), static_cast<long>(wait % 1000000000)};
         ++i;
@@ -583,8 +598,8 @@ void TcpTransport::header_arrived(Sock& s) {
   if (m.first.magic != kMsgMagic) m.first = h;
   if (m.total != h.total) {
     const Request* q = m.req.get();
-    fail_locked(size_mismatch_message(rank_, m.total, q ? &q->sig : nullptr, q ? q->seq : 0,
-                                      s.peer, h.total, h));
+    fail_locked(size_mismatch_message(rank_, m.total, q ? &q->sig : nullptr, q ? q->seq : 0, s.peer,
+                                      h.total, h));
     // Keep the stream in sync: read this chunk into a stash of the sender's size.
     if (m.stash) give_stash(std::move(m.stash));
     m.stash = take_stash(h.total);
@@ -694,7 +709,7 @@ void TcpTransport::on_writable(Sock& s) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (s.closed) return;
-      if (s.out.empty()) {
+      if (s.out.empty() || s.writing) {  // nothing to do, or a caller writes (and re-arms)
         if (s.want_out) {
           s.want_out = false;
           epoll_mod(epoll_.get(), s.fd, &s, EPOLLIN, EPOLL_CTL_MOD);

@@ -37,9 +37,9 @@ struct TcpOptions {
   // emulated peer leaves no earlier than a token bucket of `emu_gbps` allows, plus
   // `emu_latency_us`. The bucket is per link (per peer, shared by its sockets). Scope "remote"
   // emulates links to other hosts only, "all" every link (and then shared memory is off).
-  double emu_latency_us = 0;       // MOE_COMM_EMU_LATENCY_US, e.g. 200
-  double emu_gbps = 0;             // MOE_COMM_EMU_GBPS, e.g. 1.25 (10 Gbit/s), or
-                                   // MOE_COMM_EMU_BW_MBPS / 1000; 0 = no cap
+  double emu_latency_us = 0;         // MOE_COMM_EMU_LATENCY_US, e.g. 200
+  double emu_gbps = 0;               // MOE_COMM_EMU_GBPS, e.g. 1.25 (10 Gbit/s), or
+                                     // MOE_COMM_EMU_BW_MBPS / 1000; 0 = no cap
   std::string emu_scope = "remote";  // MOE_COMM_EMU_SCOPE
   bool emulating() const { return emu_latency_us > 0 || emu_gbps > 0; }
   static TcpOptions from_env();
@@ -103,8 +103,8 @@ class TcpTransport {
     explicit operator bool() const { return bool(data); }
   };
   struct InMsg {
-    RequestPtr req;                  // the posted receive, if any
-    Stash stash;                     // bytes that came before the receive was posted
+    RequestPtr req;  // the posted receive, if any
+    Stash stash;     // bytes that came before the receive was posted
     uint64_t total = 0, got = 0;
     MsgHeader first{};
   };
@@ -113,7 +113,8 @@ class TcpTransport {
     int peer = -1;
     bool want_out = false;
     bool closed = false;
-    bool timed = false;  // front chunk waits for its emulated release time
+    bool timed = false;    // front chunk waits for its emulated release time
+    bool writing = false;  // a caller writes to it outside the lock (isend's fast path)
     std::deque<OutChunk> out;
     MsgHeader hdr{};
     size_t hdr_got = 0;
@@ -132,11 +133,11 @@ class TcpTransport {
     std::vector<std::unique_ptr<Sock>> socks;
     std::map<MsgKey, InMsg> inbox;
     uint64_t next_sock = 0;
-    bool bye = false;   // said goodbye on every socket: later receives can never complete
+    bool bye = false;      // said goodbye on every socket: later receives can never complete
     bool aborted = false;  // sent us its failure: it needs no news from us
     bool emulate = false;
     Clock::time_point link_free{};  // emulated link busy until
-    int open = 0;       // sockets still open
+    int open = 0;                   // sockets still open
   };
   struct CurrentOp {
     uint64_t seq;
@@ -156,8 +157,8 @@ class TcpTransport {
   void enqueue_locked(Sock& s, OutChunk c);
   bool try_write(Sock& s, OutChunk& c);  // mu_ held, s.out empty: true if all written
   void peer_closed(Sock& s, const std::string& how);
-  Stash take_stash(uint64_t bytes);   // mu_ held
-  void give_stash(Stash s);           // mu_ held
+  Stash take_stash(uint64_t bytes);  // mu_ held
+  void give_stash(Stash s);          // mu_ held
   void erase_msg(Peer& p, std::map<MsgKey, InMsg>::iterator it);
 
   int rank_, size_;
