@@ -20,14 +20,14 @@
 #   gloo         gloo_bench: gloo::alltoall (all_to_all)
 #
 # usage: bench/comm/compare.sh [--build DIR] [--moe PATH] [--rounds 5] [--sizes 4M,64M]
-#          [--nprocs 2,4] [--ops all_reduce,all_to_all] [--iters 10] [--warmup 3]
+#          [--nprocs 2,4] [--ops all_reduce,all_to_all] [--iters 20] [--warmup 10]
 #          [--timeout 240] [--raw FILE]
 # DIR is a CMake build of moe.cpp with the benchmarks (default: build); PATH the moe binary
 # (default DIR/moe). Missing mpi_bench / gloo_bench / mpirun: those systems are skipped with a
 # message (scripts/setup.sh bench installs openmpi-bin libopenmpi-dev libgloo-dev).
 set -uo pipefail
 
-build=build moe= rounds=5 sizes=4M,64M nprocs=2,4 ops=all_reduce,all_to_all iters=10 warmup=3
+build=build moe= rounds=5 sizes=4M,64M nprocs=2,4 ops=all_reduce,all_to_all iters=20 warmup=10
 timeout_s=240 raw=
 while (($#)); do
   case $1 in

@@ -245,9 +245,15 @@ Algo Communicator::all_reduce_algo(size_t bytes) const {
   return Algo::kRing;
 }
 
+// Pairwise also across hosts: on emulated hosts (scripts/emulate_cluster.sh --op all_to_all,
+// tbf-capped links shared by every flow of a host) the two-level algorithm moved the same bytes
+// over each link and came out at 0.70-1.06x of pairwise (2 x 4 and 4 x 2 ranks, 100 Mbit and
+// 1 Gbit; src/comm/README.md). It stays available (MOE_COMM_ALGO_A2A=two_level) for many ranks
+// per host on links where the number of messages costs more than their bytes, which we could
+// not emulate here (no netem in this kernel).
 Algo Communicator::all_to_all_algo() const {
   if (algo_a2a_ != Algo::kAuto) return algo_a2a_;
-  return two_levels(host_of_, num_hosts_) ? Algo::kTwoLevel : Algo::kPairwise;
+  return Algo::kPairwise;
 }
 
 std::string Communicator::describe(const OpSig& sig, uint64_t seq) const {
