@@ -487,12 +487,19 @@ bool ShmTransport::pull(int slot) {
   return moved;
 }
 
+std::map<MsgKey, ShmTransport::InMsg>::iterator ShmTransport::arrive(int slot, const MsgHeader& h,
+                                                                     bool* inserted) {
+  check_sig_locked(local_[slot], h);
+  auto [it, created] = peer_[slot].inbox.try_emplace(MsgKey{h.comm_id, h.seq, h.tag});
+  *inserted = created;
+  return it;
+}
+
 void ShmTransport::take_chunk(int slot, const MsgHeader& h, const Ring& r, uint64_t pos) {
   const int peer = local_[slot];
   Peer& P = peer_[slot];
-  check_sig_locked(peer, h);
-  const MsgKey key{h.comm_id, h.seq, h.tag};
-  auto [it, inserted] = P.inbox.try_emplace(key);
+  bool inserted = false;
+  const auto it = arrive(slot, h, &inserted);
   InMsg& m = it->second;
   if (inserted) m.total = h.total;
   if (m.first.magic != kMsgMagic) m.first = h;
@@ -521,9 +528,8 @@ void ShmTransport::take_chunk(int slot, const MsgHeader& h, const Ring& r, uint6
 void ShmTransport::take_offer(int slot, const MsgHeader& h, uint64_t addr) {
   const int peer = local_[slot];
   Peer& P = peer_[slot];
-  check_sig_locked(peer, h);
-  const MsgKey key{h.comm_id, h.seq, h.tag};
-  auto [it, inserted] = P.inbox.try_emplace(key);
+  bool inserted = false;
+  const auto it = arrive(slot, h, &inserted);
   InMsg& m = it->second;
   if (inserted) {  // no receive yet: irecv reads it
     m.total = h.total;

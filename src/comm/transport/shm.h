@@ -131,6 +131,9 @@ class ShmTransport {
   Ring in_ring(int slot);   // ring from local peer `slot` to us
   bool push(int slot);      // mu_ held
   bool pull(int slot);      // mu_ held
+  // The inbox entry of an arriving record (made if it is the message's first), after the
+  // signature check.                                                            mu_ held
+  std::map<MsgKey, InMsg>::iterator arrive(int slot, const MsgHeader& h, bool* inserted);
   void take_chunk(int slot, const MsgHeader& h, const Ring& r, uint64_t pos);  // mu_ held
   void take_offer(int slot, const MsgHeader& h, uint64_t addr);                // mu_ held
   void take_done(int slot, const MsgHeader& h);                                // mu_ held
