@@ -4,17 +4,18 @@
 //   loopback tcp one stream between two threads through the kernel, with moe::comm's socket
 //                options (TCP_NODELAY, big buffers): the TCP transport's ceiling per link
 // usage: comm_limits [SIZE, default 64M] [SECONDS per measurement, default 1]
-#include <cstdio>
-#include <cstring>
 #include <sys/socket.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
 #include "comm/bench.h"
 #include "comm/socket.h"
+#include "core/format.h"
 
 using namespace moe::comm;
 
@@ -55,7 +56,8 @@ double loopback_gbps(size_t chunk, double budget) {
   set_buffer_sizes(tx.get(), 4 << 20);
   std::vector<char> buf(chunk, 7);
   const auto t0 = Clock::now();
-  while (seconds_since(t0) < budget) write_all(tx.get(), buf.data(), buf.size(), deadline_after(10), "loopback");
+  while (seconds_since(t0) < budget)
+    write_all(tx.get(), buf.data(), buf.size(), deadline_after(10), "loopback");
   const double secs = seconds_since(t0);
   tx.reset();
   rx.join();
@@ -67,8 +69,8 @@ double loopback_gbps(size_t chunk, double budget) {
 int main(int argc, char** argv) {
   const size_t bytes = argc > 1 ? parse_bytes(argv[1]) : (64u << 20);
   const double budget = argc > 2 ? std::atof(argv[2]) : 1.0;
-  std::printf("# comm_limits: %s buffers, %.1f s per measurement\n", format_bytes(bytes).c_str(),
-              budget);
+  std::printf("# comm_limits: %s buffers, %.1f s per measurement\n",
+              moe::human_bytes(double(bytes)).c_str(), budget);
   std::printf("memcpy        %8.2f GB/s\n", memcpy_gbps(bytes, budget));
   std::printf("loopback tcp  %8.2f GB/s (one stream, 4 MiB writes)\n",
               loopback_gbps(4u << 20, budget));

@@ -9,8 +9,8 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <chrono>
 #include <cctype>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/format.h"
 #include "core/safetensors.h"
 #include "data/bpe.h"
 #include "data/prepare.h"
@@ -44,24 +45,20 @@ int64_t parse_count(const std::string& s, const char* flag) {
   }
   std::string suffix = s.substr(used);
   double mult = 1;
-  if (suffix == "K" || suffix == "k") mult = 1e3;
-  else if (suffix == "M" || suffix == "m") mult = 1e6;
-  else if (suffix == "G" || suffix == "g") mult = 1e9;
-  else if (suffix == "T" || suffix == "t") mult = 1e12;
-  else MOE_CHECK(suffix.empty(), "cli", flag, " = '", s, "': unknown suffix '", suffix,
-                 "'; use K, M, G or T (powers of 1000)");
+  if (suffix == "K" || suffix == "k")
+    mult = 1e3;
+  else if (suffix == "M" || suffix == "m")
+    mult = 1e6;
+  else if (suffix == "G" || suffix == "g")
+    mult = 1e9;
+  else if (suffix == "T" || suffix == "t")
+    mult = 1e12;
+  else
+    MOE_CHECK(suffix.empty(), "cli", flag, " = '", s, "': unknown suffix '", suffix,
+              "'; use K, M, G or T (powers of 1000)");
   const double n = std::floor(v * mult);
   MOE_CHECK(n >= 1 && n < 9e18, "cli", flag, " = '", s, "' must be at least 1");
   return int64_t(n);
-}
-
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-  int u = 0;
-  while (b >= 1000 && u < 4) b /= 1000, ++u;
-  char s[32];
-  std::snprintf(s, sizeof s, u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
-  return s;
 }
 
 std::string plural(int64_t n, const char* word) {
@@ -79,12 +76,11 @@ class Progress {
     last_ = t;
     const double rate = double(done_bytes) / t;
     const double eta = rate > 0 ? double(total_bytes - done_bytes) / rate : 0;
-    std::fprintf(stderr, "%s%s: %s / %s (%.0f%%), %lld tokens, %s/s, ETA %.0f s%s",
-                 tty_ ? "\r" : "", what_, human_bytes(double(done_bytes)).c_str(),
-                 human_bytes(double(total_bytes)).c_str(),
-                 100.0 * double(done_bytes) / double(std::max<int64_t>(total_bytes, 1)),
-                 static_cast<long long>(tokens), human_bytes(rate).c_str(), eta,
-                 tty_ ? "   " : "\n");
+    std::fprintf(
+        stderr, "%s%s: %s / %s (%.0f%%), %lld tokens, %s/s, ETA %.0f s%s", tty_ ? "\r" : "", what_,
+        human_bytes(double(done_bytes)).c_str(), human_bytes(double(total_bytes)).c_str(),
+        100.0 * double(done_bytes) / double(std::max<int64_t>(total_bytes, 1)),
+        static_cast<long long>(tokens), human_bytes(rate).c_str(), eta, tty_ ? "   " : "\n");
     shown_ = true;
   }
   void done() {
@@ -100,16 +96,16 @@ class Progress {
 };
 
 struct PrepareArgs {
-  std::vector<std::string> inputs;   // {"data/books", "extra.txt"}
-  std::string tokenizer = "byte";    // "byte" or "runs/tok/tokenizer.json"
-  std::string out;                   // "data/shakespeare"
-  double val_fraction = 0.005;       // of the input bytes
-  std::string shard_tokens = "100M"; // tokens per shard
+  std::vector<std::string> inputs;    // {"data/books", "extra.txt"}
+  std::string tokenizer = "byte";     // "byte" or "runs/tok/tokenizer.json"
+  std::string out;                    // "data/shakespeare"
+  double val_fraction = 0.005;        // of the input bytes
+  std::string shard_tokens = "100M";  // tokens per shard
 };
 
 void data_prepare(const PrepareArgs& a) {
-  MOE_CHECK(a.val_fraction >= 0 && a.val_fraction <= 0.5, "data", "--val-fraction = ",
-            a.val_fraction, " must be in [0, 0.5]");
+  MOE_CHECK(a.val_fraction >= 0 && a.val_fraction <= 0.5, "data",
+            "--val-fraction = ", a.val_fraction, " must be in [0, 0.5]");
   PrepareOptions o;
   o.inputs = a.inputs;
   o.tokenizer = a.tokenizer;
@@ -126,15 +122,15 @@ void data_prepare(const PrepareArgs& a) {
   const int64_t tokens = r.train_tokens + r.val_tokens;
   std::printf("moe data prepare: %s, %s -> %lld tokens (%.2f bytes/token), tokenizer %s\n",
               plural(r.files, "file").c_str(), human_bytes(double(r.bytes)).c_str(),
-              static_cast<long long>(tokens), double(r.bytes) / double(std::max<int64_t>(tokens, 1)),
-              r.tokenizer_name.c_str());
-  std::printf("  train: %lld tokens in %s; val: %lld tokens in %s (%.2f%%); uint%d tokens%s\n",
-              static_cast<long long>(r.train_tokens),
-              plural(int64_t(m.train.size()), "shard").c_str(), static_cast<long long>(r.val_tokens),
-              plural(int64_t(m.val.size()), "shard").c_str(),
-              100.0 * double(r.val_tokens) / double(std::max<int64_t>(tokens, 1)),
-              8 * shard_token_bytes(m.vocab_size),
-              m.eos_id >= 0 ? (", documents end with eos " + std::to_string(m.eos_id)).c_str() : "");
+              static_cast<long long>(tokens),
+              double(r.bytes) / double(std::max<int64_t>(tokens, 1)), r.tokenizer_name.c_str());
+  std::printf(
+      "  train: %lld tokens in %s; val: %lld tokens in %s (%.2f%%); uint%d tokens%s\n",
+      static_cast<long long>(r.train_tokens), plural(int64_t(m.train.size()), "shard").c_str(),
+      static_cast<long long>(r.val_tokens), plural(int64_t(m.val.size()), "shard").c_str(),
+      100.0 * double(r.val_tokens) / double(std::max<int64_t>(tokens, 1)),
+      8 * shard_token_bytes(m.vocab_size),
+      m.eos_id >= 0 ? (", documents end with eos " + std::to_string(m.eos_id)).c_str() : "");
   std::printf("  wrote %s\n", (fs::path(a.out) / "manifest.json").string().c_str());
 }
 
@@ -169,8 +165,8 @@ void tokenizer_train(const TokenizerTrainOptions& o) {
     if (done < wanted && t - last < (tty ? 0.25 : 10.0)) return;
     last = t;
     open_line = tty && done < wanted;
-    std::fprintf(stderr, "%smoe tokenizer train: %d / %d merges, %.1f s%s", tty ? "\r" : "",
-                 done, wanted, t, open_line ? "   " : "\n");
+    std::fprintf(stderr, "%smoe tokenizer train: %d / %d merges, %.1f s%s", tty ? "\r" : "", done,
+                 wanted, t, open_line ? "   " : "\n");
   };
   std::fprintf(stderr, "moe tokenizer train: counting pre-tokens in %s...\n",
                human_bytes(double(bytes)).c_str());
@@ -208,8 +204,7 @@ void add_data_commands(CLI::App& app) {
   prep->add_option("inputs", po->inputs, "text files or folders (recursed, sorted)")->required();
   prep->add_option("--tokenizer", po->tokenizer, "byte, or a tokenizer.json (or its folder)")
       ->capture_default_str();
-  prep->add_option("--out", po->out, "output folder for the shards and manifest.json")
-      ->required();
+  prep->add_option("--out", po->out, "output folder for the shards and manifest.json")->required();
   prep->add_option("--val-fraction", po->val_fraction, "fraction of bytes held out for val")
       ->capture_default_str();
   prep->add_option("--shard-tokens", po->shard_tokens, "tokens per shard (K, M, G suffixes)")

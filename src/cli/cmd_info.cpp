@@ -12,6 +12,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/format.h"
 #include "model/config.h"
 #include "model/flops.h"
 #include "plan/cost.h"
@@ -28,37 +29,9 @@ struct InfoOptions {
   int64_t seq_len = 0;  // tokens per sequence (0: [train] seq_len, else max_position_embeddings)
 };
 
-std::string human_count(double n) {
-  const char* units[] = {"", "K", "M", "B", "T"};
-  int u = 0;
-  while (std::fabs(n) >= 1000 && u < 4) n /= 1000, ++u;
-  char s[32];
-  std::snprintf(s, sizeof s, u == 0 ? "%.0f%s" : (n < 10 ? "%.2f%s" : (n < 100 ? "%.1f%s" : "%.0f%s")), n,
-                units[u]);
-  return s;
-}
-
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  int u = 0;
-  while (b >= 1024 && u < 5) b /= 1024, ++u;
-  char s[32];
-  std::snprintf(s, sizeof s, u == 0 ? "%.0f %s" : (b < 10 ? "%.2f %s" : (b < 100 ? "%.1f %s" : "%.0f %s")), b,
-                units[u]);
-  return s;
-}
-
-std::string human_flops(double f) {
-  const char* units[] = {"FLOP", "KFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP"};
-  int u = 0;
-  while (f >= 1000 && u < 5) f /= 1000, ++u;
-  char s[32];
-  std::snprintf(s, sizeof s, f < 10 ? "%.2f %s" : (f < 100 ? "%.1f %s" : "%.0f %s"), f, units[u]);
-  return s;
-}
-
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // Floats this engine keeps per token for backward (model.cpp's Activations, fp32): per layer the
@@ -142,8 +115,9 @@ int run_info(const InfoOptions& o) {
               (long long)c.n_shared_experts, (long long)c.moe_intermediate_size,
               (long long)c.intermediate_size);
 
-  std::printf("parameters: %s total, %s active per token (%.1f%%)\n", human_count(double(total)).c_str(),
-              human_count(double(active)).c_str(), 100.0 * double(active) / double(total));
+  std::printf("parameters: %s total, %s active per token (%.1f%%)\n",
+              human_count(double(total)).c_str(), human_count(double(active)).c_str(),
+              100.0 * double(active) / double(total));
   std::printf("  routed experts %s, embedding + lm_head %s, the rest %s\n",
               human_count(double(experts)).c_str(), human_count(double(embed)).c_str(),
               human_count(double(total - experts - embed)).c_str());
@@ -172,7 +146,8 @@ int run_info(const InfoOptions& o) {
   std::string act_how;
   if (planner) {
     for (int64_t l = 0; l < L; ++l)
-      act_token += plan::act_bytes_per_token_layer(main, c.is_moe_layer(l), plan::Recompute::kNone, 2.0);
+      act_token +=
+          plan::act_bytes_per_token_layer(main, c.is_moe_layer(l), plan::Recompute::kNone, 2.0);
     act_token += 4.0 * double(c.vocab_size);  // fp32 logits
     act_how = "bf16, no recompute, flash attention: the planner's model";
   } else {
@@ -182,16 +157,18 @@ int run_info(const InfoOptions& o) {
   std::printf("  activations   %s per token at seq %lld (%s)\n", human_bytes(act_token).c_str(),
               (long long)seq, act_how.c_str());
   if (batch > 0)
-    std::printf("                %s per micro-batch of %lld x %lld tokens%s\n",
-                human_bytes(act_token * double(batch * seq)).c_str(), (long long)batch,
-                (long long)seq,
-                accum > 1 ? (" (" + std::to_string(accum) + " micro-batches per step, one live)").c_str() : "");
+    std::printf(
+        "                %s per micro-batch of %lld x %lld tokens%s\n",
+        human_bytes(act_token * double(batch * seq)).c_str(), (long long)batch, (long long)seq,
+        accum > 1 ? (" (" + std::to_string(accum) + " micro-batches per step, one live)").c_str()
+                  : "");
   double kv = 0;  // bytes per token
   std::string kv_how;
   if (pm.mla()) {
     kv = 2.0 * double(L) * double(pm.x.kv_lora_rank + pm.x.qk_rope_head_dim);
     kv_how = "bf16 MLA latents: " + std::to_string(L) + " layers x (" +
-             std::to_string(pm.x.kv_lora_rank) + " + " + std::to_string(pm.x.qk_rope_head_dim) + ")";
+             std::to_string(pm.x.kv_lora_rank) + " + " + std::to_string(pm.x.qk_rope_head_dim) +
+             ")";
   } else {
     kv = 4.0 * 2.0 * double(L) * double(c.num_key_value_heads * c.head_dim);
     kv_how = "fp32 K and V: " + std::to_string(L) + " layers x 2 x " +

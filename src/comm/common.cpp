@@ -10,28 +10,45 @@ namespace moe::comm {
 
 const char* op_kind_name(OpKind k) {
   switch (k) {
-    case OpKind::kNone: return "none";
-    case OpKind::kAllReduce: return "all_reduce";
-    case OpKind::kReduceScatter: return "reduce_scatter";
-    case OpKind::kAllGather: return "all_gather";
-    case OpKind::kBroadcast: return "broadcast";
-    case OpKind::kAllToAll: return "all_to_all";
-    case OpKind::kAllToAllv: return "all_to_allv";
-    case OpKind::kBarrier: return "barrier";
-    case OpKind::kSendRecv: return "send/recv";
-    case OpKind::kSplit: return "split";
-    case OpKind::kBye: return "shutdown";
-    case OpKind::kAbort: return "abort";
-    default: return "unknown";
+    case OpKind::kNone:
+      return "none";
+    case OpKind::kAllReduce:
+      return "all_reduce";
+    case OpKind::kReduceScatter:
+      return "reduce_scatter";
+    case OpKind::kAllGather:
+      return "all_gather";
+    case OpKind::kBroadcast:
+      return "broadcast";
+    case OpKind::kAllToAll:
+      return "all_to_all";
+    case OpKind::kAllToAllv:
+      return "all_to_allv";
+    case OpKind::kBarrier:
+      return "barrier";
+    case OpKind::kSendRecv:
+      return "send/recv";
+    case OpKind::kSplit:
+      return "split";
+    case OpKind::kBye:
+      return "shutdown";
+    case OpKind::kAbort:
+      return "abort";
+    default:
+      return "unknown";
   }
 }
 
 const char* reduce_op_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return "sum";
-    case ReduceOp::kAvg: return "avg";
-    case ReduceOp::kMax: return "max";
-    case ReduceOp::kMin: return "min";
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kAvg:
+      return "avg";
+    case ReduceOp::kMax:
+      return "max";
+    case ReduceOp::kMin:
+      return "min";
   }
   return "unknown";
 }
@@ -46,10 +63,17 @@ ReduceOp parse_reduce_op(const std::string& s) {
 
 size_t comm_dtype_size(Dtype t) {
   switch (t) {
-    case Dtype::kF32: case Dtype::kI32: return 4;
-    case Dtype::kF64: case Dtype::kI64: return 8;
-    case Dtype::kBF16: case Dtype::kF16: return 2;
-    default: break;
+    case Dtype::kF32:
+    case Dtype::kI32:
+      return 4;
+    case Dtype::kF64:
+    case Dtype::kI64:
+      return 8;
+    case Dtype::kBF16:
+    case Dtype::kF16:
+      return 2;
+    default:
+      break;
   }
   MOE_FAIL("comm", "element type ", static_cast<int>(t),
            " is not supported by collectives: use f32, f64, bf16, f16, i32 or i64");
@@ -57,13 +81,20 @@ size_t comm_dtype_size(Dtype t) {
 
 const char* comm_dtype_name(Dtype t) {
   switch (t) {
-    case Dtype::kF32: return "float";
-    case Dtype::kF64: return "double";
-    case Dtype::kBF16: return "bfloat16";
-    case Dtype::kF16: return "half";
-    case Dtype::kI32: return "int32";
-    case Dtype::kI64: return "int64";
-    default: return "unsupported";
+    case Dtype::kF32:
+      return "float";
+    case Dtype::kF64:
+      return "double";
+    case Dtype::kBF16:
+      return "bfloat16";
+    case Dtype::kF16:
+      return "half";
+    case Dtype::kI32:
+      return "int32";
+    case Dtype::kI64:
+      return "int64";
+    default:
+      return "unsupported";
   }
 }
 
@@ -129,15 +160,6 @@ void log_write(LogLevel lv, const std::string& msg) {
   static const char* names[] = {"error", "warn", "info", "debug"};
   std::lock_guard<std::mutex> lock(mu);
   std::fprintf(stderr, "[moe %s] %s\n", names[static_cast<int>(lv)], msg.c_str());
-}
-
-std::string format_bytes(uint64_t n) {
-  char buf[64];
-  if (n >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.1f GiB", double(n) / (1ull << 30));
-  else if (n >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.1f MiB", double(n) / (1ull << 20));
-  else if (n >= 1024) std::snprintf(buf, sizeof buf, "%.1f KiB", double(n) / 1024);
-  else std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
-  return buf;
 }
 
 }  // namespace moe::comm

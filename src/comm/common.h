@@ -74,7 +74,4 @@ void log_at(LogLevel lv, Args&&... args) {
 #define MOE_COMM_INFO(...) ::moe::comm::log_at(::moe::comm::LogLevel::kInfo, __VA_ARGS__)
 #define MOE_COMM_DEBUG(...) ::moe::comm::log_at(::moe::comm::LogLevel::kDebug, __VA_ARGS__)
 
-// "4.0 MiB", "512 B": for messages.
-std::string format_bytes(uint64_t n);
-
 }  // namespace moe::comm

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/format.h"
 #include "core/safetensors.h"
 #include "train/svg_chart.h"
 
@@ -309,22 +310,6 @@ EventStyle event_style(const std::string& e) {
 
 // ---- page pieces ----
 
-std::string human_count(double v) {
-  char b[32];
-  const double a = std::abs(v);
-  if (a >= 1e12)
-    std::snprintf(b, sizeof b, "%.2fT", v / 1e12);
-  else if (a >= 1e9)
-    std::snprintf(b, sizeof b, "%.2fB", v / 1e9);
-  else if (a >= 1e6)
-    std::snprintf(b, sizeof b, "%.2fM", v / 1e6);
-  else if (a >= 1e4)
-    std::snprintf(b, sizeof b, "%.1fk", v / 1e3);
-  else
-    std::snprintf(b, sizeof b, "%.0f", v);
-  return b;
-}
-
 std::string duration(double s) {
   if (!std::isfinite(s) || s < 0) return svg::format_value(s);
   char b[48];
@@ -501,20 +486,23 @@ std::string moe_section(const RunMetrics& m, std::vector<std::string>& notes) {
       if (x != 0) return true;
     return false;
   };
-  per_layer("chart-moe-entropy",
-            "Router entropy (mean over tokens of the entropy of the normalized scores; ln E = "
-            "uniform)",
-            "nats", [](const MoeRecord& r) { return r.router_entropy; },
-            [](const std::vector<double>&) { return true; });
-  per_layer("chart-moe-dropped", "Routed slots dropped by expert capacity", "fraction",
-            [](const MoeRecord& r) { return r.dropped_frac; }, any_nonzero);
-  per_layer("chart-moe-bias", "Balancing bias spread (max - min over experts)", "bias",
-            [](const MoeRecord& r) -> std::optional<double> {
-              if (r.bias.empty()) return std::nullopt;
-              const auto [lo, hi] = std::minmax_element(r.bias.begin(), r.bias.end());
-              return *hi - *lo;
-            },
-            [](const std::vector<double>&) { return true; });
+  per_layer(
+      "chart-moe-entropy",
+      "Router entropy (mean over tokens of the entropy of the normalized scores; ln E = "
+      "uniform)",
+      "nats", [](const MoeRecord& r) { return r.router_entropy; },
+      [](const std::vector<double>&) { return true; });
+  per_layer(
+      "chart-moe-dropped", "Routed slots dropped by expert capacity", "fraction",
+      [](const MoeRecord& r) { return r.dropped_frac; }, any_nonzero);
+  per_layer(
+      "chart-moe-bias", "Balancing bias spread (max - min over experts)", "bias",
+      [](const MoeRecord& r) -> std::optional<double> {
+        if (r.bias.empty()) return std::nullopt;
+        const auto [lo, hi] = std::minmax_element(r.bias.begin(), r.bias.end());
+        return *hi - *lo;
+      },
+      [](const std::vector<double>&) { return true; });
 
   std::map<int64_t, std::vector<std::vector<double>>> cells;
   double range = 1;  // |log2 ratio| at full colour: 1 (0.5x..2x) to 3 (0.125x..8x)
