@@ -28,8 +28,7 @@ std::string slurm_first_host(const std::string& nodelist) {
     if (c == ',') break;
     if (c == '[') {
       size_t j = i + 1;
-      while (j < nodelist.size() && nodelist[j] != '-' && nodelist[j] != ',' &&
-             nodelist[j] != ']')
+      while (j < nodelist.size() && nodelist[j] != '-' && nodelist[j] != ',' && nodelist[j] != ']')
         out += nodelist[j++];
       while (j < nodelist.size() && nodelist[j] != ']') ++j;
       i = j;
@@ -52,7 +51,9 @@ std::string random_token() {
   return s;
 }
 
-JobEnv detect_env() { return detect_env([](const char* n) { return std::getenv(n); }); }
+JobEnv detect_env() {
+  return detect_env([](const char* n) { return std::getenv(n); });
+}
 
 JobEnv detect_env(const std::function<const char*(const char*)>& get_raw) {
   auto get = [&](const char* n) -> const char* {
@@ -100,18 +101,21 @@ JobEnv detect_env(const std::function<const char*(const char*)>& get_raw) {
     if (get("SLURM_JOB_ID")) job_id = get("SLURM_JOB_ID");
     if (get("SLURM_STEP_ID")) job_id += std::string(".") + get("SLURM_STEP_ID");
   }
-  MOE_CHECK(e.size >= 1 && e.rank < e.size, "comm.env", "rank ", e.rank,
-            " is outside world size ", e.size, " (from the ", e.source, " environment)");
+  MOE_CHECK(e.size >= 1 && e.rank < e.size, "comm.env", "rank ", e.rank, " is outside world size ",
+            e.size, " (from the ", e.source, " environment)");
   MOE_CHECK(e.local_size >= 1 && e.local_rank < e.local_size, "comm.env", "local rank ",
             e.local_rank, " is outside local size ", e.local_size);
 
   const bool multi_host = e.local_size < e.size;
-  if (get("MOE_MASTER_ADDR")) e.master_addr = get("MOE_MASTER_ADDR");
-  else if (get("MASTER_ADDR")) e.master_addr = get("MASTER_ADDR");
+  if (get("MOE_MASTER_ADDR"))
+    e.master_addr = get("MOE_MASTER_ADDR");
+  else if (get("MASTER_ADDR"))
+    e.master_addr = get("MASTER_ADDR");
   else if (e.source == "slurm" && multi_host && get("SLURM_JOB_NODELIST"))
     e.master_addr = slurm_first_host(get("SLURM_JOB_NODELIST"));
   else
-    MOE_CHECK(!multi_host, "comm.env", "ranks span several hosts but MOE_MASTER_ADDR is not "
+    MOE_CHECK(!multi_host, "comm.env",
+              "ranks span several hosts but MOE_MASTER_ADDR is not "
               "set: export MOE_MASTER_ADDR=<host of rank 0> on every rank");
 
   if (get("MOE_MASTER_PORT")) {
@@ -120,9 +124,15 @@ JobEnv detect_env(const std::function<const char*(const char*)>& get_raw) {
     e.master_port = num("MASTER_PORT", 0);
     // torchrun's agent already serves its own store on MASTER_PORT: ours takes the next one.
     if (get("TORCHELASTIC_USE_AGENT_STORE")) e.master_port += 1;
+  } else if (!job_id.empty() && (e.source == "openmpi" || e.source == "slurm")) {
+    // No port given under mpirun or srun: every rank derives the same one from the job id, so
+    // two jobs on one host do not both try 29400 (FNV-1a into 29401..31400).
+    uint64_t h = 1469598103934665603ull;
+    for (const unsigned char ch : job_id) h = (h ^ ch) * 1099511628211ull;
+    e.master_port = 29401 + static_cast<int>(h % 2000);
   }
-  MOE_CHECK(e.master_port > 0 && e.master_port < 65536, "comm.env", "store port ",
-            e.master_port, " is out of range: set MOE_MASTER_PORT to 1..65535");
+  MOE_CHECK(e.master_port > 0 && e.master_port < 65536, "comm.env", "store port ", e.master_port,
+            " is out of range: set MOE_MASTER_PORT to 1..65535");
   e.store_external = get("MOE_STORE_EXTERNAL") && std::string(get("MOE_STORE_EXTERNAL")) == "1";
 
   if (get("MOE_JOB_TOKEN")) {

@@ -106,7 +106,16 @@ TEST(CommEnv, ReadsEachLauncherFamily) {
   e = detect_env(get);
   EXPECT_TRUE(e.token_is_derived);
   EXPECT_NE(e.token.find(":openmpi:851509249:"), std::string::npos) << e.token;
-  EXPECT_EQ(e.master_port, 29400);
+  // No port given: derived from the job id, the same on every rank, another for another job.
+  const int port = e.master_port;
+  EXPECT_GE(port, 29401);
+  EXPECT_LE(port, 31400);
+  EXPECT_EQ(detect_env(get).master_port, port);
+  vars["OMPI_MCA_ess_base_jobid"] = "851509250";
+  EXPECT_NE(detect_env(get).master_port, port);
+  vars["MOE_MASTER_PORT"] = "29517";  // an explicit port wins
+  EXPECT_EQ(detect_env(get).master_port, 29517);
+  vars.erase("MOE_MASTER_PORT");
 
   vars = {{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"},
           {"SLURM_NTASKS_PER_NODE", "4(x2)"}, {"SLURM_JOB_NODELIST", "node[07-08]"}};
