@@ -133,7 +133,7 @@ void add_comm_commands(CLI::App& app) {
   cb->add_option("--dtype", ba->dtype, "f32, f64, bf16, f16, i32, i64")->capture_default_str();
   cb->add_option("--redop", ba->redop, "sum, avg, max, min")->capture_default_str();
   cb->add_option("--algo", ba->opt.algo,
-                 "all_reduce algorithm: ring, rhd or hier (default by size and topology)");
+                 "all_reduce algorithm: ring, rhd, hier or direct (default by size and topology)");
   cb->add_option("--algo-a2a", ba->opt.algo_a2a,
                  "all_to_all algorithm: pairwise or two_level (default: MOE_COMM_ALGO_A2A, "
                  "else by topology)");

@@ -46,6 +46,10 @@ CommOptions CommOptions::from_env() {
   MOE_CHECK(o.piece_bytes >= 64, "comm", "MOE_COMM_PIECE must be at least 64 bytes");
   o.hier_min_bytes =
       static_cast<uint64_t>(env_int("MOE_COMM_HIER_MIN", int64_t(o.hier_min_bytes)));
+  o.direct_min_bytes =
+      static_cast<uint64_t>(env_int("MOE_COMM_DIRECT_MIN", int64_t(o.direct_min_bytes)));
+  o.direct_max_bytes =
+      static_cast<uint64_t>(env_int("MOE_COMM_DIRECT_MAX", int64_t(o.direct_max_bytes)));
   o.algo_a2a = env_str("MOE_COMM_ALGO_A2A", "");
   o.transport = env_str("MOE_COMM_TRANSPORT", "auto");
   MOE_CHECK(o.transport == "auto" || o.transport == "shm" || o.transport == "tcp", "comm",
@@ -242,6 +246,10 @@ Algo Communicator::all_reduce_algo(size_t bytes) const {
   if (algo_ != Algo::kAuto) return algo_;
   if (bytes <= opt_.rhd_max_bytes) return Algo::kHalvingDoubling;
   if (bytes >= opt_.hier_min_bytes && two_levels(host_of_, num_hosts_)) return Algo::kHierarchical;
+  // Same on every rank: sizes and hosts are, and single copy is on for all local pairs or none.
+  if (bytes >= opt_.direct_min_bytes && bytes <= opt_.direct_max_bytes && size() >= 3 &&
+      num_hosts_ == 1 && shared_->transport->single_copy_to(ranks_[(rank_ + 1) % size()]))
+    return Algo::kDirect;
   return Algo::kRing;
 }
 
@@ -290,6 +298,8 @@ void Communicator::all_reduce(const void* in, void* out, size_t count, Dtype t, 
       halving_doubling_all_reduce(c, in, out, count);
     } else if (a == Algo::kHierarchical) {
       hierarchical_all_reduce(c, in, out, count, opt_.piece_bytes);
+    } else if (a == Algo::kDirect) {
+      direct_all_reduce(c, in, out, count);
     } else {
       ring_all_reduce(c, in, out, count, opt_.piece_bytes);
     }

@@ -33,6 +33,10 @@ struct CommOptions {
   uint64_t rhd_max_bytes = 256 << 10;   // MOE_COMM_RHD_MAX: all_reduce up to this uses rhd
   uint64_t piece_bytes = 512 << 10;     // MOE_COMM_PIECE: ring pipeline granularity
   uint64_t hier_min_bytes = 1 << 20;    // MOE_COMM_HIER_MIN: auto all_reduce uses hier from here
+  // Auto all_reduce uses direct between MOE_COMM_DIRECT_MIN and MOE_COMM_DIRECT_MAX bytes for 3
+  // or more ranks that all reach each other by single copy (its scratch is (n-1)/n of the data).
+  uint64_t direct_min_bytes = 16 << 20;
+  uint64_t direct_max_bytes = 256 << 20;
   std::string algo_a2a;                 // MOE_COMM_ALGO_A2A: pairwise or two_level, "" = auto
   std::string transport = "auto";       // MOE_COMM_TRANSPORT: auto, shm or tcp
   TcpOptions tcp;

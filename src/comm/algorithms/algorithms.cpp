@@ -12,6 +12,7 @@ const char* algo_name(Algo a) {
     case Algo::kDissemination: return "dissemination";
     case Algo::kHierarchical: return "hier";
     case Algo::kTwoLevel: return "two_level";
+    case Algo::kDirect: return "direct";
   }
   return "unknown";
 }
@@ -21,8 +22,9 @@ Algo parse_algo(const std::string& s) {
   if (s == "ring") return Algo::kRing;
   if (s == "rhd" || s == "halving_doubling") return Algo::kHalvingDoubling;
   if (s == "hier" || s == "hierarchical") return Algo::kHierarchical;
+  if (s == "direct") return Algo::kDirect;
   MOE_FAIL("comm", "unknown all_reduce algorithm '", s,
-           "' (MOE_COMM_ALGO / --algo): use auto, ring, rhd or hier");
+           "' (MOE_COMM_ALGO / --algo): use auto, ring, rhd, hier or direct");
 }
 
 Algo parse_algo_a2a(const std::string& s) {

@@ -11,9 +11,9 @@ namespace moe::comm {
 
 enum class Algo : uint8_t { kAuto = 0, kRing = 1, kHalvingDoubling = 2, kBinomial = 3,
                             kPairwise = 4, kDissemination = 5, kHierarchical = 6,
-                            kTwoLevel = 7 };
+                            kTwoLevel = 7, kDirect = 8 };
 const char* algo_name(Algo a);
-// all_reduce (MOE_COMM_ALGO): "auto", "ring", "rhd", "hier".
+// all_reduce (MOE_COMM_ALGO): "auto", "ring", "rhd", "hier", "direct".
 Algo parse_algo(const std::string& s);
 // all_to_all(v) (MOE_COMM_ALGO_A2A): "auto", "pairwise", "two_level".
 Algo parse_algo_a2a(const std::string& s);
@@ -40,6 +40,8 @@ void hierarchical_all_reduce(OpContext& c, const void* in, void* out, size_t cou
 void two_level_all_to_allv(OpContext& c, const void* in, const size_t* send_counts,
                            const size_t* send_displs, void* out, const size_t* recv_counts,
                            const size_t* recv_displs);
+// direct.cpp: reduce-scatter as one all-to-all of segments, all-gather as one round of sends.
+void direct_all_reduce(OpContext& c, const void* in, void* out, size_t count);
 // halving_doubling.cpp
 void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t count);
 // binomial_broadcast.cpp

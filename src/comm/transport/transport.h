@@ -35,6 +35,8 @@ class Transport {
   bool failed() const { return tcp_->failed(); }
   std::string failure() const { return tcp_->failure(); }
   bool via_shm(int peer) const { return shm_ && shm_->reaches(peer) && peer != rank_; }
+  // Messages to `peer` from ShmOptions::cma_min_bytes go by single copy.
+  bool single_copy_to(int peer) const { return via_shm(peer) && shm_->single_copy(); }
   // "shm to 3 ranks, tcp to 4 ranks"
   std::string describe() const;
 
