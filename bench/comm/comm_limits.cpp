@@ -1,15 +1,22 @@
 // The ceilings for collectives on this host, measured in one run (DESIGN.md section 4: a
 // benchmark prints ratios, it never gates CI):
 //   memcpy       one thread copying a buffer of SIZE: the shared-memory transport's ceiling
+//   cma          process_vm_readv of SIZE from another process (a forked child's buffer):
+//                the ceiling of the shared-memory transport's single-copy path
 //   loopback tcp one stream between two threads through the kernel, with moe::comm's socket
 //                options (TCP_NODELAY, big buffers): the TCP transport's ceiling per link
 // usage: comm_limits [SIZE, default 64M] [SECONDS per measurement, default 1]
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -35,6 +42,41 @@ double memcpy_gbps(size_t bytes, double budget) {
     moved += bytes;
   }
   return double(moved) / seconds_since(t0) / 1e9;
+}
+
+// Reads a buffer of `bytes` out of a forked child (which only sleeps) with process_vm_readv,
+// as a receiver of the single-copy path does; 0 if the kernel refuses (see `why`).
+double cma_gbps(size_t bytes, double budget, std::string* why) {
+  std::vector<char> theirs(bytes, 3), mine(bytes, 0);
+  const pid_t child = fork();
+  if (child == 0) {
+    pause();  // until killed; its copy of `theirs` is what the parent reads
+    _exit(0);
+  }
+  if (child < 0) {
+    *why = std::string("fork: ") + std::strerror(errno);
+    return 0;
+  }
+  size_t moved = 0;
+  double secs = 0;
+  bool ok = true;
+  for (int warm = 1; ok && (warm || secs < budget); warm = 0) {
+    const auto t0 = Clock::now();
+    do {
+      iovec local{mine.data(), bytes}, remote{theirs.data(), bytes};
+      const ssize_t n = process_vm_readv(child, &local, 1, &remote, 1, 0);
+      if (n != ssize_t(bytes)) {
+        *why = std::string("process_vm_readv: ") + (n < 0 ? std::strerror(errno) : "short read");
+        ok = false;
+        break;
+      }
+      if (!warm) moved += bytes;
+    } while (!warm && seconds_since(t0) < budget);
+    if (!warm) secs = seconds_since(t0);
+  }
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  return ok && secs > 0 ? double(moved) / secs / 1e9 : 0;
 }
 
 double loopback_gbps(size_t chunk, double budget) {
@@ -72,6 +114,12 @@ int main(int argc, char** argv) {
   std::printf("# comm_limits: %s buffers, %.1f s per measurement\n",
               moe::human_bytes(double(bytes)).c_str(), budget);
   std::printf("memcpy        %8.2f GB/s\n", memcpy_gbps(bytes, budget));
+  std::string why;
+  const double cma = cma_gbps(bytes, budget, &why);
+  if (cma > 0)
+    std::printf("cma           %8.2f GB/s (process_vm_readv from another process)\n", cma);
+  else
+    std::printf("cma           not available here (%s)\n", why.c_str());
   std::printf("loopback tcp  %8.2f GB/s (one stream, 4 MiB writes)\n",
               loopback_gbps(4u << 20, budget));
   return 0;

@@ -5,8 +5,8 @@
 # each in a fresh set of processes, the order of the systems rotated from round to round so
 # that no system always runs first or last; then it prints, per cell, the median busbw over
 # the rounds (with min and max), and the ratios ours/other as the median of the per-round
-# ratios (both measured in the same round, minutes apart at most). Also the memcpy and
-# loopback-TCP ceilings (comm_limits), measured once per round.
+# ratios (both measured in the same round, minutes apart at most). Also the memcpy,
+# single-copy (process_vm_readv) and loopback-TCP ceilings (comm_limits), once per round.
 #
 # Systems (f32, all_reduce sums; every program prints nccl-tests' columns, busbw =
 # algbw * 2(n-1)/n for all_reduce and (n-1)/n for all_to_all, time = mean per call of the
@@ -140,8 +140,11 @@ for ((r = 1; r <= rounds; r++)); do
     lim=$("$limits" 64M 0.5 2>/dev/null)
     mc=$(awk '/^memcpy/{print $2}' <<<"$lim")
     lb=$(awk '/^loopback/{print $3}' <<<"$lim")
+    cm=$(awk '/^cma/{print $2}' <<<"$lim")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" limits 1 64M memcpy "$mc" 0 0 ok >>"$raw"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" limits 1 64M loopback-tcp "$lb" 0 0 ok >>"$raw"
+    [[ $cm =~ ^[0-9.]+$ ]] &&
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" limits 1 64M cma "$cm" 0 0 ok >>"$raw"
   fi
   for op in "${op_list[@]}"; do
     read -ra base <<<"$(systems_for "$op")"
