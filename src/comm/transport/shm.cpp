@@ -211,10 +211,11 @@ std::string ShmTransport::probe_cma() {
     iovec local{got, kProbeBytes};
     iovec remote{reinterpret_cast<void*>(oh->self_addr), kProbeBytes};
     const ssize_t n = process_vm_readv(oh->pid, &local, 1, &remote, 1, 0);
+    const int e = errno;
     if (n < 0)
       return "process_vm_readv from rank " + std::to_string(local_[i]) + " (pid " +
-             std::to_string(oh->pid) + "): " + std::strerror(errno) +
-             (errno == EPERM ? " (ptrace policy or a seccomp profile forbids it)" : "");
+             std::to_string(oh->pid) + "): " + std::strerror(e) +
+             (e == EPERM ? " (ptrace policy or a seccomp profile forbids it)" : "");
     if (n != ssize_t(kProbeBytes) || std::memcmp(got, seg_[i], kProbeBytes) != 0)
       return "pid " + std::to_string(oh->pid) + " of rank " + std::to_string(local_[i]) +
              " is another process here (a separate pid namespace?)";
