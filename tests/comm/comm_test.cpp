@@ -4,10 +4,11 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <algorithm>
 #include <map>
 #include <mutex>
 #include <random>
@@ -40,8 +41,8 @@ std::unique_ptr<Run> run_workers(int n, std::vector<std::string> args,
   auto run = std::make_unique<Run>();
   opt.nproc_per_node = n;
   if (ranks_per_host > 0) {
-    std::string cmd = "MOE_HOST_ID=h$((MOE_RANK / " + std::to_string(ranks_per_host) +
-                      ")) exec " COMM_WORKER;
+    std::string cmd =
+        "MOE_HOST_ID=h$((MOE_RANK / " + std::to_string(ranks_per_host) + ")) exec " COMM_WORKER;
     for (auto& a : args) cmd += " " + a;
     opt.cmd = {"/bin/sh", "-c", cmd};
   } else {
@@ -78,8 +79,12 @@ TEST(CommEnv, ReadsEachLauncherFamily) {
     auto it = vars.find(n);
     return it == vars.end() ? nullptr : it->second.c_str();
   };
-  vars = {{"RANK", "3"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
-          {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "29500"},
+  vars = {{"RANK", "3"},
+          {"WORLD_SIZE", "8"},
+          {"LOCAL_RANK", "1"},
+          {"LOCAL_WORLD_SIZE", "2"},
+          {"MASTER_ADDR", "10.0.0.1"},
+          {"MASTER_PORT", "29500"},
           {"TORCHELASTIC_USE_AGENT_STORE", "True"}};
   JobEnv e = detect_env(get);
   EXPECT_EQ(e.source, "torchrun");
@@ -90,8 +95,10 @@ TEST(CommEnv, ReadsEachLauncherFamily) {
   EXPECT_EQ(e.master_port, 29501);  // torchrun's agent holds 29500
   EXPECT_TRUE(e.token_is_derived);
 
-  vars = {{"OMPI_COMM_WORLD_RANK", "2"}, {"OMPI_COMM_WORLD_SIZE", "4"},
-          {"OMPI_COMM_WORLD_LOCAL_RANK", "2"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"},
+  vars = {{"OMPI_COMM_WORLD_RANK", "2"},
+          {"OMPI_COMM_WORLD_SIZE", "4"},
+          {"OMPI_COMM_WORLD_LOCAL_RANK", "2"},
+          {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"},
           {"MOE_JOB_TOKEN", "s3cret"}};
   e = detect_env(get);
   EXPECT_EQ(e.source, "openmpi");
@@ -117,16 +124,19 @@ TEST(CommEnv, ReadsEachLauncherFamily) {
   EXPECT_EQ(detect_env(get).master_port, 29517);
   vars.erase("MOE_MASTER_PORT");
 
-  vars = {{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"},
-          {"SLURM_NTASKS_PER_NODE", "4(x2)"}, {"SLURM_JOB_NODELIST", "node[07-08]"}};
+  vars = {{"SLURM_PROCID", "5"},
+          {"SLURM_NTASKS", "8"},
+          {"SLURM_LOCALID", "1"},
+          {"SLURM_NTASKS_PER_NODE", "4(x2)"},
+          {"SLURM_JOB_NODELIST", "node[07-08]"}};
   e = detect_env(get);
   EXPECT_EQ(e.source, "slurm");
   EXPECT_EQ(e.rank, 5);
   EXPECT_EQ(e.local_size, 4);
   EXPECT_EQ(e.master_addr, "node07");
 
-  vars = {{"MOE_RANK", "1"}, {"MOE_WORLD_SIZE", "2"}, {"RANK", "0"}, {"WORLD_SIZE", "9"},
-          {"MOE_MASTER_PORT", "1234"}, {"MOE_STORE_EXTERNAL", "1"}};
+  vars = {{"MOE_RANK", "1"},   {"MOE_WORLD_SIZE", "2"},     {"RANK", "0"},
+          {"WORLD_SIZE", "9"}, {"MOE_MASTER_PORT", "1234"}, {"MOE_STORE_EXTERNAL", "1"}};
   e = detect_env(get);
   EXPECT_EQ(e.source, "moe");  // our names win
   EXPECT_EQ(e.size, 2);
@@ -154,8 +164,9 @@ TEST(CommParsers, RandomBytesNeverCrashTheHeaderChecks) {
     auto* p = reinterpret_cast<uint64_t*>(&h);
     for (size_t j = 0; j < sizeof h / 8; ++j) p[j] = rng();
     if (i % 2) h.magic = kMsgMagic;  // get past the first check half the time
-    if (i % 4 == 1) h.kind = uint8_t(1 + rng() % 9), h.redop = 0, h.total &= 0xffff,
-                    h.offset &= 0xff, h.chunk_len &= 0xff, h.flags = 0;
+    if (i % 4 == 1)
+      h.kind = uint8_t(1 + rng() % 9), h.redop = 0, h.total &= 0xffff, h.offset &= 0xff,
+      h.chunk_len &= 0xff, h.flags = 0;
     std::memcpy(&s, p, sizeof s);
     accepted += check_header(h).empty();
     check_store_request(s);
@@ -241,16 +252,19 @@ TEST_P(CommSweep, EveryCollectiveDtypeOpAlgorithmAndSize) {
   if (mode != "hosts") env.emplace_back("MOE_COMM_TRANSPORT", mode == "copy" ? "shm" : mode);
   if (mode == "copy") env.emplace_back("MOE_COMM_SHM_CMA", "0");
   auto run = run_workers(n, {"sweep", big, huge}, env, {}, mode == "hosts" ? 2 : 0);
-  for (int r = 0; r < n; ++r) EXPECT_EQ(run->res.codes[r], 0) << "rank " << r << ":\n" << run->all(r);
+  for (int r = 0; r < n; ++r)
+    EXPECT_EQ(run->res.codes[r], 0) << "rank " << r << ":\n" << run->all(r);
   const std::string out = run->all(0);
   EXPECT_NE(out.find(" 0 failures"), std::string::npos) << out;
   // Rank 0 reaches its peers over the transport the mode asks for.
   const int shm = mode == "tcp" ? 0 : mode == "hosts" ? std::min(1, n - 1) : n - 1;
   EXPECT_NE(out.find("transport shm to " + std::to_string(shm) + " ranks, tcp to " +
                      std::to_string(n - 1 - shm) + " ranks"),
-            std::string::npos) << out;
+            std::string::npos)
+      << out;
   EXPECT_NE(out.find(", hosts " + std::to_string(mode == "hosts" ? (n + 1) / 2 : 1)),
-            std::string::npos) << out;
+            std::string::npos)
+      << out;
   if (mode == "copy") {
     EXPECT_EQ(out.find("single copy"), std::string::npos) << out;
   }
@@ -276,9 +290,47 @@ TEST(CommMulti, SingleCopyBetweenLocalRanksWhereAllowed) {
   const std::string out = run->all(0);
   if (out.find("single-copy reads between local ranks are not possible") != std::string::npos)
     GTEST_SKIP() << "this host forbids process_vm_readv between ranks:\n" << out;
-  for (int r = 0; r < 3; ++r) EXPECT_EQ(run->res.codes[r], 0) << "rank " << r << ":\n" << run->all(r);
+  for (int r = 0; r < 3; ++r)
+    EXPECT_EQ(run->res.codes[r], 0) << "rank " << r << ":\n" << run->all(r);
   EXPECT_NE(out.find("(shm: single copy from 64 KiB)"), std::string::npos) << out;
   EXPECT_NE(out.find(" 0 failures"), std::string::npos) << out;
+}
+
+// A rank in its own pid namespace cannot be read with process_vm_readv, nor read the others:
+// the start-up probe sees it, every rank copies through the rings instead, and the job is
+// still right. With MOE_COMM_SHM_CMA=1 the job stops at start and says why.
+TEST(CommMulti, SingleCopyFallsBackWhereAPeerCannotBeRead) {
+  if (std::system("unshare --pid --fork true >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "unshare --pid --fork does not work here (it needs root and pid namespaces)";
+  for (const std::string cma : {"-1", "1"}) {
+    LaunchOptions opt;
+    opt.stop_others_on_failure = false;
+    opt.nproc_per_node = 3;
+    opt.cmd = {"/bin/sh", "-c",
+               std::string("[ $MOE_RANK = 1 ] && P='unshare --pid --fork'; exec $P ") +
+                   COMM_WORKER + " sweep 65539 0"};
+    opt.env = {{"MOE_COMM_TRANSPORT", "shm"},
+               {"MOE_COMM_SHM_CMA", cma},
+               {"MOE_COMM_CONNECT_TIMEOUT", "20"}};
+    std::mutex mu;
+    std::string all;
+    opt.on_line = [&](int, const std::string& l, bool) {
+      std::lock_guard<std::mutex> lock(mu);
+      all += l + "\n";
+    };
+    const LaunchResult res = launch(opt);
+    if (cma == "-1") {
+      for (int r = 0; r < 3; ++r) EXPECT_EQ(res.codes[r], 0) << all;
+      EXPECT_NE(all.find("transport shm to 2 ranks, tcp to 0 ranks, hosts 1"), std::string::npos)
+          << all;  // and not "(shm: single copy ...)"
+      EXPECT_NE(all.find(" 0 failures"), std::string::npos) << all;
+    } else {
+      for (int r = 0; r < 3; ++r) EXPECT_NE(res.codes[r], 0) << all;
+      EXPECT_NE(all.find("single-copy reads between local ranks are not possible"),
+                std::string::npos)
+          << all;
+    }
+  }
 }
 
 TEST(CommMulti, SplitGivesIndependentGroups) {
@@ -307,8 +359,8 @@ TEST(CommMulti, HostTopologyAndEmulatedSlowLinks) {
   LaunchOptions opt;
   auto run = std::make_unique<::Run>();
   opt.nproc_per_node = 4;
-  opt.cmd = {"/bin/sh", "-c", std::string("MOE_HOST_ID=h$((MOE_RANK / 2)) exec ") + COMM_WORKER +
-             " topology"};
+  opt.cmd = {"/bin/sh", "-c",
+             std::string("MOE_HOST_ID=h$((MOE_RANK / 2)) exec ") + COMM_WORKER + " topology"};
   opt.env = {{"MOE_COMM_EMU_LATENCY_US", "30000"}, {"MOE_COMM_EMU_SCOPE", "remote"}};
   opt.on_line = [&](int r, const std::string& l, bool) {
     std::lock_guard<std::mutex> lock(run->mu);
@@ -321,7 +373,9 @@ TEST(CommMulti, HostTopologyAndEmulatedSlowLinks) {
     double ms = 0;
     int hosts = 0, local = -1, lsize = 0;
     ASSERT_EQ(std::sscanf(out.c_str(), "topology rank %*d: hosts %d, local %d of %d, barrier %lf",
-                          &hosts, &local, &lsize, &ms), 4) << out;
+                          &hosts, &local, &lsize, &ms),
+              4)
+        << out;
     EXPECT_EQ(hosts, 2);
     EXPECT_EQ(local, r % 2);
     EXPECT_EQ(lsize, 2);
@@ -345,7 +399,8 @@ TEST(CommMulti, HierarchicalBeatsFlatRingAcrossSlowLinks) {
   int hosts = 0;
   ASSERT_EQ(std::sscanf(out.c_str() + out.find("hier_vs_ring:"),
                         "hier_vs_ring: hosts %d, ring %lf ms, hier %lf ms", &hosts, &ring, &hier),
-            3) << out;
+            3)
+      << out;
   EXPECT_EQ(hosts, 2);
   std::printf("ring %.1f ms, hier %.1f ms\n", ring, hier);
   // What the emulation guarantees (this shows the bandwidth cap applies, per link).
@@ -357,8 +412,8 @@ TEST(CommMulti, HierarchicalBeatsFlatRingAcrossSlowLinks) {
 }
 
 TEST(CommMulti, SeveralSocketsPerPeer) {
-  auto run = run_workers(3, {"sweep", "70001"}, {{"MOE_COMM_SOCKETS", "3"},
-                                                 {"MOE_COMM_CHUNK", "4096"}});
+  auto run =
+      run_workers(3, {"sweep", "70001"}, {{"MOE_COMM_SOCKETS", "3"}, {"MOE_COMM_CHUNK", "4096"}});
   for (int r = 0; r < 3; ++r) EXPECT_EQ(run->res.codes[r], 0) << run->all(r);
 }
 
@@ -389,15 +444,18 @@ TEST_P(CommKill, DuringA64MiBAllReduceEveryRankNamesTheVictimWithin10s) {
                          {{"MOE_COMM_TIMEOUT", "60"}, {"MOE_COMM_TRANSPORT", GetParam()}}, opt);
   if (killer.joinable()) killer.join();
   ASSERT_TRUE(started.load()) << run->all(0);
-  EXPECT_NE(run->all(0).find("transport " + std::string(GetParam() == "shm" ? "shm to 3" : "shm to 0")),
-            std::string::npos) << run->all(0);
+  EXPECT_NE(
+      run->all(0).find("transport " + std::string(GetParam() == "shm" ? "shm to 3" : "shm to 0")),
+      std::string::npos)
+      << run->all(0);
   EXPECT_EQ(run->res.codes[victim], 128 + SIGKILL);
   for (int r = 0; r < n; ++r) {
     if (r == victim) continue;
     const std::string out = run->all(r);
     EXPECT_NE(run->res.codes[r], 0) << out;
     EXPECT_NE(out.find("rank " + std::to_string(victim) + " closed its connection"),
-              std::string::npos) << out;
+              std::string::npos)
+        << out;
     EXPECT_NE(out.find("all_reduce #"), std::string::npos) << out;
     EXPECT_LT(run->res.exit_seconds[r] - killed_at, 10.0) << "rank " << r;
   }
@@ -415,10 +473,12 @@ TEST(CommFailure, WrongTokenIsRefusedWhileTheJobCompletes) {
     if (r != 0) return;
     impostor = std::thread([&] {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      const std::string cmd = "MOE_RANK=1 MOE_WORLD_SIZE=3 MOE_MASTER_ADDR=127.0.0.1 "
-                              "MOE_MASTER_PORT=" + std::to_string(port) +
-                              " MOE_STORE_EXTERNAL=1 MOE_JOB_TOKEN=guess "
-                              "MOE_COMM_CONNECT_TIMEOUT=5 " COMM_WORKER " hello 2>&1";
+      const std::string cmd =
+          "MOE_RANK=1 MOE_WORLD_SIZE=3 MOE_MASTER_ADDR=127.0.0.1 "
+          "MOE_MASTER_PORT=" +
+          std::to_string(port) +
+          " MOE_STORE_EXTERNAL=1 MOE_JOB_TOKEN=guess "
+          "MOE_COMM_CONNECT_TIMEOUT=5 " COMM_WORKER " hello 2>&1";
       FILE* f = popen(cmd.c_str(), "r");
       char buf[4096];
       size_t k;
@@ -443,7 +503,8 @@ TEST_P(CommMismatch, MismatchedCollectivesAreReportedNotHung) {
     const auto t0 = std::chrono::steady_clock::now();
     auto run = run_workers(3, {"mismatch", kind},
                            {{"MOE_COMM_TIMEOUT", "60"}, {"MOE_COMM_TRANSPORT", GetParam()}}, opt);
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_LT(secs, 30);
     std::string everything;
     for (int r = 0; r < 3; ++r) {
@@ -491,7 +552,8 @@ TEST(CommFailure, TransportChoiceMustAgree) {
 TEST(CommLauncher, FirstFailureStopsTheJobWithItsCode) {
   LaunchOptions opt;
   opt.nproc_per_node = 3;
-  opt.cmd = {"/bin/sh", "-c", "echo up $MOE_RANK/$MOE_WORLD_SIZE; "
+  opt.cmd = {"/bin/sh", "-c",
+             "echo up $MOE_RANK/$MOE_WORLD_SIZE; "
              "if [ $MOE_RANK = 1 ]; then sleep 0.5; exit 7; fi; sleep 30"};
   std::mutex mu;
   std::vector<std::string> seen;
