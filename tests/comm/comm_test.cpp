@@ -63,6 +63,23 @@ std::unique_ptr<Run> run_workers(int n, std::vector<std::string> args,
   return run;
 }
 
+// Runs `shell` (sh -c) as `n` ranks that are not stopped when one fails, and returns every
+// rank's exit code; `all` gets every output line.
+LaunchResult launch_shell(int n, const std::string& shell,
+                          std::vector<std::pair<std::string, std::string>> env, std::string* all) {
+  LaunchOptions opt;
+  opt.stop_others_on_failure = false;
+  opt.nproc_per_node = n;
+  opt.cmd = {"/bin/sh", "-c", shell};
+  opt.env = std::move(env);
+  std::mutex mu;
+  opt.on_line = [&](int, const std::string& l, bool) {
+    std::lock_guard<std::mutex> lock(mu);
+    *all += l + "\n";
+  };
+  return launch(opt);
+}
+
 int free_port() {
   int port = 0;
   Fd fd = listen_tcp("", 0, &port);
@@ -303,22 +320,15 @@ TEST(CommMulti, SingleCopyFallsBackWhereAPeerCannotBeRead) {
   if (std::system("unshare --pid --fork true >/dev/null 2>&1") != 0)
     GTEST_SKIP() << "unshare --pid --fork does not work here (it needs root and pid namespaces)";
   for (const std::string cma : {"-1", "1"}) {
-    LaunchOptions opt;
-    opt.stop_others_on_failure = false;
-    opt.nproc_per_node = 3;
-    opt.cmd = {"/bin/sh", "-c",
-               std::string("[ $MOE_RANK = 1 ] && P='unshare --pid --fork'; exec $P ") +
-                   COMM_WORKER + " sweep 65539 0"};
-    opt.env = {{"MOE_COMM_TRANSPORT", "shm"},
-               {"MOE_COMM_SHM_CMA", cma},
-               {"MOE_COMM_CONNECT_TIMEOUT", "20"}};
-    std::mutex mu;
     std::string all;
-    opt.on_line = [&](int, const std::string& l, bool) {
-      std::lock_guard<std::mutex> lock(mu);
-      all += l + "\n";
-    };
-    const LaunchResult res = launch(opt);
+    const LaunchResult res =
+        launch_shell(3,
+                     std::string("[ $MOE_RANK = 1 ] && P='unshare --pid --fork'; exec $P ") +
+                         COMM_WORKER + " sweep 65539 0",
+                     {{"MOE_COMM_TRANSPORT", "shm"},
+                      {"MOE_COMM_SHM_CMA", cma},
+                      {"MOE_COMM_CONNECT_TIMEOUT", "20"}},
+                     &all);
     if (cma == "-1") {
       for (int r = 0; r < 3; ++r) EXPECT_EQ(res.codes[r], 0) << all;
       EXPECT_NE(all.find("transport shm to 2 ranks, tcp to 0 ranks, hosts 1"), std::string::npos)
@@ -531,20 +541,12 @@ INSTANTIATE_TEST_SUITE_P(Transport, CommMismatch, ::testing::Values("tcp", "shm"
 
 TEST(CommFailure, TransportChoiceMustAgree) {
   // Rank 1 asks for TCP, the others for shared memory: refused at start, not hung later.
-  LaunchOptions opt;
-  opt.stop_others_on_failure = false;
-  opt.nproc_per_node = 3;
-  opt.cmd = {"/bin/sh", "-c",
-             std::string("[ $MOE_RANK = 1 ] && export MOE_COMM_TRANSPORT=tcp; exec ") +
-                 COMM_WORKER + " hello"};
-  opt.env = {{"MOE_COMM_TRANSPORT", "shm"}, {"MOE_COMM_CONNECT_TIMEOUT", "10"}};
-  std::mutex mu;
   std::string all;
-  opt.on_line = [&](int, const std::string& l, bool) {
-    std::lock_guard<std::mutex> lock(mu);
-    all += l + "\n";
-  };
-  const LaunchResult res = launch(opt);
+  const LaunchResult res =
+      launch_shell(3,
+                   std::string("[ $MOE_RANK = 1 ] && export MOE_COMM_TRANSPORT=tcp; exec ") +
+                       COMM_WORKER + " hello",
+                   {{"MOE_COMM_TRANSPORT", "shm"}, {"MOE_COMM_CONNECT_TIMEOUT", "10"}}, &all);
   for (int r = 0; r < 3; ++r) EXPECT_NE(res.codes[r], 0) << all;
   EXPECT_NE(all.find("has MOE_COMM_TRANSPORT=tcp"), std::string::npos) << all;
 }
