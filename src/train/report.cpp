@@ -434,31 +434,8 @@ std::string moe_section(const RunMetrics& m, std::vector<std::string>& notes) {
     kept[layer] = split_by_step(idx.size(), [&](size_t k) { return m.moe[idx[k]].step; }).kept;
 
   std::string o = "<h2>Mixture of experts</h2>\n";
-  // Imbalance curves, one colour per layer.
-  svg::LineChart bal;
-  bal.id = "chart-moe-balance";
-  bal.title = "Expert load imbalance (max / mean load, per layer)";
-  bal.y_label = "max / mean";
-  size_t li = 0;
-  for (const auto& [layer, ks] : kept) {
-    svg::Series s;
-    s.name = "layer " + std::to_string(layer);
-    s.color = kPalette[li++ % 10];
-    for (size_t k : ks) {
-      const MoeRecord& r = m.moe[by_layer[layer][k]];
-      if (!r.max_over_mean) continue;
-      s.x.push_back(static_cast<double>(r.step));
-      s.y.push_back(*r.max_over_mean);
-    }
-    if (!s.x.empty()) bal.series.push_back(std::move(s));
-  }
-  if (!bal.series.empty())
-    o += svg::render_line_chart(bal);
-  else
-    notes.push_back("The moe records have no max_over_mean: imbalance chart omitted.");
-
-  // One curve per layer of a value of the moe records; drawn if some record has it and `draw`
-  // holds for the values seen.
+  // One curve per layer of a value of the moe records; drawn (true) if some record has it and
+  // `draw` holds for the values seen.
   auto per_layer = [&](const char* id, const char* title, const char* y_label,
                        const std::function<std::optional<double>(const MoeRecord&)>& get,
                        const std::function<bool(const std::vector<double>&)>& draw) {
@@ -479,8 +456,15 @@ std::string moe_section(const RunMetrics& m, std::vector<std::string>& notes) {
       }
       if (!s.x.empty()) c.series.push_back(std::move(s));
     }
-    if (!c.series.empty() && draw(all)) o += svg::render_line_chart(c);
+    if (c.series.empty() || !draw(all)) return false;
+    o += svg::render_line_chart(c);
+    return true;
   };
+  auto always = [](const std::vector<double>&) { return true; };
+  if (!per_layer(
+          "chart-moe-balance", "Expert load imbalance (max / mean load, per layer)", "max / mean",
+          [](const MoeRecord& r) { return r.max_over_mean; }, always))
+    notes.push_back("The moe records have no max_over_mean: imbalance chart omitted.");
   auto any_nonzero = [](const std::vector<double>& v) {
     for (double x : v)
       if (x != 0) return true;
@@ -490,8 +474,7 @@ std::string moe_section(const RunMetrics& m, std::vector<std::string>& notes) {
       "chart-moe-entropy",
       "Router entropy (mean over tokens of the entropy of the normalized scores; ln E = "
       "uniform)",
-      "nats", [](const MoeRecord& r) { return r.router_entropy; },
-      [](const std::vector<double>&) { return true; });
+      "nats", [](const MoeRecord& r) { return r.router_entropy; }, always);
   per_layer(
       "chart-moe-dropped", "Routed slots dropped by expert capacity", "fraction",
       [](const MoeRecord& r) { return r.dropped_frac; }, any_nonzero);

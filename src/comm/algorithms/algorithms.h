@@ -9,9 +9,17 @@
 
 namespace moe::comm {
 
-enum class Algo : uint8_t { kAuto = 0, kRing = 1, kHalvingDoubling = 2, kBinomial = 3,
-                            kPairwise = 4, kDissemination = 5, kHierarchical = 6,
-                            kTwoLevel = 7, kDirect = 8 };
+enum class Algo : uint8_t {
+  kAuto = 0,
+  kRing = 1,
+  kHalvingDoubling = 2,
+  kBinomial = 3,
+  kPairwise = 4,
+  kDissemination = 5,
+  kHierarchical = 6,
+  kTwoLevel = 7,
+  kDirect = 8
+};
 const char* algo_name(Algo a);
 // all_reduce (MOE_COMM_ALGO): "auto", "ring", "rhd", "hier", "direct".
 Algo parse_algo(const std::string& s);
@@ -46,6 +54,11 @@ void direct_all_reduce(OpContext& c, const void* in, void* out, size_t count);
 void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t count);
 // binomial_broadcast.cpp
 void binomial_broadcast(OpContext& c, void* buf, size_t count, int root);
+// all_to_allv's block from a rank to itself must be as long on both sides.
+inline void check_self_block(int r, const size_t* send_counts, const size_t* recv_counts) {
+  MOE_CHECK(send_counts[r] == recv_counts[r], "comm.all_to_allv", "rank ", r, " sends ",
+            send_counts[r], " elements to itself but expects ", recv_counts[r]);
+}
 // pairwise_all_to_all.cpp: counts and displacements in elements, one per rank.
 void pairwise_all_to_allv(OpContext& c, const void* in, const size_t* send_counts,
                           const size_t* send_displs, void* out, const size_t* recv_counts,

@@ -18,8 +18,7 @@ void pairwise_all_to_allv(OpContext& c, const void* in, const size_t* send_count
   const size_t es = c.elem();
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
-  MOE_CHECK(send_counts[r] == recv_counts[r], "comm.all_to_allv", "rank ", r, " sends ",
-            send_counts[r], " elements to itself but expects ", recv_counts[r]);
+  check_self_block(r, send_counts, recv_counts);
   std::vector<Handle> hs;
   for (int i = 1; i < n; ++i) {
     const int from = (r - i + n) % n;

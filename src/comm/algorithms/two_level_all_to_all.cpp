@@ -37,8 +37,7 @@ void two_level_all_to_allv(OpContext& c, const void* in, const size_t* send_coun
   const size_t es = c.elem();
   const char* src = static_cast<const char*>(in);
   char* dst = static_cast<char*>(out);
-  MOE_CHECK(send_counts[r] == recv_counts[r], "comm.all_to_allv", "rank ", r, " sends ",
-            send_counts[r], " elements to itself but expects ", recv_counts[r]);
+  check_self_block(r, send_counts, recv_counts);
 
   // Plan: hosts in order of their first rank, ranks of each ascending.
   const auto& host_of = c.host_of();

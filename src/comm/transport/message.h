@@ -90,6 +90,24 @@ struct MsgKey {
   }
 };
 
+// The header of a message of `n` bytes: which message (key) of which collective (sig); offset,
+// chunk_len and flags are the transport's to fill in.
+inline MsgHeader make_header(const MsgKey& key, const OpSig& sig, uint64_t n) {
+  MsgHeader h{};
+  h.magic = kMsgMagic;
+  h.kind = static_cast<uint8_t>(sig.kind);
+  h.dtype = sig.dtype;
+  h.redop = sig.redop;
+  h.algo = sig.algo;
+  h.root = sig.root;
+  h.op_count = sig.count;
+  h.tag = key.tag;
+  h.comm_id = key.comm_id;
+  h.seq = key.seq;
+  h.total = n;
+  return h;
+}
+
 // "" if the header is well formed, else why not (fuzzed by tests/comm). `allowed_flags`: the
 // flags this transport understands (the others must be 0).
 std::string check_header(const MsgHeader& h, uint32_t allowed_flags = 0);

@@ -298,18 +298,7 @@ RequestPtr TcpTransport::isend(int peer, const MsgKey& key, const OpSig& sig, co
   req->is_send = true;
   req->peer = peer;
   req->size = n;
-  MsgHeader h{};
-  h.magic = kMsgMagic;
-  h.kind = static_cast<uint8_t>(sig.kind);
-  h.dtype = sig.dtype;
-  h.redop = sig.redop;
-  h.algo = sig.algo;
-  h.root = sig.root;
-  h.op_count = sig.count;
-  h.tag = key.tag;
-  h.comm_id = key.comm_id;
-  h.seq = key.seq;
-  h.total = n;
+  MsgHeader h = make_header(key, sig, n);
   Peer& P = peers_[peer];
   const uint64_t nsock = P.socks.size();
   // Big messages are cut into chunks dealt round-robin over the peer's sockets.
