@@ -132,8 +132,14 @@ void run_bench(Communicator& c, const BenchOptions& opt,
   MOE_CHECK(op == "all_reduce" || op == "broadcast" || per_rank_blocks, "comm-bench",
             "unknown --op '", op, "': use all_reduce, all_gather, reduce_scatter, all_to_all or "
             "broadcast");
+  enum class Op { kAllReduce, kAllGather, kReduceScatter, kAllToAll, kBroadcast };
+  const Op k = op == "all_reduce"       ? Op::kAllReduce
+               : op == "all_gather"     ? Op::kAllGather
+               : op == "reduce_scatter" ? Op::kReduceScatter
+               : op == "all_to_all"     ? Op::kAllToAll
+                                        : Op::kBroadcast;
   double bus_factor = 1;
-  if (op == "all_reduce") bus_factor = 2.0 * (n - 1) / n;
+  if (k == Op::kAllReduce) bus_factor = 2.0 * (n - 1) / n;
   else if (per_rank_blocks) bus_factor = double(n - 1) / n;
 
   std::vector<char> in, out;
@@ -146,13 +152,13 @@ void run_bench(Communicator& c, const BenchOptions& opt,
     bytes = std::max<uint64_t>(unit, bytes / unit * unit);
     const size_t count = bytes / es;        // elements in the "size" buffer
     const size_t block = per_rank_blocks ? count / n : count;
-    in.assign(op == "all_gather" ? block * es : bytes, 0);
-    out.assign(op == "reduce_scatter" ? block * es : bytes, 0);
+    in.assign(k == Op::kAllGather ? block * es : bytes, 0);
+    out.assign(k == Op::kReduceScatter ? block * es : bytes, 0);
     auto call = [&] {
-      if (op == "all_reduce") c.all_reduce(in.data(), out.data(), count, t, opt.redop);
-      else if (op == "all_gather") c.all_gather(in.data(), out.data(), block, t);
-      else if (op == "reduce_scatter") c.reduce_scatter(in.data(), out.data(), block, t, opt.redop);
-      else if (op == "all_to_all") c.all_to_all(in.data(), out.data(), block, t);
+      if (k == Op::kAllReduce) c.all_reduce(in.data(), out.data(), count, t, opt.redop);
+      else if (k == Op::kAllGather) c.all_gather(in.data(), out.data(), block, t);
+      else if (k == Op::kReduceScatter) c.reduce_scatter(in.data(), out.data(), block, t, opt.redop);
+      else if (k == Op::kAllToAll) c.all_to_all(in.data(), out.data(), block, t);
       else c.broadcast(out.data(), count, t, 0);
     };
     for (int i = 0; i < opt.warmup; ++i) call();
@@ -166,20 +172,20 @@ void run_bench(Communicator& c, const BenchOptions& opt,
     if (opt.check) {
       const size_t nin = in.size() / es;
       for (size_t i = 0; i < nin; ++i) {
-        if (op == "all_to_all") store_value(in.data(), i, t, tagval(me, int(i / block), i % block));
-        else if (op == "all_gather") store_value(in.data(), i, t, tagval(me, 0, i));
+        if (k == Op::kAllToAll) store_value(in.data(), i, t, tagval(me, int(i / block), i % block));
+        else if (k == Op::kAllGather) store_value(in.data(), i, t, tagval(me, 0, i));
         else store_value(in.data(), i, t, contrib(me, i));
       }
-      if (op == "broadcast")
+      if (k == Op::kBroadcast)
         for (size_t i = 0; i < count; ++i)
           store_value(out.data(), i, t, me == 0 ? tagval(0, 1, i) : -1);
       call();
       for (size_t i = 0; i < out.size() / es; ++i) {
         double want = 0;
-        if (op == "all_reduce") want = reduced(n, i, opt.redop);
-        else if (op == "reduce_scatter") want = reduced(n, me * block + i, opt.redop);
-        else if (op == "all_gather") want = tagval(int(i / block), 0, i % block);
-        else if (op == "all_to_all") want = tagval(int(i / block), me, i % block);
+        if (k == Op::kAllReduce) want = reduced(n, i, opt.redop);
+        else if (k == Op::kReduceScatter) want = reduced(n, me * block + i, opt.redop);
+        else if (k == Op::kAllGather) want = tagval(int(i / block), 0, i % block);
+        else if (k == Op::kAllToAll) want = tagval(int(i / block), me, i % block);
         else want = tagval(0, 1, i);
         wrong += load_value(out.data(), i, t) != want;
       }

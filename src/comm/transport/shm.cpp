@@ -323,10 +323,8 @@ RequestPtr ShmTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, vo
     return req;
   }
   if (m.offered) {  // single copy: the sender's bytes are waiting in its own memory
-    const MsgHeader h = m.first;
-    const uint64_t addr = m.offer_addr;
+    P.readq.push_back(PendingRead{m.first, m.offer_addr, req});
     P.inbox.erase(it);
-    if (read_offer(slot_[peer], h, addr, buf)) complete(*req);
     return req;
   }
   if (m.got == m.total) {
@@ -382,6 +380,16 @@ bool ShmTransport::progress() {
     m |= pull(s);
     if (m) ring(s);  // it may wait for our data or for the room we made
     moved |= m;
+  }
+  // Single-copy reads last, so what we offer is out before we spend a while copying.
+  for (int s = 0; s < int(peer_.size()) && !failed_; ++s) {
+    Peer& P = peer_[s];
+    while (!P.readq.empty() && !failed_) {
+      PendingRead pr = std::move(P.readq.front());
+      P.readq.pop_front();
+      if (read_offer(s, pr.hdr, pr.addr, pr.req->buf)) complete(*pr.req);
+      moved = true;
+    }
   }
   return moved;
 }
@@ -537,9 +545,8 @@ void ShmTransport::take_offer(int slot, const MsgHeader& h, uint64_t addr) {
     fail_locked(size_mismatch_message(rank_, m.total, &m.req->sig, m.req->seq, peer, h.total, h));
     return;
   }
-  RequestPtr q = std::move(m.req);
+  P.readq.push_back(PendingRead{h, addr, std::move(m.req)});
   P.inbox.erase(it);
-  if (read_offer(slot, h, addr, q->buf)) complete(*q);
 }
 
 bool ShmTransport::read_offer(int slot, const MsgHeader& h, uint64_t addr, void* dst) {
@@ -551,9 +558,10 @@ bool ShmTransport::read_offer(int slot, const MsgHeader& h, uint64_t addr, void*
     const ssize_t n = process_vm_readv(ph->pid, &local, 1, &remote, 1, 0);
     if (n <= 0) {
       const int e = n < 0 ? errno : 0;
-      if (e == ESRCH && tcp_) {
-        // The process is gone and its sockets closed with it: the TCP transport reports that
-        // in the words every transport uses ("rank N closed its connection"). Give it a moment.
+      if (tcp_) {
+        // A peer that is gone (ESRCH), or being torn down (EFAULT, nothing read, as its memory
+        // goes), closed its sockets with it: the TCP transport reports that in the words every
+        // transport uses ("rank N closed its connection"). Give it a moment.
         for (int i = 0; i < 400 && !tcp_->failed(); ++i)
           std::this_thread::sleep_for(std::chrono::milliseconds(5));
         if (tcp_->failed()) {

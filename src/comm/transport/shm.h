@@ -113,11 +113,19 @@ class ShmTransport {
     uint64_t offer_addr = 0;  // single copy: the sender's buffer, offered before the receive
     bool offered = false;
   };
+  struct PendingRead {
+    MsgHeader hdr;
+    uint64_t addr;
+    RequestPtr req;
+  };
   struct Peer {
     std::deque<SendOp> sendq;
     std::deque<MsgHeader> doneq;           // single-copy "done" records still to write
     std::map<MsgKey, RequestPtr> offered;  // our single-copy sends the peer has yet to read
     std::map<MsgKey, InMsg> inbox;
+    // Offers whose receive is posted, to read on the next progress(), after our own sends
+    // are out: reading in irecv would hold the peer's copy of our data back by a whole read.
+    std::deque<PendingRead> readq;
     uint64_t out_tail = 0;  // our copy of the tail of the ring to the peer (we write it)
     uint64_t in_head = 0;   // our copy of the head of the ring from the peer (we read it)
     bool dead = false;      // sent a malformed record: stop reading its ring
