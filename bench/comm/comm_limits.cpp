@@ -1,6 +1,10 @@
 // The ceilings for collectives on this host, measured in one run (DESIGN.md section 4: a
 // benchmark prints ratios, it never gates CI):
 //   memcpy       one thread copying a buffer of SIZE: the shared-memory transport's ceiling
+//   memcpy-all   one such copy on every core at once, summed: what the host's memory moves
+//                when every rank copies. On one host an all_to_all of SIZE bytes per rank
+//                copies n*SIZE bytes in all (each rank its own block and n-1 received ones),
+//                so its busbw cannot pass memcpy-all * (n-1)/n^2 (printed for n = 2, 4, 8)
 //   cma          process_vm_readv of SIZE from another process (a forked child's buffer):
 //                the ceiling of the shared-memory transport's single-copy path
 //   loopback tcp one stream between two threads through the kernel, with moe::comm's socket
@@ -12,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -42,6 +47,35 @@ double memcpy_gbps(size_t bytes, double budget) {
     moved += bytes;
   }
   return double(moved) / seconds_since(t0) / 1e9;
+}
+
+// `threads` copies of memcpy_gbps' loop at once, each on its own buffers: the sum.
+double memcpy_all_gbps(size_t bytes, double budget, int threads) {
+  std::vector<std::vector<char>> a(threads), b(threads);
+  for (int t = 0; t < threads; ++t) a[t].assign(bytes, 1), b[t].assign(bytes, 0);
+  std::vector<size_t> moved(threads, 0);
+  std::atomic<int> ready{0};
+  std::vector<std::thread> pool;
+  Clock::time_point t0;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      std::memcpy(b[t].data(), a[t].data(), bytes);
+      ready.fetch_add(1);
+      while (ready.load() < threads) {
+      }
+      const auto start = Clock::now();
+      if (t == 0) t0 = start;
+      while (seconds_since(start) < budget) {
+        std::memcpy(b[t].data(), a[t].data(), bytes);
+        moved[t] += bytes;
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  const double secs = seconds_since(t0);
+  size_t total = 0;
+  for (size_t m : moved) total += m;
+  return double(total) / secs / 1e9;
 }
 
 // Reads a buffer of `bytes` out of a forked child (which only sleeps) with process_vm_readv,
@@ -114,6 +148,12 @@ int main(int argc, char** argv) {
   std::printf("# comm_limits: %s buffers, %.1f s per measurement\n",
               moe::human_bytes(double(bytes)).c_str(), budget);
   std::printf("memcpy        %8.2f GB/s\n", memcpy_gbps(bytes, budget));
+  const int cores = std::max(1u, std::thread::hardware_concurrency());
+  const double all = memcpy_all_gbps(bytes, budget, cores);
+  std::printf("memcpy-all    %8.2f GB/s (%d copies at once, summed; all_to_all busbw on one host"
+              " at most", all, cores);
+  for (int n : {2, 4, 8}) std::printf(" %.2f (%d ranks)", all * (n - 1) / (n * n), n);
+  std::printf(")\n");
   std::string why;
   const double cma = cma_gbps(bytes, budget, &why);
   if (cma > 0)

@@ -6,7 +6,8 @@
 # that no system always runs first or last; then it prints, per cell, the median busbw over
 # the rounds (with min and max), and the ratios ours/other as the median of the per-round
 # ratios (both measured in the same round, minutes apart at most). Also the memcpy,
-# single-copy (process_vm_readv) and loopback-TCP ceilings (comm_limits), once per round.
+# single-copy (process_vm_readv) and loopback-TCP ceilings (comm_limits), once per round, and
+# all_to_all at 64M against the host's copy ceiling (memcpy-all * (n-1)/n^2, comm_limits).
 #
 # Systems (f32, all_reduce sums; every program prints nccl-tests' columns, busbw =
 # algbw * 2(n-1)/n for all_reduce and (n-1)/n for all_to_all, time = mean per call of the
@@ -138,10 +139,12 @@ echo "# raw: round op ranks bytes system busbw(GB/s) time(us) wall(s) status"
 for ((r = 1; r <= rounds; r++)); do
   if ((have_limits)); then
     lim=$("$limits" 64M 0.5 2>/dev/null)
-    mc=$(awk '/^memcpy/{print $2}' <<<"$lim")
+    mc=$(awk '/^memcpy /{print $2}' <<<"$lim")
     lb=$(awk '/^loopback/{print $3}' <<<"$lim")
     cm=$(awk '/^cma/{print $2}' <<<"$lim")
+    ma=$(awk '/^memcpy-all/{print $2}' <<<"$lim")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" limits 1 64M memcpy "$mc" 0 0 ok >>"$raw"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" limits 1 64M memcpy-all "$ma" 0 0 ok >>"$raw"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" limits 1 64M loopback-tcp "$lb" 0 0 ok >>"$raw"
     [[ $cm =~ ^[0-9.]+$ ]] &&
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" limits 1 64M cma "$cm" 0 0 ok >>"$raw"
@@ -205,6 +208,31 @@ awk -F'\t' '
           if (x != "" && y != "" && y + 0 > 0) list = list " " sprintf("%.2f", x / y)
         }
         if (list != "") printf "%-11s %5s %5s  %-24s %7.2f  %s\n", p[1], p[2], p[3], pairs[q], median(list), list
+      }
+    }
+    # On one host every rank of an all_to_all copies its whole buffer (own block + received
+    # ones), n*size bytes in all, through memory that moves memcpy-all GB/s with every core
+    # copying: busbw <= memcpy-all * (n-1)/n^2 (comm_limits, measured with 64 MiB buffers,
+    # so only the 64M cells are held to it).
+    hdr = 0
+    for (c = 1; c <= nc; c++) {
+      split(cells[c], p, SUBSEP)
+      if (p[1] != "all_to_all" || p[3] != "64M") continue  # smaller buffers sit in the caches
+      n = p[2] + 0
+      ns = split("ours mpi-shm", sy, " ")
+      for (s = 1; s <= ns; s++) {
+        list = ""
+        for (r = 1; r <= maxr; r++) {
+          x = v[r, cells[c] SUBSEP sy[s]]; a = v[r, "limits" SUBSEP 1 SUBSEP "64M" SUBSEP "memcpy-all"]
+          if (x != "" && a != "" && a + 0 > 0) list = list " " sprintf("%.2f", x / (a * (n - 1) / (n * n)))
+        }
+        if (list == "") continue
+        if (!hdr++) {
+          print ""
+          print "## all_to_all busbw / the host ceiling memcpy-all*(n-1)/n^2, median of same-round ratios"
+          printf "%-11s %5s %5s  %-24s %7s  %s\n", "op", "ranks", "size", "system", "median", "per round"
+        }
+        printf "%-11s %5s %5s  %-24s %7.2f  %s\n", p[1], p[2], p[3], sy[s] "/ceiling", median(list), list
       }
     }
   }' "$raw"
