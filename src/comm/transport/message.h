@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -108,6 +109,21 @@ inline MsgHeader make_header(const MsgKey& key, const OpSig& sig, uint64_t n) {
   return h;
 }
 
+// A receive of `n` bytes into `buf` from `peer`, as both transports' irecv start it.
+inline RequestPtr make_receive(int peer, const MsgKey& key, const OpSig& sig, void* buf,
+                               uint64_t n, bool shm) {
+  auto req = std::make_shared<Request>();
+  req->shm = shm;
+  req->peer = peer;
+  req->buf = buf;
+  req->size = n;
+  req->sig = sig;
+  req->comm_id = key.comm_id;
+  req->seq = key.seq;
+  req->tag = key.tag;
+  return req;
+}
+
 // "" if the header is well formed, else why not (fuzzed by tests/comm). `allowed_flags`: the
 // flags this transport understands (the others must be 0).
 std::string check_header(const MsgHeader& h, uint32_t allowed_flags = 0);
@@ -123,5 +139,28 @@ std::string size_mismatch_message(int rank, uint64_t want, const OpSig* mine, ui
 std::string timeout_message(const std::string& what, const Request& r);
 // A receive from a rank that already closed its communicator:
 std::string peer_gone_message(const std::string& what, int peer);
+
+// Posts `req` in a transport's inbox (a map from MsgKey to its InMsg, which has req, total and
+// first). If nothing of the message has come yet, the receive waits there for it: returns
+// end(). Else returns the message's entry; if that message has another size or already has a
+// receive, `*error` says so and the receive is not attached.
+template <class InMsg>
+typename std::map<MsgKey, InMsg>::iterator post_receive(std::map<MsgKey, InMsg>& inbox,
+                                                        int rank, const RequestPtr& req,
+                                                        std::string* error) {
+  const MsgKey key{req->comm_id, req->seq, req->tag};
+  auto it = inbox.find(key);
+  if (it == inbox.end()) {
+    InMsg& m = inbox[key];
+    m.req = req;
+    m.total = req->size;
+    return inbox.end();
+  }
+  const InMsg& m = it->second;
+  if (m.total != req->size || m.req)
+    *error = size_mismatch_message(rank, req->size, &req->sig, req->seq, req->peer, m.total,
+                                   m.first);
+  return it;
+}
 
 }  // namespace moe::comm

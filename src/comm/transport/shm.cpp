@@ -299,29 +299,17 @@ RequestPtr ShmTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, vo
                                uint64_t n) {
   MOE_CHECK(reaches(peer) && peer != rank_, "comm.shm", "receive from rank ", peer, " on rank ",
             rank_, ": not a shared-memory peer");
-  auto req = std::make_shared<Request>();
-  req->shm = true;
-  req->peer = peer;
-  req->buf = buf;
-  req->size = n;
-  req->sig = sig;
-  req->comm_id = key.comm_id;
-  req->seq = key.seq;
-  req->tag = key.tag;
+  RequestPtr req = make_receive(peer, key, sig, buf, n, /*shm=*/true);
   std::lock_guard<std::mutex> lock(mu_);
   Peer& P = peer_[slot_[peer]];
-  auto it = P.inbox.find(key);
-  if (it == P.inbox.end()) {
-    InMsg& m = P.inbox[key];
-    m.req = req;
-    m.total = n;
+  std::string error;
+  const auto it = post_receive(P.inbox, rank_, req, &error);
+  if (it == P.inbox.end()) return req;  // waits for the message
+  if (!error.empty()) {
+    fail_locked(error);
     return req;
   }
   InMsg& m = it->second;
-  if (m.total != n || m.req) {
-    fail_locked(size_mismatch_message(rank_, n, &sig, key.seq, peer, m.total, m.first));
-    return req;
-  }
   if (m.offered) {  // single copy: the sender's bytes are waiting in its own memory
     P.readq.push_back(PendingRead{m.first, m.offer_addr, req});
     P.inbox.erase(it);

@@ -355,28 +355,17 @@ RequestPtr TcpTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, vo
                                uint64_t n) {
   MOE_CHECK(peer >= 0 && peer < size_ && peer != rank_, "comm.tcp", "receive from rank ", peer,
             " on rank ", rank_, " of ", size_);
-  auto req = std::make_shared<Request>();
-  req->peer = peer;
-  req->buf = buf;
-  req->size = n;
-  req->sig = sig;
-  req->comm_id = key.comm_id;
-  req->seq = key.seq;
-  req->tag = key.tag;
+  RequestPtr req = make_receive(peer, key, sig, buf, n, /*shm=*/false);
   std::lock_guard<std::mutex> lock(mu_);
   Peer& P = peers_[peer];
-  auto it = P.inbox.find(key);
-  if (it == P.inbox.end()) {
-    InMsg& m = P.inbox[key];
-    m.req = req;
-    m.total = n;
+  std::string error;
+  const auto it = post_receive(P.inbox, rank_, req, &error);
+  if (it == P.inbox.end()) return req;  // waits for the message
+  if (!error.empty()) {
+    fail_locked(error);
     return req;
   }
   InMsg& m = it->second;
-  if (m.total != n || m.req) {
-    fail_locked(size_mismatch_message(rank_, n, &sig, key.seq, peer, m.total, m.first));
-    return req;
-  }
   if (m.got == m.total) {
     if (n) std::memcpy(buf, m.stash.get(), n);
     erase_msg(P, it);
