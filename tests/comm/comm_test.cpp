@@ -356,6 +356,14 @@ TEST(CommMulti, SendRecvRing) {
   EXPECT_NE(run->all(0).find("p2p ok"), std::string::npos);
 }
 
+TEST(CommMulti, AReceivePostedWhileItsMessageArrivesGetsEveryByte) {
+  for (const char* transport : {"tcp", "shm"}) {
+    auto run = run_workers(2, {"late_recv"}, {{"MOE_COMM_TRANSPORT", transport}});
+    for (int r = 0; r < 2; ++r) EXPECT_EQ(run->res.codes[r], 0) << transport << "\n" << run->all(r);
+    EXPECT_NE(run->all(1).find("late_recv ok"), std::string::npos) << transport;
+  }
+}
+
 TEST(CommMulti, AsyncOperationsKeepCallOrder) {
   auto run = run_workers(3, {"async"});
   for (int r = 0; r < 3; ++r) {

@@ -366,12 +366,14 @@ RequestPtr TcpTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, vo
     return req;
   }
   InMsg& m = it->second;
+  for (const auto& [off, len] : m.stashed)
+    std::memcpy(static_cast<char*>(buf) + off, m.stash.get() + off, len);
+  m.stashed.clear();
   if (m.got == m.total) {
-    if (n) std::memcpy(buf, m.stash.get(), n);
     erase_msg(P, it);
     complete(*req);
   } else {
-    m.req = req;
+    m.req = req;  // chunks still on their way go to `buf` (those begun go to the stash first)
   }
   return req;
 }
@@ -532,7 +534,7 @@ void TcpTransport::on_readable(Sock& s) {
 void TcpTransport::header_arrived(Sock& s) {
   const MsgHeader& h = s.hdr;
   Peer& P = peers_[s.peer];
-  s.to_user = s.discard = false;
+  s.to_user = s.to_stash = s.discard = false;
   const std::string bad = check_header(h);
   if (!bad.empty()) {
     // The peer proved the token, so this is a bug or corruption: stop reading the stream.
@@ -583,13 +585,15 @@ void TcpTransport::header_arrived(Sock& s) {
     m.stash = take_stash(h.total);
     m.total = h.total;
     m.req.reset();
+    m.stashed.clear();
   }
-  if (m.req && !m.stash) {
+  if (m.req) {
     s.dst = static_cast<char*>(m.req->buf) + h.offset;
     s.to_user = true;
   } else {
     if (!m.stash) m.stash = take_stash(m.total);
     s.dst = m.stash.get() + h.offset;
+    s.to_stash = true;
   }
   s.left = h.chunk_len;
   s.msg = &m;
@@ -606,11 +610,16 @@ void TcpTransport::chunk_done(Sock& s) {
     return;
   }
   m.got += s.hdr.chunk_len;
-  if (m.got < m.total || !m.req) return;
-  if (m.stash && m.total) {
-    std::lock_guard<std::mutex> user(user_mu_);
-    if (!detached_) std::memcpy(m.req->buf, m.stash.get(), m.total);
+  if (s.to_stash && s.hdr.chunk_len) {
+    const uint64_t off = s.hdr.offset, len = s.hdr.chunk_len;
+    if (!m.req) {
+      m.stashed.emplace_back(off, len);
+    } else {  // the receive was posted while this chunk was on its way
+      std::lock_guard<std::mutex> user(user_mu_);
+      if (!detached_) std::memcpy(static_cast<char*>(m.req->buf) + off, m.stash.get() + off, len);
+    }
   }
+  if (m.got < m.total || !m.req) return;
   RequestPtr r = std::move(m.req);
   Peer& P = peers_[s.peer];
   erase_msg(P, P.inbox.find(s.key));

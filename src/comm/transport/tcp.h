@@ -104,7 +104,10 @@ class TcpTransport {
   };
   struct InMsg {
     RequestPtr req;  // the posted receive, if any
-    Stash stash;     // bytes that came before the receive was posted
+    Stash stash;     // chunks that started before the receive was posted
+    // Finished chunks (offset, length) in the stash that wait for the receive to be posted,
+    // which copies them over; chunks that start after it go straight to its buffer.
+    std::vector<std::pair<uint64_t, uint64_t>> stashed;
     uint64_t total = 0, got = 0;
     MsgHeader first{};
   };
@@ -123,6 +126,7 @@ class TcpTransport {
     InMsg* msg = nullptr;
     MsgKey key{};
     bool to_user = false;        // the payload lands in a caller's buffer
+    bool to_stash = false;       // ... or in its message's stash
     bool discard = false;        // ... which was abandoned: read the rest into a sink
     bool got_bye = false;        // the peer said goodbye on this socket
     bool reading_abort = false;  // the payload is a failed peer's reason
