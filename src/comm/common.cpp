@@ -1,5 +1,7 @@
 #include "comm/common.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -137,6 +139,11 @@ double env_double(const char* name, double def) {
   const double x = std::strtod(v, &end);
   MOE_CHECK(end && *end == '\0', "comm", name, "='", v, "' is not a number");
   return x;
+}
+
+int usable_cpus() {
+  cpu_set_t cpus;
+  return sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? std::max(1, CPU_COUNT(&cpus)) : 1;
 }
 
 int ms_until(Deadline d) {

@@ -53,6 +53,10 @@ std::string env_str(const char* name, const std::string& def = "");
 int64_t env_int(const char* name, int64_t def);
 double env_double(const char* name, double def);
 
+// CPUs this process may run on (its affinity mask): waiters spin only when the ranks of a
+// host fit on them.
+int usable_cpus();
+
 inline Deadline deadline_after(double seconds) {
   return Clock::now() + std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
 }
