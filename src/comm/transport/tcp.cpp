@@ -284,7 +284,7 @@ void TcpTransport::complete(Request& r) {
 
 void TcpTransport::enqueue_locked(Sock& s, OutChunk c) {
   s.out.push_back(std::move(c));
-  if (!s.want_out && !s.timed) {
+  if (!s.want_out && !s.timed && !s.closed) {
     s.want_out = true;
     epoll_mod(epoll_.get(), s.fd, &s, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
   }
@@ -340,7 +340,9 @@ RequestPtr TcpTransport::isend(int peer, const MsgKey& key, const OpSig& sig, co
       } else if (!s.closed) {
         s.out.push_front(std::move(c));  // started on the wire: before anything queued since
       }
-      if (!s.out.empty() && !s.want_out && !s.timed) {
+      // The peer may have gone while we wrote (the socket is out of epoll then), and a chunk
+      // queued meanwhile (a failure's abort message) left for the progress thread to write.
+      if (!s.closed && !s.out.empty() && !s.want_out && !s.timed) {
         s.want_out = true;
         epoll_mod(epoll_.get(), s.fd, &s, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
       }
