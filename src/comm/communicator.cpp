@@ -119,6 +119,9 @@ std::shared_ptr<Communicator> Communicator::init(const JobEnv& env, const CommOp
     c->host_of_.push_back(it->second);
   }
   c->num_hosts_ = static_cast<int>(ids.size());
+  std::vector<bool> local(env.size);
+  for (int r = 0; r < env.size; ++r) local[r] = c->host_of_[r] == c->host_of_[env.rank];
+  sh->transport->set_local_peers(local);
   if (opt.tcp.emulating()) {
     std::vector<bool> emulate(env.size);
     for (int r = 0; r < env.size; ++r)

@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <thread>
 
 namespace moe::comm {
@@ -171,6 +172,26 @@ void set_buffer_sizes(int fd, int bytes) {
   if (bytes <= 0) return;
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+}
+
+std::string set_congestion_control(int fd, const std::string& name) {
+  if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name.data(), socklen_t(name.size())) == 0)
+    return "";
+  return std::strerror(errno);
+}
+
+std::string congestion_control(int fd) {
+  char name[64] = {};
+  socklen_t len = sizeof name - 1;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &len) != 0) return "";
+  return std::string(name, strnlen(name, len));
+}
+
+std::string allowed_congestion_controls() {
+  std::ifstream f("/proc/sys/net/ipv4/tcp_allowed_congestion_control");
+  std::string line;
+  if (!std::getline(f, line)) return "(unknown: /proc/sys/net/ipv4 is not readable)";
+  return line;
 }
 
 std::string local_ip(int fd) {

@@ -44,6 +44,12 @@ void read_all(int fd, void* buf, size_t n, Deadline deadline, const std::string&
 void set_nonblocking(int fd, bool on);
 void set_nodelay(int fd);
 void set_buffer_sizes(int fd, int bytes);
+// TCP congestion control of a socket (TCP_CONGESTION): set_congestion_control returns "" or
+// why the kernel refused; congestion_control returns the name in use ("" if unknown).
+std::string set_congestion_control(int fd, const std::string& name);
+std::string congestion_control(int fd);
+// The names an unprivileged process may choose here (/proc/sys/net/ipv4/...).
+std::string allowed_congestion_controls();
 // The local IP address of a connected socket: what other ranks should dial to reach us.
 std::string local_ip(int fd);
 std::string peer_name(int fd);

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <random>
@@ -16,6 +17,7 @@
 
 #include "comm/env.h"
 #include "comm/launcher.h"
+#include "comm/socket.h"
 #include "comm/store.h"
 #include "comm/transport/message.h"
 
@@ -433,6 +435,50 @@ TEST(CommMulti, SeveralSocketsPerPeer) {
   auto run =
       run_workers(3, {"sweep", "70001"}, {{"MOE_COMM_SOCKETS", "3"}, {"MOE_COMM_CHUNK", "4096"}});
   for (int r = 0; r < 3; ++r) EXPECT_EQ(run->res.codes[r], 0) << run->all(r);
+}
+
+// The sockets between ranks use the congestion control asked for, as the kernel reports it
+// back: by default reno to ranks on this host and the host's default to other (here fake)
+// hosts; a name, or "system", for every peer. A name the host refuses stops every rank at
+// start, saying what the host allows.
+TEST(CommMulti, TcpCongestionControlIsTheOneAsked) {
+  std::string host_default;
+  std::ifstream("/proc/sys/net/ipv4/tcp_congestion_control") >> host_default;
+  if (host_default.empty()) GTEST_SKIP() << "/proc/sys/net/ipv4/tcp_congestion_control unreadable";
+  const std::string mixed =
+      host_default == "reno" ? "reno" : "reno on this host, " + host_default + " to other hosts";
+  struct Case {
+    std::string asked;
+    int ranks_per_host;
+    std::string rank0, rank2;  // what ranks 0 and 2 report
+  };
+  std::vector<Case> cases = {{"", 0, "reno", "reno"},
+                             {"", 2, mixed, host_default},
+                             {"system", 0, host_default, host_default}};
+  const std::string allowed = " " + allowed_congestion_controls() + " ";
+  if (allowed.find(" cubic ") != std::string::npos) cases.push_back({"cubic", 2, "cubic", "cubic"});
+  for (const Case& k : cases) {
+    std::vector<std::pair<std::string, std::string>> env = {{"MOE_COMM_TRANSPORT", "tcp"}};
+    if (!k.asked.empty()) env.emplace_back("MOE_COMM_TCP_CONGESTION", k.asked);
+    auto run = run_workers(3, {"hello"}, env, {}, k.ranks_per_host);
+    for (int r = 0; r < 3; ++r) EXPECT_EQ(run->res.codes[r], 0) << run->all(r);
+    EXPECT_NE(run->all(0).find("tcp to 2 ranks (tcp: " + k.rank0 + ")"), std::string::npos)
+        << "asked '" << k.asked << "':\n"
+        << run->all(0);
+    EXPECT_NE(run->all(2).find("tcp to 2 ranks (tcp: " + k.rank2 + ")"), std::string::npos)
+        << "asked '" << k.asked << "':\n"
+        << run->all(2);
+  }
+  LaunchOptions opt;
+  opt.stop_others_on_failure = false;
+  auto run = run_workers(2, {"hello"}, {{"MOE_COMM_TCP_CONGESTION", "no_such_cc"}}, opt);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_NE(run->res.codes[r], 0) << run->all(r);
+    EXPECT_NE(run->all(r).find("MOE_COMM_TCP_CONGESTION=no_such_cc: the kernel refused it"),
+              std::string::npos)
+        << run->all(r);
+    EXPECT_NE(run->all(r).find("this host allows: "), std::string::npos) << run->all(r);
+  }
 }
 
 // kill -9 one rank during a 64 MiB all_reduce: every other rank exits non-zero within 10 s

@@ -398,7 +398,8 @@ int main(int argc, char** argv) {
       float x = 1;
       c->all_reduce(&x, &x, 1, Dtype::kF32, ReduceOp::kSum);
       c->barrier();
-      std::printf("hello from rank %d of %d: sum %g, hosts %d\n", r, c->size(), x, c->num_hosts());
+      std::printf("hello from rank %d of %d: sum %g, hosts %d, transport %s\n", r, c->size(), x,
+                  c->num_hosts(), c->transport_info().c_str());
       return x == c->size() ? 0 : 1;
     }
     if (mode == "loop") {

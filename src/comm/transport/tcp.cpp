@@ -47,6 +47,7 @@ TcpOptions TcpOptions::from_env() {
   MOE_CHECK(o.chunk_bytes >= 4096, "comm.tcp", "MOE_COMM_CHUNK must be at least 4096 bytes");
   o.connect_timeout_s = env_double("MOE_COMM_CONNECT_TIMEOUT", o.connect_timeout_s);
   o.bind_addr = env_str("MOE_COMM_IFADDR", "");
+  o.congestion = env_str("MOE_COMM_TCP_CONGESTION", "");
   o.emu_latency_us = env_double("MOE_COMM_EMU_LATENCY_US", 0);
   o.emu_gbps = env_double("MOE_COMM_EMU_GBPS", 0);
   // The same cap in MB/s (10^6 bytes), handier for slow links: 100 is about 1 Gbit/s.
@@ -63,6 +64,18 @@ TcpTransport::TcpTransport(StoreClient& store, const std::string& prefix, const 
                            int rank, int size, const TcpOptions& opt)
     : rank_(rank), size_(size), opt_(opt), peers_(size), sink_(new char[kSinkBytes]) {
   for (auto& p : peers_) p.socks.resize(opt_.sockets_per_peer);
+  // A congestion control named in the environment is tried on a spare socket first: one the
+  // host refuses stops every rank here, before any connection is made.
+  const bool set_cc = !opt_.congestion.empty() && opt_.congestion != "system";
+  if (set_cc) {
+    Fd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    const std::string why = probe ? set_congestion_control(probe.get(), opt_.congestion)
+                                  : std::string(std::strerror(errno));
+    MOE_CHECK(why.empty(), "comm.tcp", "MOE_COMM_TCP_CONGESTION=", opt_.congestion,
+              ": the kernel refused it (", why,
+              "); this host allows: ", allowed_congestion_controls(),
+              ". Use one of those, or 'system' for the host's default");
+  }
   connect_mesh(store, prefix, token);
   epoll_ = Fd(epoll_create1(EPOLL_CLOEXEC));
   wake_ = Fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
@@ -74,6 +87,7 @@ TcpTransport::TcpTransport(StoreClient& store, const std::string& prefix, const 
       set_nonblocking(s->fd, true);
       set_nodelay(s->fd);
       set_buffer_sizes(s->fd, opt_.socket_buffer);
+      if (set_cc) set_congestion_control(s->fd, opt_.congestion);
       epoll_mod(epoll_.get(), s->fd, s.get(), EPOLLIN, EPOLL_CTL_ADD);
     }
     peers_[p].open = opt_.sockets_per_peer;
@@ -219,6 +233,30 @@ void TcpTransport::set_emulated_peers(const std::vector<bool>& emulate) {
   std::lock_guard<std::mutex> lock(mu_);
   for (int p = 0; p < size_ && p < int(emulate.size()); ++p)
     peers_[p].emulate = p != rank_ && emulate[p] && opt_.emulating();
+}
+
+void TcpTransport::set_local_peers(const std::vector<bool>& local) {
+  if (!opt_.congestion.empty()) return;  // named (or "system"): already as asked
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int p = 0; p < size_ && p < int(local.size()); ++p) {
+    if (p == rank_ || !local[p]) continue;
+    // reno is built into every kernel; were it refused, the host's default simply stays.
+    for (auto& s : peers_[p].socks)
+      if (!s->closed) set_congestion_control(s->fd, "reno");
+    peers_[p].local = true;
+  }
+}
+
+std::string TcpTransport::congestion() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string here, there;
+  for (int p = 0; p < size_; ++p) {
+    if (p == rank_ || peers_[p].socks.empty() || peers_[p].socks[0]->closed) continue;
+    std::string& name = peers_[p].local ? here : there;
+    if (name.empty()) name = congestion_control(peers_[p].socks[0]->fd);
+  }
+  if (here.empty() || there.empty() || here == there) return here.empty() ? there : here;
+  return here + " on this host, " + there + " to other hosts";
 }
 
 std::string TcpTransport::failure() const {

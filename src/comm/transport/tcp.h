@@ -33,6 +33,14 @@ struct TcpOptions {
   double connect_timeout_s = 120;  // MOE_COMM_CONNECT_TIMEOUT
   std::string bind_addr;           // MOE_COMM_IFADDR: address other ranks dial (default: the
                                    // one our store connection leaves from)
+  // MOE_COMM_TCP_CONGESTION: congestion control of the sockets between ranks. Unset: reno to
+  // ranks on this host, the host's default to other hosts. Within a host TCP loses nothing, so
+  // congestion control only decides how fast the window opens and whether sends are paced:
+  // bbr (this VM's default) paces every socket, and cubic's HyStart leaves slow start early
+  // when oversubscribed ranks answer late; each cost 10-35% of busbw here, reno neither
+  // (bench/comm/README.md). A name applies to every peer (a name the host refuses stops the
+  // job at start, saying what it allows); "system" keeps the host's default everywhere.
+  std::string congestion;
   // Test hook: emulate a slow link (the kernel here has tbf but no netem). Every message to an
   // emulated peer leaves no earlier than a token bucket of `emu_gbps` allows, plus
   // `emu_latency_us`. The bucket is per link (per peer, shared by its sockets). Scope "remote"
@@ -82,6 +90,12 @@ class TcpTransport {
   // pads a half-sent chunk with zeros). Called before an operation throws, since the caller
   // may free its buffers as the exception unwinds.
   void abandon(const std::string& why);
+  // Ranks on this host (by the communicator's topology): with MOE_COMM_TCP_CONGESTION unset
+  // their sockets switch to reno (see TcpOptions::congestion).
+  void set_local_peers(const std::vector<bool>& local);
+  // The congestion control of the sockets to peers, as the kernel reports it: "reno", or
+  // "reno on this host, bbr to other hosts" ("" with no peer over TCP).
+  std::string congestion() const;
   // The peer closed its communicator on purpose (said goodbye on every socket).
   bool peer_said_bye(int peer) const;
   // Called (from the progress thread, briefly) whenever a request completes or the transport
@@ -140,6 +154,7 @@ class TcpTransport {
     bool bye = false;      // said goodbye on every socket: later receives can never complete
     bool aborted = false;  // sent us its failure: it needs no news from us
     bool emulate = false;
+    bool local = false;             // on this host (set_local_peers)
     Clock::time_point link_free{};  // emulated link busy until
     int open = 0;                   // sockets still open
   };

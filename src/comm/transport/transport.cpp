@@ -34,6 +34,8 @@ std::string Transport::describe() const {
   for (int p = 0; p < size_; ++p) shm += via_shm(p);
   std::string out = "shm to " + std::to_string(shm) + " ranks, tcp to " +
                     std::to_string(size_ - 1 - shm) + " ranks";
+  const std::string cc = size_ - 1 - shm > 0 ? tcp_->congestion() : "";
+  if (!cc.empty()) out += " (tcp: " + cc + ")";
   if (shm && shm_->single_copy())
     out +=
         " (shm: single copy from " + std::to_string(shm_->options().cma_min_bytes >> 10) + " KiB)";

@@ -31,6 +31,7 @@ class Transport {
   void begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig);
   void end_op(uint64_t comm_id);
   void set_emulated_peers(const std::vector<bool>& emulate) { tcp_->set_emulated_peers(emulate); }
+  void set_local_peers(const std::vector<bool>& local) { tcp_->set_local_peers(local); }
 
   bool failed() const { return tcp_->failed(); }
   std::string failure() const { return tcp_->failure(); }
