@@ -36,8 +36,8 @@ struct TcpOptions {
   // MOE_COMM_TCP_CONGESTION: congestion control of the sockets between ranks. Unset: reno to
   // ranks on this host, the host's default to other hosts. Within a host TCP loses nothing, so
   // congestion control only decides how fast the window opens and whether sends are paced:
-  // bbr (this VM's default) paces every socket, and cubic's HyStart leaves slow start early
-  // when oversubscribed ranks answer late; each cost 10-35% of busbw here, reno neither
+  // bbr (this VM's default) paces every socket (11-46% of busbw here), and cubic fell behind
+  // with four ranks on two cores (likely HyStart leaving slow start early); reno did neither
   // (bench/comm/README.md). A name applies to every peer (a name the host refuses stops the
   // job at start, saying what it allows); "system" keeps the host's default everywhere.
   std::string congestion;
