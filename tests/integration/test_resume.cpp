@@ -14,6 +14,7 @@
 #include "data/tokenizer.h"
 #include "model/model.h"
 #include "run_binary.h"
+#include "tiny_model.h"
 #include "train/train_state.h"
 #include "train/trainer.h"
 
@@ -21,29 +22,9 @@ namespace moe {
 namespace {
 
 using moe::testing::run_command;
+using moe::testing::tiny_moe;
 
 namespace fs = std::filesystem;
-
-ModelConfig tiny() {
-  ModelConfig c;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.intermediate_size = 96;
-  c.moe_intermediate_size = 32;
-  c.n_routed_experts = 8;
-  c.num_experts_per_tok = 2;
-  c.n_shared_experts = 1;
-  c.first_k_dense_replace = 1;
-  c.scoring_func = "sigmoid";
-  c.norm_topk_prob = true;
-  c.bias_update_rate = 1e-3;  // the biases must resume too
-  c.seq_aux_alpha = 1e-3;
-  c.max_position_embeddings = 32;
-  return c;
-}
 
 const TokenData& data() {
   static const TokenData d = [] {
@@ -91,14 +72,14 @@ int count_events(const std::vector<nlohmann::json>& m, const std::string& ev) {
 // 40 steps in one go == 20 steps, stop, resume, 20 steps: every loss and every final weight.
 TEST(Resume, TwentyPlusTwentyEqualsFortyBitwise) {
   const fs::path a = fresh_dir("resume_a"), b = fresh_dir("resume_b");
-  Model ma(tiny());
+  Model ma(tiny_moe());
   ma.init_weights(7);
   const TrainResult ra = train(ma, data(), base(a));
   ASSERT_EQ(ra.losses.size(), 40u);
 
   TrainConfig first = base(b);
   first.stop_after = 20;
-  Model mb(tiny());
+  Model mb(tiny_moe());
   mb.init_weights(7);
   const TrainResult rb1 = train(mb, data(), first);
   ASSERT_TRUE(rb1.stopped);
@@ -106,7 +87,7 @@ TEST(Resume, TwentyPlusTwentyEqualsFortyBitwise) {
 
   TrainConfig second = base(b);
   second.resume = true;
-  Model mc(tiny());
+  Model mc(tiny_moe());
   mc.init_weights(999);  // different on purpose: everything must come from the checkpoint
   const TrainResult rb2 = train(mc, data(), second);
   ASSERT_EQ(rb2.losses.size(), 20u);
@@ -124,7 +105,7 @@ TEST(Resume, TwentyPlusTwentyEqualsFortyBitwise) {
 std::string write_model_json(const fs::path& dir) {
   fs::create_directories(dir);
   const fs::path p = dir / "model.json";
-  std::ofstream(p) << config_to_json(tiny());
+  std::ofstream(p) << config_to_json(tiny_moe());
   return p.string();
 }
 
@@ -160,7 +141,7 @@ TEST(Resume, FlippedByteIsDetectedAndSkipped) {
   tc.steps = 30;
   tc.ckpt_every = 10;
   {
-    Model m(tiny());
+    Model m(tiny_moe());
     m.init_weights(3);
     train(m, data(), tc);
   }
@@ -185,7 +166,7 @@ TEST(Resume, FlippedByteIsDetectedAndSkipped) {
 
   tc.steps = 35;
   tc.resume = true;
-  Model m(tiny());
+  Model m(tiny_moe());
   const TrainResult r = train(m, data(), tc);
   EXPECT_EQ(r.steps_run, 15);  // from step 20, not 30
   fs::remove_all(d);
@@ -198,7 +179,7 @@ TEST(Guards, NanAndSpikeAreSkippedAndLogged) {
   tc.guard.spike_zscore = 6;
   tc.guard.spike_min_history = 10;
   tc.fault_inject = "nan@5,spike@30";
-  Model m(tiny());
+  Model m(tiny_moe());
   m.init_weights(1);
   const TrainResult r = train(m, data(), tc);
   EXPECT_EQ(r.skipped, 2);
@@ -224,7 +205,7 @@ TEST(Guards, RepeatedSpikesRollBackWithALowerLearningRate) {
   tc.guard.spike_min_history = 10;
   tc.guard.max_spikes = 3;
   tc.fault_inject = "spike@32,spike@33,spike@34";
-  Model m(tiny());
+  Model m(tiny_moe());
   m.init_weights(1);
   const TrainResult r = train(m, data(), tc);
   EXPECT_EQ(r.rollbacks, 1);

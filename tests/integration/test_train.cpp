@@ -17,35 +17,16 @@
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "run_binary.h"
+#include "tiny_model.h"
 #include "train/trainer.h"
 
 namespace moe {
 namespace {
 
 using moe::testing::run_moe;
+using moe::testing::tiny_moe;
 
 namespace fs = std::filesystem;
-
-ModelConfig small_config() {
-  ModelConfig c;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.intermediate_size = 96;
-  c.moe_intermediate_size = 32;
-  c.n_routed_experts = 8;
-  c.num_experts_per_tok = 2;
-  c.n_shared_experts = 1;
-  c.first_k_dense_replace = 1;
-  c.scoring_func = "sigmoid";
-  c.norm_topk_prob = true;
-  c.bias_update_rate = 1e-3;
-  c.seq_aux_alpha = 1e-3;
-  c.max_position_embeddings = 64;
-  return c;
-}
 
 TokenData builtin_data() {
   TokenData d;
@@ -55,7 +36,7 @@ TokenData builtin_data() {
 }
 
 std::vector<double> run_losses(int steps) {
-  Model m(small_config());
+  Model m(tiny_moe(256, 64));
   m.init_weights(42);
   TrainConfig tc;
   tc.steps = steps;
@@ -74,7 +55,7 @@ TEST(Train, SameSeedSameThreadsBitwiseIdentical) {
 }
 
 TEST(Generate, KvCacheMatchesFullForward) {
-  Model m(small_config());
+  Model m(tiny_moe(256, 64));
   m.init_weights(5);
   const int64_t T = 24;
   std::vector<int32_t> tokens(T + 1);
@@ -141,7 +122,7 @@ TEST_F(Cli, MissingCheckpoint) {
 }
 
 TEST_F(Cli, CorruptCheckpoint) {
-  Model m(small_config());
+  Model m(tiny_moe(256, 64));
   const std::string ck = (dir_ / "ck").string();
   save_checkpoint(ck, m.config(), m.layout(), m.params().data());
   const fs::path st = fs::path(ck) / "model.safetensors";
@@ -151,7 +132,7 @@ TEST_F(Cli, CorruptCheckpoint) {
 }
 
 TEST_F(Cli, EvalPrintsJson) {
-  Model m(small_config());
+  Model m(tiny_moe(256, 64));
   m.init_weights(1);
   const std::string ck = (dir_ / "ck").string();
   save_checkpoint(ck, m.config(), m.layout(), m.params().data());

@@ -22,6 +22,7 @@
 #include "data/tokenizers.h"
 #include "model/model.h"
 #include "run_binary.h"
+#include "tiny_model.h"
 #include "train/report.h"
 #include "train/trainer.h"
 
@@ -29,31 +30,10 @@ namespace moe {
 namespace {
 
 using moe::testing::run_moe;
+using moe::testing::tiny_moe;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-ModelConfig tiny(int64_t vocab = 256) {
-  ModelConfig c;
-  c.vocab_size = vocab;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.intermediate_size = 96;
-  c.moe_intermediate_size = 32;
-  c.n_routed_experts = 8;
-  c.num_experts_per_tok = 2;
-  c.n_shared_experts = 1;
-  c.first_k_dense_replace = 1;
-  c.scoring_func = "sigmoid";
-  c.norm_topk_prob = true;
-  c.bias_update_rate = 1e-3;
-  c.seq_aux_alpha = 1e-3;
-  c.max_position_embeddings = 32;
-  return c;
-}
 
 class TempDir {
  public:
@@ -211,7 +191,7 @@ TEST(TrainData, ResumeOnAPreparedFolderIsBitwiseExact) {
   ASSERT_TRUE(data.dataset);
   ASSERT_GT(data.dataset->manifest().train.size(), 3u);
 
-  Model ma(tiny());
+  Model ma(tiny_moe());
   ma.init_weights(7);
   const TrainResult ra = train(ma, data, base(d / "a", 30));
   ASSERT_EQ(ra.losses.size(), 30u);
@@ -219,12 +199,12 @@ TEST(TrainData, ResumeOnAPreparedFolderIsBitwiseExact) {
   TrainConfig first = base(d / "b", 30);
   first.stop_after = 15;
   first.eval_tokens = 0;
-  Model mb(tiny());
+  Model mb(tiny_moe());
   mb.init_weights(7);
   ASSERT_TRUE(train(mb, data, first).stopped);
   TrainConfig second = base(d / "b", 30);
   second.resume = true;
-  Model mc(tiny());
+  Model mc(tiny_moe());
   mc.init_weights(1234);
   const TrainResult rc = train(mc, data, second);
   ASSERT_EQ(rc.losses.size(), 15u);
@@ -250,7 +230,7 @@ TEST(TrainData, ResumeOnAPreparedFolderIsBitwiseExact) {
   const TokenData other = load_data(dc);
   TrainConfig third = base(d / "b", 40);
   third.resume = true;
-  Model md(tiny());
+  Model md(tiny_moe());
   try {
     train(md, other, third);
     FAIL() << "resume on other data was accepted";
@@ -267,7 +247,7 @@ TEST(TrainData, MoeRecordsPerLayer) {
   DataConfig dc;
   dc.source = (d / "a.txt").string();
   const TokenData data = load_data(dc);
-  ModelConfig c = tiny();
+  ModelConfig c = tiny_moe();
   c.num_hidden_layers = 3;
   c.capacity_factor = 1.0;
   Model m(c);
@@ -312,7 +292,7 @@ TEST(TrainData, BpeRunCarriesItsTokenizer) {
   bo.vocab_size = 300;
   BpeTokenizer::train({text}, bo).save((d / "tok.json").string());
   const fs::path model = d / "model.json";
-  spit(model, config_to_json(tiny()));  // vocab 256: too small for the 300-token BPE
+  spit(model, config_to_json(tiny_moe()));  // vocab 256: too small for the 300-token BPE
   const std::string args = "train --config " + model.string() + " --data " +
                            (d / "corpus.txt").string() + " --tokenizer " +
                            (d / "tok.json").string() + " --out " + (d / "run").string() +
@@ -325,7 +305,7 @@ TEST(TrainData, BpeRunCarriesItsTokenizer) {
   EXPECT_NE(out.find("300"), std::string::npos) << out;
   EXPECT_NE(out.find("set vocab_size = 300"), std::string::npos) << out;
 
-  spit(model, config_to_json(tiny(300)));
+  spit(model, config_to_json(tiny_moe(300)));
   std::tie(code, out) = run_moe(args);
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("bpe (vocab 300"), std::string::npos) << out;

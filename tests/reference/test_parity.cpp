@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <string>
 
+#include "../integration/tiny_model.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "model/checkpoint.h"
@@ -55,16 +56,8 @@ struct Case {
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 ModelConfig base_config() {
-  ModelConfig c;
+  ModelConfig c = moe::testing::tiny_dims();
   c.vocab_size = 256;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.intermediate_size = 96;
-  c.moe_intermediate_size = 32;
-  c.max_position_embeddings = 32;
   c.initializer_range = 0.1;  // larger than usual so routing and attention are far from uniform
   return c;
 }
