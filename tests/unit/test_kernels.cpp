@@ -14,42 +14,16 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernel_checks.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/ref.h"
 
 namespace moe::cpu {
 namespace {
 
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(gen);
-  return v;
-}
-
-// max |a - b| / max(max |b|, tiny); the message names the worst element.
-::testing::AssertionResult close(const std::vector<float>& a, const std::vector<float>& b,
-                                 double tol, const std::string& what) {
-  if (a.size() != b.size()) return ::testing::AssertionFailure() << what << ": size mismatch";
-  double max_diff = 0, max_mag = 1e-30;
-  size_t worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double d = std::fabs(double(a[i]) - double(b[i]));
-    if (!(d <= max_diff)) max_diff = d, worst = i;  // NaN counts as the worst
-    max_mag = std::max(max_mag, std::fabs(double(b[i])));
-  }
-  const double rel = max_diff / max_mag;
-  if (rel <= tol) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << what << ": max |diff| " << max_diff << " at [" << worst << "] (fast " << a[worst]
-         << ", ref " << b[worst] << "), relative to max |ref| " << max_mag << " = " << rel
-         << " > tol " << tol;
-}
-
-bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
+using testing::bitwise_equal;
+using testing::close;
+using testing::randn;
 
 // ---- GEMM ---------------------------------------------------------------------------------
 
