@@ -22,14 +22,17 @@
 #
 # usage: bench/comm/compare.sh [--build DIR] [--moe PATH] [--rounds 5] [--sizes 4M,64M]
 #          [--nprocs 2,4] [--ops all_reduce,all_to_all] [--iters 20] [--warmup 10]
-#          [--timeout 240] [--raw FILE]
+#          [--timeout 240] [--raw FILE] [--host-congestion NAME]
 # DIR is a CMake build of moe.cpp with the benchmarks (default: build); PATH the moe binary
 # (default DIR/moe). Missing mpi_bench / gloo_bench / mpirun: those systems are skipped with a
 # message (scripts/setup.sh bench installs openmpi-bin libopenmpi-dev libgloo-dev).
+# --host-congestion NAME (root) sets the host's TCP congestion control for the run and puts
+# the old one back at the end, so Open MPI and Gloo run on NAME too: e.g. reno, the one ours
+# uses between ranks of one host, for a comparison on equal terms.
 set -uo pipefail
 
 build=build moe= rounds=5 sizes=4M,64M nprocs=2,4 ops=all_reduce,all_to_all iters=20 warmup=10
-timeout_s=240 raw=
+timeout_s=240 raw= host_cc=
 while (($#)); do
   case $1 in
     --build) build=$2; shift 2 ;;
@@ -42,7 +45,8 @@ while (($#)); do
     --warmup) warmup=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --raw) raw=$2; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    --host-congestion) host_cc=$2; shift 2 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
 done
@@ -63,8 +67,21 @@ if [[ ! -x $gloob ]]; then
 fi
 [[ -x $limits ]] || { have_limits=0; echo "compare.sh: no $limits: ceilings skipped"; }
 
+cc_file=/proc/sys/net/ipv4/tcp_congestion_control
+old_cc=
+if [[ -n $host_cc ]]; then
+  old_cc=$(cat "$cc_file")
+  echo "$host_cc" 2>/dev/null >"$cc_file" || {
+    echo "compare.sh: --host-congestion $host_cc: cannot write $cc_file (needs root, and a name this host has:" \
+      "$(cat /proc/sys/net/ipv4/tcp_available_congestion_control))" >&2
+    exit 2
+  }
+fi
 work=$(mktemp -d /tmp/moe-compare.XXXXXX)
-cleanup() { rm -rf "$work"; }
+cleanup() {
+  rm -rf "$work"
+  [[ -z $old_cc ]] || echo "$old_cc" >"$cc_file"
+}
 trap cleanup EXIT
 trap 'echo "compare.sh: interrupted" >&2; exit 130' INT TERM
 raw=${raw:-$work/raw.tsv}
@@ -133,6 +150,8 @@ echo "# ours: $moe (source tree of this script at $(git -C "$(dirname "$0")" log
      "MOE_COMM_TRANSPORT=${MOE_COMM_TRANSPORT:-unset} for 'ours'"
 ((have_mpi)) && echo "# $(mpirun --version 2>/dev/null | head -1)"
 ((have_gloo)) && echo "# Gloo: $(dpkg-query -W -f='${Version}' libgloo-dev 2>/dev/null || echo '?')"
+echo "# tcp congestion control: host default $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo '?')" \
+  "(Open MPI, Gloo); ours: ${MOE_COMM_TCP_CONGESTION:-reno between ranks of one host} (MOE_COMM_TCP_CONGESTION)"
 echo "# rounds $rounds, sizes $sizes, ranks $nprocs, $warmup warmup + $iters timed iters per run"
 echo "# raw: round op ranks bytes system busbw(GB/s) time(us) wall(s) status"
 
