@@ -194,6 +194,15 @@ std::string allowed_congestion_controls() {
   return line;
 }
 
+void require_congestion_control(const std::string& name, const char* setting) {
+  Fd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const std::string why =
+      probe ? set_congestion_control(probe.get(), name) : std::string(std::strerror(errno));
+  MOE_CHECK(why.empty(), "comm.tcp", setting, "=", name, ": the kernel refused it (", why,
+            "); this host allows: ", allowed_congestion_controls(),
+            ". Use one of those, or 'system' for the host's default");
+}
+
 std::string local_ip(int fd) {
   sockaddr_in a{};
   socklen_t len = sizeof a;

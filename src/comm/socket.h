@@ -50,6 +50,9 @@ std::string set_congestion_control(int fd, const std::string& name);
 std::string congestion_control(int fd);
 // The names an unprivileged process may choose here (/proc/sys/net/ipv4/...).
 std::string allowed_congestion_controls();
+// Tries `name` on a spare socket; if the kernel refuses it, fails naming `setting`, why, and
+// what this host allows.
+void require_congestion_control(const std::string& name, const char* setting);
 // The local IP address of a connected socket: what other ranks should dial to reach us.
 std::string local_ip(int fd);
 std::string peer_name(int fd);

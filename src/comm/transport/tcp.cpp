@@ -64,18 +64,10 @@ TcpTransport::TcpTransport(StoreClient& store, const std::string& prefix, const 
                            int rank, int size, const TcpOptions& opt)
     : rank_(rank), size_(size), opt_(opt), peers_(size), sink_(new char[kSinkBytes]) {
   for (auto& p : peers_) p.socks.resize(opt_.sockets_per_peer);
-  // A congestion control named in the environment is tried on a spare socket first: one the
-  // host refuses stops every rank here, before any connection is made.
+  // A congestion control named in the environment that the host refuses stops every rank
+  // here, before any connection is made.
   const bool set_cc = !opt_.congestion.empty() && opt_.congestion != "system";
-  if (set_cc) {
-    Fd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    const std::string why = probe ? set_congestion_control(probe.get(), opt_.congestion)
-                                  : std::string(std::strerror(errno));
-    MOE_CHECK(why.empty(), "comm.tcp", "MOE_COMM_TCP_CONGESTION=", opt_.congestion,
-              ": the kernel refused it (", why,
-              "); this host allows: ", allowed_congestion_controls(),
-              ". Use one of those, or 'system' for the host's default");
-  }
+  if (set_cc) require_congestion_control(opt_.congestion, "MOE_COMM_TCP_CONGESTION");
   connect_mesh(store, prefix, token);
   epoll_ = Fd(epoll_create1(EPOLL_CLOEXEC));
   wake_ = Fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
