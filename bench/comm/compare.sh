@@ -21,17 +21,20 @@
 #   gloo         gloo_bench: gloo::alltoall (all_to_all)
 #
 # usage: bench/comm/compare.sh [--build DIR] [--moe PATH] [--rounds 5] [--sizes 4M,64M]
-#          [--nprocs 2,4] [--ops all_reduce,all_to_all] [--iters 20] [--warmup 10]
+#          [--nprocs 2,4] [--ops all_reduce,all_to_all] [--iters auto] [--warmup 10]
 #          [--timeout 240] [--raw FILE] [--host-congestion NAME]
 # DIR is a CMake build of moe.cpp with the benchmarks (default: build); PATH the moe binary
 # (default DIR/moe). Missing mpi_bench / gloo_bench / mpirun: those systems are skipped with a
 # message (scripts/setup.sh bench installs openmpi-bin libopenmpi-dev libgloo-dev).
+# --iters auto (the default) times each run over max(20, 1 GiB / size) calls: 256 at 4M, 20
+# at 64M, so a small-size run lasts long enough (0.1-0.5 s) for the noise of one core
+# switching away to average out; 20 calls at 4M lasted 10-20 ms and swung 2-4x per round.
 # --host-congestion NAME (root) sets the host's TCP congestion control for the run and puts
 # the old one back at the end, so Open MPI and Gloo run on NAME too: e.g. reno, the one ours
 # uses between ranks of one host, for a comparison on equal terms.
 set -uo pipefail
 
-build=build moe= rounds=5 sizes=4M,64M nprocs=2,4 ops=all_reduce,all_to_all iters=20 warmup=10
+build=build moe= rounds=5 sizes=4M,64M nprocs=2,4 ops=all_reduce,all_to_all iters=auto warmup=10
 timeout_s=240 raw= host_cc=
 while (($#)); do
   case $1 in
@@ -103,27 +106,40 @@ systems_for() {  # op -> the systems measured for it, in their base order
   echo "${s[@]}"
 }
 
+# iters_for SIZE (1K, 4M, 64M, 1G or bytes) -> the timed calls per run
+iters_for() {
+  if [[ $iters != auto ]]; then echo "$iters"; return; fi
+  local n=${1%[KMG]} bytes
+  case $1 in
+    *K) bytes=$((n << 10)) ;; *M) bytes=$((n << 20)) ;; *G) bytes=$((n << 30)) ;; *) bytes=$n ;;
+  esac
+  local k=$(((1 << 30) / (bytes > 0 ? bytes : 1)))
+  echo $((k > 20 ? k : 20))
+}
+
 # run SYSTEM OP NP SIZE -> prints "busbw time_us wall_s status"
 run_one() {
   local sys=$1 op=$2 np=$3 size=$4 out=$work/out.txt cmd=() store=
+  local calls
+  calls=$(iters_for "$size")
   case $sys in
     ours) cmd=(env -u MOE_COMM_TRANSPORT "$moe" comm-bench) ;;
     ours-tcp) cmd=(env MOE_COMM_TRANSPORT=tcp "$moe" comm-bench) ;;
   esac
   if [[ $sys == ours* ]]; then
-    cmd+=(--nproc "$np" --op "$op" --min-bytes "$size" --max-bytes "$size" --iters "$iters"
+    cmd+=(--nproc "$np" --op "$op" --min-bytes "$size" --max-bytes "$size" --iters "$calls"
           --warmup "$warmup")
   elif [[ $sys == mpi-* ]]; then
     cmd=(mpirun "${mpirun_args[@]}" -np "$np")
     [[ $sys == mpi-tcp ]] && cmd+=(--mca pml ob1 --mca btl tcp,self)
-    cmd+=("$mpib" --op "$op" --sizes "$size" --iters "$iters" --warmup "$warmup")
+    cmd+=("$mpib" --op "$op" --sizes "$size" --iters "$calls" --warmup "$warmup")
   else
     store=$(mktemp -d "$work/store.XXXXXX")
     local algo=()
     [[ $sys == gloo-ring ]] && algo=(--algo ring)
     [[ $sys == gloo-chunked ]] && algo=(--algo ring_chunked)
     cmd=("$moe" launch --nproc-per-node "$np" -- "$gloob" --op "$op" "${algo[@]}" --store "$store"
-         --sizes "$size" --iters "$iters" --warmup "$warmup")
+         --sizes "$size" --iters "$calls" --warmup "$warmup")
   fi
   local t0 t1 rc
   t0=$(date +%s.%N)
@@ -152,7 +168,8 @@ echo "# ours: $moe (source tree of this script at $(git -C "$(dirname "$0")" log
 ((have_gloo)) && echo "# Gloo: $(dpkg-query -W -f='${Version}' libgloo-dev 2>/dev/null || echo '?')"
 echo "# tcp congestion control: host default $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo '?')" \
   "(Open MPI, Gloo); ours: ${MOE_COMM_TCP_CONGESTION:-reno between ranks of one host} (MOE_COMM_TCP_CONGESTION)"
-echo "# rounds $rounds, sizes $sizes, ranks $nprocs, $warmup warmup + $iters timed iters per run"
+timed=$(for s in "${size_list[@]}"; do printf '%s: %s, ' "$s" "$(iters_for "$s")"; done)
+echo "# rounds $rounds, sizes $sizes, ranks $nprocs, $warmup warmup + timed iters per run (${timed%, })"
 echo "# raw: round op ranks bytes system busbw(GB/s) time(us) wall(s) status"
 
 for ((r = 1; r <= rounds; r++)); do
