@@ -267,11 +267,14 @@ Algo Communicator::all_to_all_algo() const {
   return Algo::kPairwise;
 }
 
-std::string Communicator::describe(const OpSig& sig, uint64_t seq) const {
-  std::string s = describe_sig(sig, seq) + " on rank " + std::to_string(rank_) + " of " +
-                  std::to_string(size());
-  if (size() != shared_->env.size) s += " (global rank " + std::to_string(global_rank()) + ")";
-  return s;
+OpLabel Communicator::label(const OpSig& sig, uint64_t seq) const {
+  OpLabel l;
+  l.sig = sig;
+  l.seq = seq;
+  l.rank = rank_;
+  l.size = size();
+  if (size() != shared_->env.size) l.global_rank = global_rank();
+  return l;
 }
 
 template <class F>
@@ -279,8 +282,8 @@ void Communicator::run(OpKind kind, OpSig sig, F&& body) {
   sig.kind = kind;
   const uint64_t seq = ++seq_;
   Transport& t = *shared_->transport;
-  const std::string what = describe(sig, seq);
-  MOE_CHECK(!t.failed(), "comm", what, ": ", t.failure());
+  const OpLabel what = label(sig, seq);
+  MOE_CHECK(!t.failed(), "comm", what.str(), ": ", t.failure());
   t.begin_op(comm_id_, seq, sig);
   OpContext ctx(t, ranks_, host_of_, rank_, comm_id_, seq, sig, deadline_after(opt_.timeout_s),
                 what, scratch_);
@@ -406,10 +409,8 @@ void Communicator::send(const void* buf, size_t count, Dtype t, int dst) {
   OpSig sig{OpKind::kSendRecv, uint8_t(t), 0, 0, -1, count};
   const uint64_t seq = kP2pSeqBit | ++p2p_send_[dst];
   Transport& tr = *shared_->transport;
-  const std::string what = "send #" + std::to_string(p2p_send_[dst]) + " of " +
-                           std::to_string(count) + " x " + comm_dtype_name(t) + " from rank " +
-                           std::to_string(rank_) + " to rank " + std::to_string(dst);
-  MOE_CHECK(!tr.failed(), "comm", what, ": ", tr.failure());
+  OpLabel what{OpLabel::Kind::kSend, sig, p2p_send_[dst], rank_, size(), -1, dst};
+  MOE_CHECK(!tr.failed(), "comm", what.str(), ": ", tr.failure());
   Handle h = tr.isend(ranks_[dst], MsgKey{comm_id_, seq, 0}, sig, buf, count * comm_dtype_size(t));
   tr.wait(*h, deadline_after(opt_.timeout_s), what);
 }
@@ -421,10 +422,8 @@ void Communicator::recv(void* buf, size_t count, Dtype t, int src) {
   OpSig sig{OpKind::kSendRecv, uint8_t(t), 0, 0, -1, count};
   const uint64_t seq = kP2pSeqBit | ++p2p_recv_[src];
   Transport& tr = *shared_->transport;
-  const std::string what = "recv #" + std::to_string(p2p_recv_[src]) + " of " +
-                           std::to_string(count) + " x " + comm_dtype_name(t) + " on rank " +
-                           std::to_string(rank_) + " from rank " + std::to_string(src);
-  MOE_CHECK(!tr.failed(), "comm", what, ": ", tr.failure());
+  OpLabel what{OpLabel::Kind::kRecv, sig, p2p_recv_[src], rank_, size(), -1, src};
+  MOE_CHECK(!tr.failed(), "comm", what.str(), ": ", tr.failure());
   Handle h = tr.irecv(ranks_[src], MsgKey{comm_id_, seq, 0}, sig, buf, count * comm_dtype_size(t));
   tr.wait(*h, deadline_after(opt_.timeout_s), what);
 }

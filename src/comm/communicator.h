@@ -124,7 +124,7 @@ class Communicator {
   Communicator() = default;
   template <class F>
   void run(OpKind kind, OpSig sig, F&& body);
-  std::string describe(const OpSig& sig, uint64_t seq) const;
+  OpLabel label(const OpSig& sig, uint64_t seq) const;  // names the operation in errors
   WorkPtr enqueue(std::function<void()> f);
   void sync_point();  // a blocking call waits for queued async work first
   void worker_loop();

@@ -46,9 +46,9 @@ class OpContext {
  public:
   OpContext(Transport& t, const std::vector<int>& ranks, const std::vector<int>& host_of,
             int rank, uint64_t comm_id, uint64_t seq, const OpSig& sig, Deadline deadline,
-            std::string what, ScratchArena& arena)
+            const OpLabel& what, ScratchArena& arena)
       : t_(t), ranks_(&ranks), host_of_(&host_of), rank_(rank), comm_id_(comm_id), seq_(seq),
-        sig_(sig), deadline_(deadline), what_(std::move(what)), arena_(arena) {
+        sig_(sig), deadline_(deadline), what_(what), arena_(arena) {
     arena_.reset();
   }
 
@@ -109,7 +109,7 @@ class OpContext {
   uint32_t tag_base_ = 0;
   OpSig sig_;
   Deadline deadline_;
-  std::string what_;
+  OpLabel what_;
   ScratchArena& arena_;
 };
 

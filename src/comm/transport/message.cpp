@@ -17,6 +17,21 @@ std::string describe_sig(const OpSig& s, uint64_t seq) {
   return out + ")";
 }
 
+std::string OpLabel::str() const {
+  const std::string type =
+      std::to_string(sig.count) + " x " + comm_dtype_name(static_cast<Dtype>(sig.dtype));
+  if (kind == Kind::kSend)
+    return "send #" + std::to_string(seq) + " of " + type + " from rank " + std::to_string(rank) +
+           " to rank " + std::to_string(peer);
+  if (kind == Kind::kRecv)
+    return "recv #" + std::to_string(seq) + " of " + type + " on rank " + std::to_string(rank) +
+           " from rank " + std::to_string(peer);
+  std::string s =
+      describe_sig(sig, seq) + " on rank " + std::to_string(rank) + " of " + std::to_string(size);
+  if (global_rank >= 0) s += " (global rank " + std::to_string(global_rank) + ")";
+  return s;
+}
+
 std::string check_header(const MsgHeader& h, uint32_t allowed_flags) {
   if (h.magic != kMsgMagic) return "bad magic";
   if (h.kind == 0 || h.kind >= static_cast<uint8_t>(OpKind::kCount))
@@ -59,15 +74,15 @@ std::string size_mismatch_message(int rank, uint64_t want, const OpSig* mine, ui
          ": every rank must call the same collectives with matching sizes";
 }
 
-std::string timeout_message(const std::string& what, const Request& r) {
-  return what + ": timed out waiting for rank " + std::to_string(r.peer) + " to " +
+std::string timeout_message(const OpLabel& what, const Request& r) {
+  return what.str() + ": timed out waiting for rank " + std::to_string(r.peer) + " to " +
          (r.is_send ? "take" : "send") + " a message (tag " + std::to_string(r.tag) +
          "): that rank is stalled or called a different collective; MOE_COMM_TIMEOUT sets the "
          "limit in seconds (default 300)";
 }
 
-std::string peer_gone_message(const std::string& what, int peer) {
-  return what + ": rank " + std::to_string(peer) +
+std::string peer_gone_message(const OpLabel& what, int peer) {
+  return what.str() + ": rank " + std::to_string(peer) +
          " has already shut down its communicator: it finished or failed before this "
          "operation; every rank must call the same collectives";
 }

@@ -38,6 +38,22 @@ struct OpSig {
 };
 std::string describe_sig(const OpSig& s, uint64_t seq);  // "all_reduce #5 (1024 x float, sum)"
 
+// What errors call the operation a wait belongs to: "all_reduce #5 (1024 x float, sum) on rank
+// 1 of 4", "send #3 of 16 x float from rank 0 to rank 2". Kept as fields and put into words
+// only when an error needs them: built for every call, the string cost 3-4% of a 4 KiB
+// all_reduce.
+struct OpLabel {
+  enum class Kind : uint8_t { kCollective, kSend, kRecv };
+  Kind kind = Kind::kCollective;
+  OpSig sig;
+  uint64_t seq = 0;      // the collective's sequence number; send/recv: its number to `peer`
+  int rank = 0;          // in the communicator
+  int size = 1;          // of the communicator
+  int global_rank = -1;  // >= 0: named too (a sub-communicator's rank differs from it)
+  int peer = -1;         // send/recv: the other rank
+  std::string str() const;
+};
+
 struct MsgHeader {
   uint32_t magic;
   uint8_t kind;   // OpKind
@@ -136,9 +152,9 @@ std::string mismatch_message(int rank, const OpSig& mine, int peer, const OpSig&
 std::string size_mismatch_message(int rank, uint64_t want, const OpSig* mine, uint64_t my_seq,
                                   int peer, uint64_t got, const MsgHeader& theirs);
 // The deadline passed while `r` was pending:
-std::string timeout_message(const std::string& what, const Request& r);
+std::string timeout_message(const OpLabel& what, const Request& r);
 // A receive from a rank that already closed its communicator:
-std::string peer_gone_message(const std::string& what, int peer);
+std::string peer_gone_message(const OpLabel& what, int peer);
 
 // Posts `req` in a transport's inbox (a map from MsgKey to its InMsg, which has req, total and
 // first). If nothing of the message has come yet, the receive waits there for it: returns

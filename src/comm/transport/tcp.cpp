@@ -410,7 +410,7 @@ RequestPtr TcpTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, vo
   return req;
 }
 
-void TcpTransport::wait(Request& r, Deadline deadline, const std::string& what) {
+void TcpTransport::wait(Request& r, Deadline deadline, const OpLabel& what) {
   for (int i = 0; i < 200; ++i) {
     if (r.done.load(std::memory_order_acquire)) return;
     if (failed_.load(std::memory_order_relaxed)) break;
@@ -420,7 +420,7 @@ void TcpTransport::wait(Request& r, Deadline deadline, const std::string& what) 
     std::unique_lock<std::mutex> lock(mu_);
     while (!r.done.load(std::memory_order_acquire)) {
       if (failed_) {
-        err = what + ": " + error_;
+        err = what.str() + ": " + error_;
       } else if (!r.is_send && peers_[r.peer].bye) {
         err = peer_gone_message(what, r.peer);
       } else if (cv_.wait_until(lock, deadline) == std::cv_status::timeout &&

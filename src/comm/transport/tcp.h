@@ -70,7 +70,7 @@ class TcpTransport {
   RequestPtr irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n);
   // Waits for `r`; throws an Error starting with `what` ("all_reduce #5 on rank 0 of 4") if the
   // deadline passes, the peer died, or the transport failed.
-  void wait(Request& r, Deadline deadline, const std::string& what);
+  void wait(Request& r, Deadline deadline, const OpLabel& what);
 
   // Declares the collective this rank is in on `comm_id`, so arriving headers of a different
   // collective at the same sequence number are reported.

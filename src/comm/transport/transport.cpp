@@ -61,7 +61,7 @@ void Transport::end_op(uint64_t comm_id) {
   if (shm_) shm_->end_op(comm_id);
 }
 
-void Transport::wait(Request& r, Deadline deadline, const std::string& what) {
+void Transport::wait(Request& r, Deadline deadline, const OpLabel& what) {
   if (!shm_) return tcp_->wait(r, deadline, what);
   // Spin (yielding the core: there are usually more ranks than cores) for a few microseconds,
   // then sleep on the doorbell. The sleep is capped so the deadline is checked on time.
@@ -71,7 +71,7 @@ void Transport::wait(Request& r, Deadline deadline, const std::string& what) {
   while (err.empty()) {
     if (r.done.load(std::memory_order_acquire)) return;
     if (tcp_->failed()) {
-      err = what + ": " + tcp_->failure();
+      err = what.str() + ": " + tcp_->failure();
       break;
     }
     const uint32_t bell = shm_->doorbell();

@@ -27,7 +27,7 @@ class Transport {
   // Waits for `r`; throws an Error starting with `what` if the deadline passes, the peer died
   // or shut down, or the transport failed. While waiting it moves every shared-memory message
   // it can, so ranks never wait on each other's progress.
-  void wait(Request& r, Deadline deadline, const std::string& what);
+  void wait(Request& r, Deadline deadline, const OpLabel& what);
   void begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig);
   void end_op(uint64_t comm_id);
   void set_emulated_peers(const std::vector<bool>& emulate) { tcp_->set_emulated_peers(emulate); }
