@@ -26,8 +26,8 @@
 # DIR is a CMake build of moe.cpp with the benchmarks (default: build); PATH the moe binary
 # (default DIR/moe). Missing mpi_bench / gloo_bench / mpirun: those systems are skipped with a
 # message (scripts/setup.sh bench installs openmpi-bin libopenmpi-dev libgloo-dev).
-# --iters auto (the default) times each run over max(20, 1 GiB / size) calls: 256 at 4M, 20
-# at 64M, so a small-size run lasts long enough (0.1-0.5 s) for the noise of one core
+# --iters auto (the default) times each run over 1 GiB / size calls, at least 20 and at most
+# 2000: 256 at 4M, 20 at 64M, 2000 below 512K, so a small-size run lasts long enough (0.1-0.5 s) for the noise of one core
 # switching away to average out; 20 calls at 4M lasted 10-20 ms and swung 2-4x per round.
 # --host-congestion NAME (root) sets the host's TCP congestion control for the run and puts
 # the old one back at the end, so Open MPI and Gloo run on NAME too: e.g. reno, the one ours
@@ -114,7 +114,9 @@ iters_for() {
     *K) bytes=$((n << 10)) ;; *M) bytes=$((n << 20)) ;; *G) bytes=$((n << 30)) ;; *) bytes=$n ;;
   esac
   local k=$(((1 << 30) / (bytes > 0 ? bytes : 1)))
-  echo $((k > 20 ? k : 20))
+  ((k < 20)) && k=20
+  ((k > 2000)) && k=2000
+  echo "$k"
 }
 
 # run SYSTEM OP NP SIZE -> prints "busbw time_us wall_s status"

@@ -42,6 +42,7 @@ CommOptions CommOptions::from_env() {
   MOE_CHECK(o.timeout_s > 0, "comm", "MOE_COMM_TIMEOUT must be positive seconds");
   o.algo = env_str("MOE_COMM_ALGO", "");
   o.rhd_max_bytes = static_cast<uint64_t>(env_int("MOE_COMM_RHD_MAX", int64_t(o.rhd_max_bytes)));
+  o.rd_max_bytes = static_cast<uint64_t>(env_int("MOE_COMM_RD_MAX", int64_t(o.rd_max_bytes)));
   o.piece_bytes = static_cast<uint64_t>(env_int("MOE_COMM_PIECE", int64_t(o.piece_bytes)));
   MOE_CHECK(o.piece_bytes >= 64, "comm", "MOE_COMM_PIECE must be at least 64 bytes");
   o.hier_min_bytes =
@@ -247,7 +248,13 @@ bool two_levels(const std::vector<int>& host_of, int num_hosts) {
 
 Algo Communicator::all_reduce_algo(size_t bytes) const {
   if (algo_ != Algo::kAuto) return algo_;
-  if (bytes <= opt_.rhd_max_bytes) return Algo::kHalvingDoubling;
+  // Recursive doubling swaps whole vectors in log2(p) steps, halving-doubling halves in
+  // 2 log2(p): rd wins while a step costs more than its bytes (2 or 4 ranks, TCP and shared
+  // memory: up to 16-64 KiB), and with 2-3 ranks (p = 2) it sends the same bytes in one step
+  // instead of two (bench/comm/README.md).
+  if (bytes <= opt_.rhd_max_bytes)
+    return bytes <= opt_.rd_max_bytes || size() < 4 ? Algo::kRecursiveDoubling
+                                                   : Algo::kHalvingDoubling;
   if (bytes >= opt_.hier_min_bytes && two_levels(host_of_, num_hosts_)) return Algo::kHierarchical;
   // Same on every rank: sizes and hosts are, and single copy is on for all local pairs or none.
   if (bytes >= opt_.direct_min_bytes && bytes <= opt_.direct_max_bytes && size() >= 3 &&
@@ -300,8 +307,8 @@ void Communicator::all_reduce(const void* in, void* out, size_t count, Dtype t, 
   run(OpKind::kAllReduce, sig, [&](OpContext& c) {
     if (size() == 1) {
       if (in != out && bytes) std::memmove(out, in, bytes);
-    } else if (a == Algo::kHalvingDoubling) {
-      halving_doubling_all_reduce(c, in, out, count);
+    } else if (a == Algo::kHalvingDoubling || a == Algo::kRecursiveDoubling) {
+      halving_doubling_all_reduce(c, in, out, count, a == Algo::kHalvingDoubling);
     } else if (a == Algo::kHierarchical) {
       hierarchical_all_reduce(c, in, out, count, opt_.piece_bytes);
     } else if (a == Algo::kDirect) {

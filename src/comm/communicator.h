@@ -31,6 +31,8 @@ struct CommOptions {
   double timeout_s = 300;               // MOE_COMM_TIMEOUT: deadline of every operation
   std::string algo;                     // MOE_COMM_ALGO: all_reduce algorithm, "" = by size
   uint64_t rhd_max_bytes = 256 << 10;   // MOE_COMM_RHD_MAX: all_reduce up to this uses rhd
+  uint64_t rd_max_bytes = 16 << 10;     // MOE_COMM_RD_MAX: ... and up to this rd (2-3 ranks:
+                                        // rd up to MOE_COMM_RHD_MAX)
   uint64_t piece_bytes = 512 << 10;     // MOE_COMM_PIECE: ring pipeline granularity
   uint64_t hier_min_bytes = 1 << 20;    // MOE_COMM_HIER_MIN: auto all_reduce uses hier from here
   // Auto all_reduce uses direct between MOE_COMM_DIRECT_MIN and MOE_COMM_DIRECT_MAX bytes for 3

@@ -110,8 +110,8 @@ std::string name(const char* op, Dtype t, size_t n, const char* extra = "") {
 // Every all_reduce and all_to_all(v) algorithm that applies: the two-level ones when the
 // communicator spans hosts (MOE_HOST_ID makes fake ones).
 std::vector<const char*> all_reduce_algos(const Communicator& c) {
-  if (c.num_hosts() > 1) return {"ring", "rhd", "hier", "direct"};
-  return {"ring", "rhd", "direct"};
+  if (c.num_hosts() > 1) return {"ring", "rd", "rhd", "hier", "direct"};
+  return {"ring", "rd", "rhd", "direct"};
 }
 std::vector<const char*> a2a_algos(const Communicator& c) {
   if (c.num_hosts() > 1) return {"pairwise", "two_level"};

@@ -13,6 +13,7 @@ const char* algo_name(Algo a) {
     case Algo::kHierarchical: return "hier";
     case Algo::kTwoLevel: return "two_level";
     case Algo::kDirect: return "direct";
+    case Algo::kRecursiveDoubling: return "rd";
   }
   return "unknown";
 }
@@ -21,10 +22,11 @@ Algo parse_algo(const std::string& s) {
   if (s.empty() || s == "auto") return Algo::kAuto;
   if (s == "ring") return Algo::kRing;
   if (s == "rhd" || s == "halving_doubling") return Algo::kHalvingDoubling;
+  if (s == "rd" || s == "recursive_doubling") return Algo::kRecursiveDoubling;
   if (s == "hier" || s == "hierarchical") return Algo::kHierarchical;
   if (s == "direct") return Algo::kDirect;
   MOE_FAIL("comm", "unknown all_reduce algorithm '", s,
-           "' (MOE_COMM_ALGO / --algo): use auto, ring, rhd, hier or direct");
+           "' (MOE_COMM_ALGO / --algo): use auto, ring, rd, rhd, hier or direct");
 }
 
 Algo parse_algo_a2a(const std::string& s) {

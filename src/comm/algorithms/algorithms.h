@@ -18,10 +18,11 @@ enum class Algo : uint8_t {
   kDissemination = 5,
   kHierarchical = 6,
   kTwoLevel = 7,
-  kDirect = 8
+  kDirect = 8,
+  kRecursiveDoubling = 9
 };
 const char* algo_name(Algo a);
-// all_reduce (MOE_COMM_ALGO): "auto", "ring", "rhd", "hier", "direct".
+// all_reduce (MOE_COMM_ALGO): "auto", "ring", "rd", "rhd", "hier", "direct".
 Algo parse_algo(const std::string& s);
 // all_to_all(v) (MOE_COMM_ALGO_A2A): "auto", "pairwise", "two_level".
 Algo parse_algo_a2a(const std::string& s);
@@ -50,8 +51,10 @@ void two_level_all_to_allv(OpContext& c, const void* in, const size_t* send_coun
                            const size_t* recv_displs);
 // direct.cpp: reduce-scatter as one all-to-all of segments, all-gather as one round of sends.
 void direct_all_reduce(OpContext& c, const void* in, void* out, size_t count);
-// halving_doubling.cpp
-void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t count);
+// halving_doubling.cpp: recursive halving-doubling, or with `halve` false recursive doubling
+// (every step swaps the whole vector: half the steps, for the smallest messages).
+void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t count,
+                                 bool halve = true);
 // binomial_broadcast.cpp
 void binomial_broadcast(OpContext& c, void* buf, size_t count, int root);
 // all_to_allv's block from a rank to itself must be as long on both sides.

@@ -34,7 +34,8 @@ struct HdPlan {
 
 }  // namespace
 
-void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t count) {
+void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t count,
+                                 bool halve) {
   HdPlan pl{};
   pl.n = c.size();
   pl.r = c.rank();
@@ -64,9 +65,19 @@ void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t
     std::memcpy(o, in, bytes);
   }
 
-  size_t lo = 0, hi = size_t(pl.p);  // block range this rank is responsible for
   uint32_t step = 0;
-  for (int mask = pl.p / 2; mask >= 1; mask /= 2, ++step) {
+  for (int mask = 1; !halve && mask < pl.p; mask *= 2, ++step) {
+    // Both partners hold the same bits for each side's partial result and a op b == b op a,
+    // so both come out with the same bits again.
+    const int partner = pl.real(pl.vid ^ mask);
+    Handle s = c.send(partner, o, bytes, step);
+    Handle q = c.recv(partner, tmp, bytes, step);
+    c.wait(q);
+    c.wait(s);  // `o` is on the wire until then
+    c.reduce(o, o, tmp, count);
+  }
+  size_t lo = 0, hi = size_t(pl.p);  // block range this rank is responsible for
+  for (int mask = pl.p / 2; halve && mask >= 1; mask /= 2, ++step) {
     const int partner = pl.real(pl.vid ^ mask);
     const size_t mid = (lo + hi) / 2;
     const bool upper = pl.vid & mask;
@@ -82,7 +93,7 @@ void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t
     lo = keep_lo;
     hi = keep_hi;
   }
-  for (int mask = 1; mask < pl.p; mask *= 2, ++step) {
+  for (int mask = 1; halve && mask < pl.p; mask *= 2, ++step) {
     const int partner = pl.real(pl.vid ^ mask);
     const size_t w = hi - lo;
     const bool upper = pl.vid & mask;

@@ -297,6 +297,9 @@ RequestPtr ShmTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, vo
             rank_, ": not a shared-memory peer");
   RequestPtr req = make_receive(peer, key, sig, buf, n, /*shm=*/true);
   std::lock_guard<std::mutex> lock(mu_);
+  // A failed transport completes no receive (a message already here may be another
+  // collective's, found out by begin_op); the wait reports the failure.
+  if (failed_) return req;
   Peer& P = peer_[slot_[peer]];
   std::string error;
   const auto it = post_receive(P.inbox, rank_, req, &error);
@@ -481,6 +484,7 @@ void ShmTransport::take_chunk(int slot, const MsgHeader& h, const Ring& r, uint6
   Peer& P = peer_[slot];
   bool inserted = false;
   const auto it = arrive(slot, h, &inserted);
+  if (failed_) return;  // e.g. another collective's record: it must not complete a receive
   InMsg& m = it->second;
   if (inserted) m.total = h.total;
   if (m.first.magic != kMsgMagic) m.first = h;
@@ -511,6 +515,7 @@ void ShmTransport::take_offer(int slot, const MsgHeader& h, uint64_t addr) {
   Peer& P = peer_[slot];
   bool inserted = false;
   const auto it = arrive(slot, h, &inserted);
+  if (failed_) return;  // e.g. another collective's offer: it must not complete a receive
   InMsg& m = it->second;
   if (inserted) {  // no receive yet: irecv reads it
     m.total = h.total;

@@ -1,5 +1,6 @@
 #include "comm/transport/tcp.h"
 
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -20,6 +21,8 @@ constexpr size_t kSinkBytes = 64 << 10;
 const char kZeros[kSinkBytes] = {};
 
 constexpr uint32_t kHelloMagic = 0x4c454d4d;  // "MMEL"
+// How long the progress thread stays asleep after a waiter drove the sockets (see wait()).
+constexpr auto kDriveLinger = std::chrono::milliseconds(1);
 struct Hello {
   uint32_t magic;
   int32_t rank;
@@ -48,6 +51,9 @@ TcpOptions TcpOptions::from_env() {
   o.connect_timeout_s = env_double("MOE_COMM_CONNECT_TIMEOUT", o.connect_timeout_s);
   o.bind_addr = env_str("MOE_COMM_IFADDR", "");
   o.congestion = env_str("MOE_COMM_TCP_CONGESTION", "");
+  o.drive_max_bytes =
+      static_cast<uint64_t>(env_int("MOE_COMM_TCP_DRIVE_MAX", int64_t(o.drive_max_bytes)));
+  o.spin_us = env_double("MOE_COMM_TCP_SPIN_US", o.spin_us);
   o.emu_latency_us = env_double("MOE_COMM_EMU_LATENCY_US", 0);
   o.emu_gbps = env_double("MOE_COMM_EMU_GBPS", 0);
   // The same cap in MB/s (10^6 bytes), handier for slow links: 100 is about 1 Gbit/s.
@@ -211,7 +217,11 @@ TcpTransport::~TcpTransport() {
         return true;
       });
     }
-    stop_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    drive_cv_.notify_all();
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t w = ::write(wake_.get(), &one, sizeof one);
     progress_.join();
@@ -228,6 +238,11 @@ void TcpTransport::set_emulated_peers(const std::vector<bool>& emulate) {
 }
 
 void TcpTransport::set_local_peers(const std::vector<bool>& local) {
+  if (opt_.spin_us < 0) {
+    int here = 1;
+    for (int p = 0; p < size_ && p < int(local.size()); ++p) here += p != rank_ && local[p];
+    opt_.spin_us = here <= usable_cpus() ? 1000 : 50;
+  }
   if (!opt_.congestion.empty()) return;  // named (or "system"): already as asked
   std::lock_guard<std::mutex> lock(mu_);
   for (int p = 0; p < size_ && p < int(local.size()); ++p) {
@@ -389,6 +404,9 @@ RequestPtr TcpTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, vo
             " on rank ", rank_, " of ", size_);
   RequestPtr req = make_receive(peer, key, sig, buf, n, /*shm=*/false);
   std::lock_guard<std::mutex> lock(mu_);
+  // A failed transport completes no receive (a message already here may be another
+  // collective's, found out by begin_op); the wait reports the failure.
+  if (failed_) return req;
   Peer& P = peers_[peer];
   std::string error;
   const auto it = post_receive(P.inbox, rank_, req, &error);
@@ -414,6 +432,42 @@ void TcpTransport::wait(Request& r, Deadline deadline, const OpLabel& what) {
   for (int i = 0; i < 200; ++i) {
     if (r.done.load(std::memory_order_acquire)) return;
     if (failed_.load(std::memory_order_relaxed)) break;
+  }
+  bool drive = false, kick = false;
+  if (r.size <= opt_.drive_max_bytes && opt_.drive_max_bytes > 0) {
+    std::lock_guard<std::mutex> lock(mu_);
+    drive = !driving_ && !failed_ && !r.done.load(std::memory_order_acquire);
+    if (drive) driving_ = true, kick = polling_;
+  }
+  if (drive) {
+    if (kick) {  // the progress thread leaves epoll and sleeps until we are done
+      const uint64_t one = 1;
+      [[maybe_unused]] ssize_t w = ::write(wake_.get(), &one, sizeof one);
+    }
+    {
+      // Poll (yielding the core) for spin_us, then sleep in epoll: waking from a sleep costs
+      // tens of microseconds in this VM, more than a small message takes.
+      const auto spin = std::chrono::nanoseconds(int64_t(std::max(0.0, opt_.spin_us) * 1e3));
+      auto idle_since = Clock::now();
+      std::lock_guard<std::mutex> poll(poll_mu_);
+      while (!r.done.load(std::memory_order_acquire) && !failed_.load() &&
+             (r.is_send || !peer_said_bye(r.peer))) {
+        const auto now = Clock::now();
+        const int64_t left =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now).count();
+        if (left <= 0) break;
+        const bool spinning = now - idle_since < spin;
+        const int64_t ns = spinning ? 0 : std::min<int64_t>(left, 100000000);
+        const int n =
+            poll_once({static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)});
+        if (n < 0) break;
+        if (n > 0) idle_since = Clock::now();
+        else if (spinning) sched_yield();
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    driving_ = false;
+    last_drive_ = Clock::now();  // the progress thread comes back by itself after kDriveLinger
   }
   std::string err;
   {
@@ -463,50 +517,62 @@ void TcpTransport::check_sig_locked(int peer, const MsgHeader& h) {
 }
 
 void TcpTransport::progress_loop() {
-  epoll_event evs[64];
   while (!stop_.load()) {
-    timespec timeout{0, 500000000};
     {
-      // Parked sockets (emulated links) wake the loop at their release time.
-      std::lock_guard<std::mutex> lock(mu_);
-      const auto now = Clock::now();
-      for (size_t i = 0; i < timed_.size();) {
-        Sock& s = *timed_[i];
-        if (s.closed || s.out.empty() || s.out.front().ready <= now) {
-          s.timed = false;
-          if (!s.closed && !s.out.empty() && !s.want_out) {
-            s.want_out = true;
-            epoll_mod(epoll_.get(), s.fd, &s, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
-          }
-          timed_[i] = timed_.back();
-          timed_.pop_back();
-          continue;
+      std::unique_lock<std::mutex> lock(mu_);
+      polling_ = false;
+      while (!stop_.load() && (driving_ || Clock::now() - last_drive_ < kDriveLinger))
+        drive_cv_.wait_until(lock, std::max(Clock::now(), last_drive_) + kDriveLinger);
+      polling_ = true;
+    }
+    std::lock_guard<std::mutex> poll(poll_mu_);
+    if (poll_once({0, 500000000}) < 0) return;
+  }
+}
+
+int TcpTransport::poll_once(timespec timeout) {
+  epoll_event evs[64];
+  {
+    // Parked sockets (emulated links) wake the loop at their release time.
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto now = Clock::now();
+    for (size_t i = 0; i < timed_.size();) {
+      Sock& s = *timed_[i];
+      if (s.closed || s.out.empty() || s.out.front().ready <= now) {
+        s.timed = false;
+        if (!s.closed && !s.out.empty() && !s.want_out) {
+          s.want_out = true;
+          epoll_mod(epoll_.get(), s.fd, &s, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
         }
-        const auto wait =
-            std::chrono::duration_cast<std::chrono::nanoseconds>(s.out.front().ready - now).count();
-        if (wait < timeout.tv_sec * 1000000000ll + timeout.tv_nsec)
-          timeout = {static_cast<time_t>(wait / 1000000000), static_cast<long>(wait % 1000000000)};
-        ++i;
-      }
-    }
-    const int n = epoll_pwait2(epoll_.get(), evs, 64, &timeout, nullptr);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      std::lock_guard<std::mutex> lock(mu_);
-      fail_locked(std::string("epoll_wait: ") + std::strerror(errno));
-      return;
-    }
-    for (int i = 0; i < n; ++i) {
-      if (!evs[i].data.ptr) {
-        uint64_t v;
-        [[maybe_unused]] ssize_t r = ::read(wake_.get(), &v, sizeof v);
+        timed_[i] = timed_.back();
+        timed_.pop_back();
         continue;
       }
-      Sock& s = *static_cast<Sock*>(evs[i].data.ptr);
-      if (!s.closed && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) on_readable(s);
-      if (!s.closed && (evs[i].events & EPOLLOUT)) on_writable(s);
+      const auto wait =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(s.out.front().ready - now).count();
+      if (wait < timeout.tv_sec * 1000000000ll + timeout.tv_nsec)
+        timeout = {static_cast<time_t>(wait / 1000000000), static_cast<long>(wait % 1000000000)};
+      ++i;
     }
   }
+  const int n = epoll_pwait2(epoll_.get(), evs, 64, &timeout, nullptr);
+  if (n < 0) {
+    if (errno == EINTR) return 0;
+    std::lock_guard<std::mutex> lock(mu_);
+    fail_locked(std::string("epoll_wait: ") + std::strerror(errno));
+    return -1;
+  }
+  for (int i = 0; i < n; ++i) {
+    if (!evs[i].data.ptr) {
+      uint64_t v;
+      [[maybe_unused]] ssize_t r = ::read(wake_.get(), &v, sizeof v);
+      continue;
+    }
+    Sock& s = *static_cast<Sock*>(evs[i].data.ptr);
+    if (!s.closed && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) on_readable(s);
+    if (!s.closed && (evs[i].events & EPOLLOUT)) on_writable(s);
+  }
+  return n;
 }
 
 void TcpTransport::peer_closed(Sock& s, const std::string& how) {
@@ -619,6 +685,9 @@ void TcpTransport::header_arrived(Sock& s) {
     m.req.reset();
     m.stashed.clear();
   }
+  // Once failed (this header may be another collective's), nothing more completes a receive:
+  // its bytes could be the wrong collective's with the right size.
+  if (failed_ && m.req) m.req.reset();
   if (m.req) {
     s.dst = static_cast<char*>(m.req->buf) + h.offset;
     s.to_user = true;

@@ -41,6 +41,15 @@ struct TcpOptions {
   // (bench/comm/README.md). A name applies to every peer (a name the host refuses stops the
   // job at start, saying what it allows); "system" keeps the host's default everywhere.
   std::string congestion;
+  // A caller waiting for a message of up to MOE_COMM_TCP_DRIVE_MAX bytes runs the sockets
+  // itself (polling, then sleeping in epoll) while the progress thread sleeps, instead of
+  // sleeping until the progress thread wakes it: one wake-up less per message, and none while
+  // it polls. Bigger messages stay with the progress thread, which then reads while the
+  // caller reduces. 0 turns it off.
+  uint64_t drive_max_bytes = 256 << 10;
+  // MOE_COMM_TCP_SPIN_US: how long a driving waiter polls (yielding the core) before it sleeps
+  // in epoll. -1: 1000 when this host's ranks fit on its CPUs, else 50 (as shared memory).
+  double spin_us = -1;
   // Test hook: emulate a slow link (the kernel here has tbf but no netem). Every message to an
   // emulated peer leaves no earlier than a token bucket of `emu_gbps` allows, plus
   // `emu_latency_us`. The bucket is per link (per peer, shared by its sockets). Scope "remote"
@@ -165,6 +174,9 @@ class TcpTransport {
 
   void connect_mesh(StoreClient& store, const std::string& prefix, const std::string& token);
   void progress_loop();
+  // One round of the sockets: parked sockets that are due, then those epoll says are ready,
+  // waiting up to `timeout`. Run by one thread at a time (poll_mu_ held). False if epoll failed.
+  int poll_once(timespec timeout);  // events handled, -1 if epoll failed
   void on_readable(Sock& s);
   void on_writable(Sock& s);
   // All three run with mu_ held.
@@ -188,6 +200,13 @@ class TcpTransport {
   std::atomic<bool> stop_{false};
   mutable std::mutex mu_;
   std::condition_variable cv_;
+  std::mutex poll_mu_;  // held by the one thread running poll_once
+  // A waiter runs the sockets (drive_max_bytes). The progress thread sleeps while it does and
+  // for kDriveLinger after, so back-to-back waits need no hand-off. All under mu_.
+  bool driving_ = false;
+  bool polling_ = false;  // the progress thread is in (or about to enter) poll_once
+  Clock::time_point last_drive_{};
+  std::condition_variable drive_cv_;  // with mu_: wakes the progress thread at shutdown
   std::atomic<bool> failed_{false};
   std::string error_;
   std::string abort_payload_;  // our own failure, sent to every peer once
