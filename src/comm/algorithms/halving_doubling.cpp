@@ -57,12 +57,12 @@ void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t
     return;
   }
   char* tmp = c.scratch(bytes);
+  const char* cur = static_cast<const char*>(in);  // this rank's partial result so far
   if (pl.r < 2 * pl.rem) {
     Handle q = c.recv(pl.r - 1, tmp, bytes, kFoldTag);
     c.wait(q);
     c.reduce(o, in, tmp, count);
-  } else if (o != in && bytes) {
-    std::memcpy(o, in, bytes);
+    cur = o;
   }
 
   uint32_t step = 0;
@@ -70,12 +70,14 @@ void halving_doubling_all_reduce(OpContext& c, const void* in, void* out, size_t
     // Both partners hold the same bits for each side's partial result and a op b == b op a,
     // so both come out with the same bits again.
     const int partner = pl.real(pl.vid ^ mask);
-    Handle s = c.send(partner, o, bytes, step);
+    Handle s = c.send(partner, cur, bytes, step);
     Handle q = c.recv(partner, tmp, bytes, step);
     c.wait(q);
-    c.wait(s);  // `o` is on the wire until then
-    c.reduce(o, o, tmp, count);
+    c.wait(s);  // `cur` is on the wire until then
+    c.reduce(o, cur, tmp, count);
+    cur = o;
   }
+  if (cur != o && bytes) std::memcpy(o, cur, bytes);
   size_t lo = 0, hi = size_t(pl.p);  // block range this rank is responsible for
   for (int mask = pl.p / 2; halve && mask >= 1; mask /= 2, ++step) {
     const int partner = pl.real(pl.vid ^ mask);
