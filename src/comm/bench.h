@@ -22,7 +22,7 @@ struct BenchOptions {
   double factor = 2;              // size step
   Dtype dtype = Dtype::kF32;
   ReduceOp redop = ReduceOp::kSum;
-  std::string algo;      // "", "ring", "rhd", "hier" (all_reduce)
+  std::string algo;      // "", "ring", "rd", "rhd", "hier", "direct" (all_reduce)
   std::string algo_a2a;  // "", "pairwise", "two_level" (all_to_all)
   int warmup = 3;
   int iters = 20;
