@@ -364,7 +364,10 @@ void Communicator::all_to_all(const void* in, void* out, size_t count, Dtype t) 
   sync_point();
   comm_dtype_size(t);
   MOE_CHECK(in != out || count == 0, "comm.all_to_all", "in and out must differ");
-  std::vector<size_t> counts(size(), count), displs(size());
+  std::vector<size_t>& counts = a2a_counts_;  // reused: no allocation per call
+  std::vector<size_t>& displs = a2a_displs_;
+  counts.assign(size(), count);
+  displs.resize(size());
   for (int i = 0; i < size(); ++i) displs[i] = count * i;
   const Algo a = all_to_all_algo();
   OpSig sig{OpKind::kAllToAll, uint8_t(t), 0, uint8_t(a), -1, count};

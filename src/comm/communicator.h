@@ -136,6 +136,7 @@ class Communicator {
   int rank_ = 0;
   uint64_t comm_id_ = 0;
   uint64_t seq_ = 0;
+  std::vector<size_t> a2a_counts_, a2a_displs_;  // all_to_all's counts, kept between calls
   uint64_t splits_ = 0;
   std::vector<uint64_t> p2p_send_, p2p_recv_;
   std::vector<int> host_of_;

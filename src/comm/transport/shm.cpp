@@ -338,7 +338,10 @@ void ShmTransport::begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig) {
 
 void ShmTransport::end_op(uint64_t comm_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  current_.erase(comm_id);
+  // Kept with no operation (sequence numbers start at 1) rather than erased: one entry per
+  // communicator, and no map node allocated and freed per call.
+  const auto it = current_.find(comm_id);
+  if (it != current_.end()) it->second.seq = 0;
 }
 
 void ShmTransport::check_sig_locked(int peer, const MsgHeader& h) {
