@@ -472,6 +472,12 @@ void TcpTransport::wait(Request& r, Deadline deadline, const OpLabel& what) {
   std::string err;
   {
     std::unique_lock<std::mutex> lock(mu_);
+    if (!r.done.load(std::memory_order_acquire) && !driving_ && !polling_) {
+      // About to sleep on a message the progress thread must read, while it lingers after a
+      // driven wait: call it back now rather than up to kDriveLinger later.
+      last_drive_ = Clock::time_point{};
+      drive_cv_.notify_all();
+    }
     while (!r.done.load(std::memory_order_acquire)) {
       if (failed_) {
         err = what.str() + ": " + error_;

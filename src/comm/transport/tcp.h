@@ -202,7 +202,8 @@ class TcpTransport {
   std::condition_variable cv_;
   std::mutex poll_mu_;  // held by the one thread running poll_once
   // A waiter runs the sockets (drive_max_bytes). The progress thread sleeps while it does and
-  // for kDriveLinger after, so back-to-back waits need no hand-off. All under mu_.
+  // for kDriveLinger after, so back-to-back waits need no hand-off, unless a wait that is not
+  // driven calls it back sooner. All under mu_.
   bool driving_ = false;
   bool polling_ = false;  // the progress thread is in (or about to enter) poll_once
   Clock::time_point last_drive_{};
