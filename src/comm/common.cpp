@@ -1,6 +1,9 @@
 #include "comm/common.h"
 
 #include <sched.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdio>
@@ -139,6 +142,39 @@ double env_double(const char* name, double def) {
   const double x = std::strtod(v, &end);
   MOE_CHECK(end && *end == '\0', "comm", name, "='", v, "' is not a number");
   return x;
+}
+
+size_t stream_min_bytes() {
+  static const size_t v = static_cast<size_t>(env_int("MOE_COMM_STREAM_MIN", 1 << 20));
+  return v;
+}
+
+void copy_block(void* dst, const void* src, size_t n, size_t stream_min) {
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  const bool overlap = d < s + n && s < d + n;
+#if defined(__SSE2__)
+  if (stream_min > 0 && n >= stream_min && !overlap) {
+    const size_t head = std::min(n, (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15);
+    std::memcpy(d, s, head);
+    size_t i = head;
+    for (; i + 64 <= n; i += 64) {
+      const __m128i a0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+      const __m128i a1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16));
+      const __m128i a2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 32));
+      const __m128i a3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 48));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), a0);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16), a1);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 32), a2);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 48), a3);
+    }
+    _mm_sfence();  // the streamed lines are visible before anyone is told the copy is done
+    std::memcpy(d + i, s + i, n - i);
+    return;
+  }
+#endif
+  (void)overlap;
+  if (n) std::memmove(d, s, n);
 }
 
 int usable_cpus() {

@@ -57,6 +57,15 @@ double env_double(const char* name, double def);
 // host fit on them.
 int usable_cpus();
 
+// Bytes from which copy_block streams (MOE_COMM_STREAM_MIN, default 1 MiB; 0: never).
+size_t stream_min_bytes();
+// Copies n bytes like memmove. From `stream_min` bytes on (and when the ranges do not
+// overlap) it writes with non-temporal stores: the destination's cache lines are not read
+// first and do not evict what the caches hold. all_to_all's own block goes this way: with
+// every rank copying at once the memory bus is the limit, and 2 ranks on shared memory went
+// from 2.26 to 2.93 GB/s at 64 MiB and from 5.3 to 7.4 at 4 MiB (bench/comm/README.md).
+void copy_block(void* dst, const void* src, size_t n, size_t stream_min = stream_min_bytes());
+
 inline Deadline deadline_after(double seconds) {
   return Clock::now() + std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
 }

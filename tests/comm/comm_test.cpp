@@ -15,6 +15,7 @@
 #include <random>
 #include <thread>
 
+#include "comm/common.h"
 #include "comm/env.h"
 #include "comm/launcher.h"
 #include "comm/socket.h"
@@ -172,6 +173,36 @@ TEST(CommEnv, SlurmNodeList) {
   EXPECT_EQ(slurm_first_host("node[03-05,9],gpu1"), "node03");
   EXPECT_EQ(slurm_first_host("a1,b2"), "a1");
   EXPECT_EQ(slurm_first_host("single"), "single");
+}
+
+// copy_block's streaming path (non-temporal stores after an unaligned head, a tail under 64
+// bytes) against memmove, at every alignment of source and destination and lengths around
+// each boundary; bytes around the destination stay untouched, and overlapping ranges are
+// copied as memmove copies them.
+TEST(CommCopy, StreamingCopyMatchesMemmoveAtEveryAlignmentAndLength) {
+  const size_t kGuard = 64;
+  std::mt19937 rng(7);
+  for (size_t n : {size_t(0), size_t(1), size_t(15), size_t(16), size_t(17), size_t(63),
+                   size_t(64), size_t(65), size_t(1000), size_t(1 << 20) + 77}) {
+    std::vector<unsigned char> src(n + 32), dst(n + 32 + 2 * kGuard), want;
+    for (auto& b : src) b = static_cast<unsigned char>(rng());
+    for (size_t so : {0, 1, 8, 15}) {
+      for (size_t d_off : {0, 3, 16, 31}) {
+        std::fill(dst.begin(), dst.end(), 0xAB);
+        want = dst;
+        std::memmove(want.data() + kGuard + d_off, src.data() + so, n);
+        copy_block(dst.data() + kGuard + d_off, src.data() + so, n, /*stream_min=*/1);
+        ASSERT_EQ(dst, want) << "n " << n << " source offset " << so << " destination offset "
+                             << d_off;
+      }
+    }
+  }
+  std::vector<unsigned char> buf(5000), want(5000);
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<unsigned char>(i * 7);
+  want = buf;
+  std::memmove(want.data() + 3, want.data(), 4000);
+  copy_block(buf.data() + 3, buf.data(), 4000, /*stream_min=*/1);
+  EXPECT_EQ(buf, want);
 }
 
 TEST(CommParsers, RandomBytesNeverCrashTheHeaderChecks) {

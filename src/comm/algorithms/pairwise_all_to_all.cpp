@@ -30,8 +30,7 @@ void pairwise_all_to_allv(OpContext& c, const void* in, const size_t* send_count
   }
   // Our own block last: the peers copy theirs (single copy over shared memory reads our
   // buffer from their side) while we copy ours.
-  if (send_counts[r])
-    std::memmove(dst + recv_displs[r] * es, src + send_displs[r] * es, send_counts[r] * es);
+  copy_block(dst + recv_displs[r] * es, src + send_displs[r] * es, send_counts[r] * es);
   c.wait_all(hs);
 }
 

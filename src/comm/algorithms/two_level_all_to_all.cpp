@@ -71,7 +71,7 @@ void two_level_all_to_allv(OpContext& c, const void* in, const size_t* send_coun
         local.recv(lidx[from], dst + recv_displs[from] * es, recv_counts[from] * es, 0));
   }
   if (send_counts[r])
-    std::memmove(dst + recv_displs[r] * es, src + send_displs[r] * es, send_counts[r] * es);
+    copy_block(dst + recv_displs[r] * es, src + send_displs[r] * es, send_counts[r] * es);
   for (int i = 1; i < nl; ++i) {
     const int to = mine[(l + i) % nl];
     sends.push_back(local.send(lidx[to], src + send_displs[to] * es, send_counts[to] * es, 0));
