@@ -27,8 +27,9 @@
 # (default DIR/moe). Missing mpi_bench / gloo_bench / mpirun: those systems are skipped with a
 # message (scripts/setup.sh bench installs openmpi-bin libopenmpi-dev libgloo-dev).
 # --iters auto (the default) times each run over 1 GiB / size calls, at least 20 and at most
-# 2000: 256 at 4M, 20 at 64M, 2000 below 512K, so a small-size run lasts long enough (0.1-0.5 s) for the noise of one core
-# switching away to average out; 20 calls at 4M lasted 10-20 ms and swung 2-4x per round.
+# 2000: 256 at 4M, 20 at 64M, 2000 below 512K, so a small-size run lasts long enough (0.1-0.5
+# s) for the noise of one core switching away to average out; 20 calls at 4M lasted 10-20 ms
+# and swung 2-4x per round.
 # --host-congestion NAME (root) sets the host's TCP congestion control for the run and puts
 # the old one back at the end, so Open MPI and Gloo run on NAME too: e.g. reno, the one ours
 # uses between ranks of one host, for a comparison on equal terms.
@@ -49,7 +50,7 @@ while (($#)); do
     --timeout) timeout_s=$2; shift 2 ;;
     --raw) raw=$2; shift 2 ;;
     --host-congestion) host_cc=$2; shift 2 ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
 done

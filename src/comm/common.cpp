@@ -152,8 +152,8 @@ size_t stream_min_bytes() {
 void copy_block(void* dst, const void* src, size_t n, size_t stream_min) {
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
-  const bool overlap = d < s + n && s < d + n;
 #if defined(__SSE2__)
+  const bool overlap = d < s + n && s < d + n;
   if (stream_min > 0 && n >= stream_min && !overlap) {
     const size_t head = std::min(n, (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15);
     std::memcpy(d, s, head);
@@ -172,10 +172,13 @@ void copy_block(void* dst, const void* src, size_t n, size_t stream_min) {
     std::memcpy(d + i, s + i, n - i);
     return;
   }
+#else
+  (void)stream_min;
 #endif
-  (void)overlap;
   if (n) std::memmove(d, s, n);
 }
+
+double default_spin_us(int local_ranks) { return local_ranks <= usable_cpus() ? 1000 : 50; }
 
 int usable_cpus() {
   cpu_set_t cpus;

@@ -56,6 +56,10 @@ double env_double(const char* name, double def);
 // CPUs this process may run on (its affinity mask): waiters spin only when the ranks of a
 // host fit on them.
 int usable_cpus();
+// Default spin of a waiter before it sleeps, in microseconds, for `local_ranks` ranks on this
+// host: 1000 when they fit on usable_cpus(), else 50 (a yield then hands the core to a peer
+// with work; shm.h has the figures).
+double default_spin_us(int local_ranks);
 
 // Bytes from which copy_block streams (MOE_COMM_STREAM_MIN, default 1 MiB; 0: never).
 size_t stream_min_bytes();

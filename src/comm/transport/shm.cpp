@@ -113,7 +113,7 @@ ShmTransport::ShmTransport(StoreClient& store, const std::string& prefix, int ra
     if (local_[i] == rank_) me_ = i;
   }
   peer_ = std::vector<Peer>(nl);
-  if (opt_.spin_us < 0) opt_.spin_us = nl <= usable_cpus() ? 1000 : 50;
+  if (opt_.spin_us < 0) opt_.spin_us = default_spin_us(nl);
   seg_.assign(nl, nullptr);
   seg_bytes_ = kSegHeaderBytes + size_t(nl) * (kRingCtlBytes + opt_.ring_bytes);
 

@@ -173,10 +173,19 @@ class TcpTransport {
   };
 
   void connect_mesh(StoreClient& store, const std::string& prefix, const std::string& token);
+  // tcp_io.cpp: the socket engine.
+  static constexpr size_t kSinkBytes = 64 << 10;  // bytes read at once into sink_ to discard
+  // How long the progress thread stays asleep after a waiter drove the sockets (see wait()).
+  static constexpr auto kDriveLinger = std::chrono::milliseconds(1);
+  static void epoll_mod(int ep, int fd, void* ptr, uint32_t events, int op);
   void progress_loop();
+  // Runs the sockets for `r` until it is done, the transport failed, its peer said goodbye or
+  // the deadline passed; the caller has set driving_.
+  void drive(Request& r, Deadline deadline);
   // One round of the sockets: parked sockets that are due, then those epoll says are ready,
-  // waiting up to `timeout`. Run by one thread at a time (poll_mu_ held). False if epoll failed.
-  int poll_once(timespec timeout);  // events handled, -1 if epoll failed
+  // waiting up to `timeout_ns`. Run by one thread at a time (poll_mu_ held). Returns the
+  // events handled, -1 if epoll failed.
+  int poll_once(int64_t timeout_ns);
   void on_readable(Sock& s);
   void on_writable(Sock& s);
   // All three run with mu_ held.
@@ -207,7 +216,7 @@ class TcpTransport {
   bool driving_ = false;
   bool polling_ = false;  // the progress thread is in (or about to enter) poll_once
   Clock::time_point last_drive_{};
-  std::condition_variable drive_cv_;  // with mu_: wakes the progress thread at shutdown
+  std::condition_variable drive_cv_;  // with mu_: calls the lingering progress thread back
   std::atomic<bool> failed_{false};
   std::string error_;
   std::string abort_payload_;  // our own failure, sent to every peer once
