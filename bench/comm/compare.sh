@@ -13,6 +13,8 @@
 # algbw * 2(n-1)/n for all_reduce and (n-1)/n for all_to_all, time = mean per call of the
 # slowest rank; see bench_common.h):
 #   ours         moe comm-bench with the default transport (MOE_COMM_TRANSPORT unset: auto)
+#   ours-reg     the same as ours with --registered: in and out buffers from Communicator::alloc,
+#                which ranks of one host map (like nccl-tests -R 1, registered user buffers)
 #   ours-tcp     moe comm-bench with MOE_COMM_TRANSPORT=tcp
 #   mpi-shm      mpi_bench under mpirun with Open MPI's defaults (one host: pml ob1, btl vader)
 #   mpi-tcp      mpi_bench under mpirun --mca pml ob1 --mca btl tcp,self
@@ -99,7 +101,7 @@ IFS=, read -ra np_list <<<"$nprocs"
 IFS=, read -ra size_list <<<"$sizes"
 
 systems_for() {  # op -> the systems measured for it, in their base order
-  local s=(ours ours-tcp)
+  local s=(ours ours-reg ours-tcp)
   ((have_mpi)) && s+=(mpi-shm mpi-tcp)
   if ((have_gloo)); then
     if [[ $1 == all_reduce ]]; then s+=(gloo-ring gloo-chunked); else s+=(gloo); fi
@@ -127,6 +129,7 @@ run_one() {
   calls=$(iters_for "$size")
   case $sys in
     ours) cmd=(env -u MOE_COMM_TRANSPORT "$moe" comm-bench) ;;
+    ours-reg) cmd=(env -u MOE_COMM_TRANSPORT "$moe" comm-bench --registered) ;;
     ours-tcp) cmd=(env MOE_COMM_TRANSPORT=tcp "$moe" comm-bench) ;;
   esac
   if [[ $sys == ours* ]]; then
@@ -236,7 +239,7 @@ awk -F'\t' '
     print ""
     print "## Ratios: median over rounds of (ours busbw / other busbw) measured in the same round"
     printf "%-11s %5s %5s  %-24s %7s  %s\n", "op", "ranks", "size", "ratio", "median", "per round"
-    npairs = split("ours/mpi-shm ours-tcp/mpi-tcp ours/mpi-tcp ours/gloo-chunked ours/gloo-ring ours/gloo ours-tcp/gloo-chunked ours-tcp/gloo", pairs, " ")
+    npairs = split("ours/mpi-shm ours-reg/mpi-shm ours-tcp/mpi-tcp ours/mpi-tcp ours/gloo-chunked ours/gloo-ring ours/gloo ours-reg/gloo-chunked ours-reg/gloo ours-tcp/gloo-chunked ours-tcp/gloo", pairs, " ")
     for (c = 1; c <= nc; c++) {
       split(cells[c], p, SUBSEP)
       if (p[1] == "limits") continue
@@ -258,7 +261,7 @@ awk -F'\t' '
       split(cells[c], p, SUBSEP)
       if (p[1] != "all_to_all" || p[3] != "64M") continue  # smaller buffers sit in the caches
       n = p[2] + 0
-      ns = split("ours mpi-shm", sy, " ")
+      ns = split("ours ours-reg mpi-shm", sy, " ")
       for (s = 1; s <= ns; s++) {
         list = ""
         for (r = 1; r <= maxr; r++) {

@@ -61,6 +61,7 @@ void run_comm_bench(const BenchArgs& a) {
     if (!opt.algo.empty()) lo.cmd.insert(lo.cmd.end(), {"--algo", opt.algo});
     if (!opt.algo_a2a.empty()) lo.cmd.insert(lo.cmd.end(), {"--algo-a2a", opt.algo_a2a});
     if (!opt.check) lo.cmd.push_back("--no-check");
+    if (opt.registered) lo.cmd.push_back("--registered");
     lo.on_line = [](int r, const std::string& line, bool is_err) {
       std::FILE* f = is_err ? stderr : stdout;
       if (r == 0 && !is_err)
@@ -85,6 +86,15 @@ void run_comm_bench(const BenchArgs& a) {
       std::fflush(stdout);
     }
   });
+  const ShmStats st = c->transport_stats();
+  if (c->rank() == 0 && st.cma_reads + st.mapped_reads + st.mapped_reduces)
+    std::printf(
+        "# rank 0 shm single copy: %llu by process_vm_readv, %llu copied from mapped "
+        "buffers, %llu reduced from mapped buffers (%llu maps)\n",
+        static_cast<unsigned long long>(st.cma_reads),
+        static_cast<unsigned long long>(st.mapped_reads),
+        static_cast<unsigned long long>(st.mapped_reduces),
+        static_cast<unsigned long long>(st.maps));
   if (wrong) {
     if (c->rank() == 0)
       std::fprintf(stderr, "moe comm-bench: %lld wrong elements\n", static_cast<long long>(wrong));
@@ -143,6 +153,9 @@ void add_comm_commands(CLI::App& app) {
   cb->add_option("--iters", ba->opt.iters, "timed iterations per size")->capture_default_str();
   cb->add_option("--warmup", ba->opt.warmup, "untimed iterations per size")->capture_default_str();
   cb->add_flag("!--no-check", ba->opt.check, "skip the #wrong check");
+  cb->add_flag("--registered", ba->opt.registered,
+               "in and out buffers from Communicator::alloc, which ranks on this host map "
+               "(like nccl-tests -R 1)");
   cb->add_option("--nproc", ba->nproc, "ranks to start when not under a launcher")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();

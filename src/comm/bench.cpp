@@ -95,14 +95,15 @@ uint64_t parse_bytes(const std::string& s) {
 std::string bench_header(const BenchOptions& opt, int world) {
   char buf[512];
   std::snprintf(buf, sizeof buf,
-                "# moe comm-bench: %s, %d ranks, %s, %s, algo %s%s%s, %d warmup + %d timed "
-                "iters\n"
+                "# moe comm-bench: %s, %d ranks, %s, %s, algo %s%s%s, %s buffers, %d warmup + %d "
+                "timed iters\n"
                 "#%12s %12s %8s %6s %10s %8s %8s %7s\n#%12s %12s %8s %6s %10s %8s %8s %7s",
                 opt.op.c_str(), world, comm_dtype_name(opt.dtype), reduce_op_name(opt.redop),
                 opt.algo.empty() ? "auto" : opt.algo.c_str(),
-                opt.algo_a2a.empty() ? "" : ", algo-a2a ", opt.algo_a2a.c_str(), opt.warmup,
-                opt.iters, "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong",
-                "(B)", "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "");
+                opt.algo_a2a.empty() ? "" : ", algo-a2a ", opt.algo_a2a.c_str(),
+                opt.registered ? "registered (Communicator::alloc)" : "heap", opt.warmup, opt.iters,
+                "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong", "(B)",
+                "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "");
   return buf;
 }
 
@@ -142,7 +143,26 @@ void run_bench(Communicator& c, const BenchOptions& opt,
   if (k == Op::kAllReduce) bus_factor = 2.0 * (n - 1) / n;
   else if (per_rank_blocks) bus_factor = double(n - 1) / n;
 
-  std::vector<char> in, out;
+  // Heap memory, or Communicator::alloc's (--registered).
+  struct Buf {
+    std::vector<char> heap;
+    CommBuffer reg;
+    char* p = nullptr;
+    size_t n = 0;
+    void assign(Communicator& c, bool registered, size_t bytes) {
+      n = bytes;
+      if (registered) {
+        if (!reg.data() || reg.size() != bytes) reg = c.alloc(bytes);
+        std::memset(reg.data(), 0, bytes);
+        p = reg.as<char>();
+      } else {
+        heap.assign(bytes, 0);
+        p = heap.data();
+      }
+    }
+    char* data() { return p; }
+    size_t size() const { return n; }
+  } in, out;
   for (double bytes_d = double(std::max<uint64_t>(opt.min_bytes, es));;
        bytes_d = std::ceil(bytes_d * opt.factor)) {
     uint64_t bytes = static_cast<uint64_t>(bytes_d);
@@ -152,8 +172,8 @@ void run_bench(Communicator& c, const BenchOptions& opt,
     bytes = std::max<uint64_t>(unit, bytes / unit * unit);
     const size_t count = bytes / es;        // elements in the "size" buffer
     const size_t block = per_rank_blocks ? count / n : count;
-    in.assign(k == Op::kAllGather ? block * es : bytes, 0);
-    out.assign(k == Op::kReduceScatter ? block * es : bytes, 0);
+    in.assign(c, opt.registered, k == Op::kAllGather ? block * es : bytes);
+    out.assign(c, opt.registered, k == Op::kReduceScatter ? block * es : bytes);
     auto call = [&] {
       if (k == Op::kAllReduce) c.all_reduce(in.data(), out.data(), count, t, opt.redop);
       else if (k == Op::kAllGather) c.all_gather(in.data(), out.data(), block, t);

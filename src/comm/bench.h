@@ -27,6 +27,9 @@ struct BenchOptions {
   int warmup = 3;
   int iters = 20;
   bool check = true;
+  // In and out buffers from Communicator::alloc, which peers on this host map (nccl-tests'
+  // -R 1, registered user buffers) instead of plain heap memory.
+  bool registered = false;
 };
 
 struct BenchRow {

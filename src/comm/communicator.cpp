@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <utility>
 
 namespace moe::comm {
 
@@ -238,6 +239,33 @@ void Communicator::set_algo(const std::string& algo) { algo_ = parse_algo(algo);
 void Communicator::set_algo_a2a(const std::string& algo) { algo_a2a_ = parse_algo_a2a(algo); }
 
 std::string Communicator::transport_info() const { return shared_->transport->describe(); }
+
+ShmStats Communicator::transport_stats() const { return shared_->transport->shm_stats(); }
+
+CommBuffer Communicator::alloc(size_t bytes) {
+  CommBuffer b;
+  b.registry_ = shared_->transport->buffers();
+  b.data_ = b.registry_->allocate(bytes).base;
+  b.size_ = bytes;
+  return b;
+}
+
+CommBuffer& CommBuffer::operator=(CommBuffer&& o) noexcept {
+  if (this != &o) {
+    reset();
+    registry_ = std::move(o.registry_);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+void CommBuffer::reset() {
+  if (data_) registry_->release(data_);
+  data_ = nullptr;
+  size_ = 0;
+  registry_.reset();
+}
 
 namespace {
 // Several hosts, and more than one rank on at least one: where two-level algorithms help.

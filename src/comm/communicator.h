@@ -61,6 +61,36 @@ class Work {
 };
 using WorkPtr = std::shared_ptr<Work>;
 
+// Memory from Communicator::alloc: zeroed, page-aligned, freed when the last move of it is
+// destroyed (it may outlive the communicator). Any collective takes any memory, but between
+// ranks of one host big messages in these buffers go faster: the peers map them and copy with
+// plain loads and stores, or reduce straight from them, instead of process_vm_readv into a
+// staging buffer (2 ranks, 64 MiB all_reduce: bench/comm/README.md). Like NCCL's registered
+// user buffers, it pays when both sides of a message use them.
+class CommBuffer {
+ public:
+  CommBuffer() = default;
+  CommBuffer(CommBuffer&& o) noexcept { *this = std::move(o); }
+  CommBuffer& operator=(CommBuffer&& o) noexcept;
+  CommBuffer(const CommBuffer&) = delete;
+  CommBuffer& operator=(const CommBuffer&) = delete;
+  ~CommBuffer() { reset(); }
+
+  void* data() const { return data_; }
+  size_t size() const { return size_; }  // as asked for (the mapping is rounded up to a page)
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+  void reset();
+
+ private:
+  friend class Communicator;
+  std::shared_ptr<BufferRegistry> registry_;
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 class Communicator {
  public:
   // Starts (or joins) the job described by `env`: rendezvous through the store, connect the
@@ -85,6 +115,11 @@ class Communicator {
   Algo all_to_all_algo() const;
   // How this rank reaches the others: "shm to 3 ranks, tcp to 4 ranks".
   std::string transport_info() const;
+  // Counters of the shared-memory transport's single-copy paths (shared by split communicators).
+  ShmStats transport_stats() const;
+
+  // A buffer the ranks of this host can map (see CommBuffer). Not collective.
+  CommBuffer alloc(size_t bytes);
 
   // Ranks with the same color form a new communicator, ordered by (key, rank). A negative
   // color returns nullptr (the rank joins none). Collective over this communicator.

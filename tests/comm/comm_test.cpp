@@ -20,6 +20,7 @@
 #include "comm/launcher.h"
 #include "comm/socket.h"
 #include "comm/store.h"
+#include "comm/transport/buffers.h"
 #include "comm/transport/message.h"
 
 using namespace moe::comm;
@@ -205,6 +206,41 @@ TEST(CommCopy, StreamingCopyMatchesMemmoveAtEveryAlignmentAndLength) {
   EXPECT_EQ(buf, want);
 }
 
+// Communicator::alloc's registry: page-rounded zeroed memory that lookups find only when a
+// whole range lies inside one buffer, ids never reused, and releases checked.
+TEST(CommBuffers, RegistryFindsWholeRangesInsideOneBufferOnly) {
+  BufferRegistry reg;
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  SharedRegion a = reg.allocate(1000), b = reg.allocate(3 * page + 1);
+  EXPECT_EQ(a.bytes, page);
+  EXPECT_EQ(b.bytes, 4 * page);
+  EXPECT_NE(a.id, b.id);
+  EXPECT_GE(a.fd, 0);
+  EXPECT_EQ(reg.live(), 2u);
+  for (uint64_t i = 0; i < b.bytes; ++i) ASSERT_EQ(b.base[i], 0) << i;
+  SharedRegion got;
+  ASSERT_TRUE(reg.find(b.base + 10, 100, &got));
+  EXPECT_EQ(got.id, b.id);
+  EXPECT_TRUE(reg.find(b.base, b.bytes, &got));
+  EXPECT_FALSE(reg.find(b.base + 1, b.bytes, &got));  // runs past the end
+  EXPECT_FALSE(reg.find(b.base - 1, 2, &got));        // starts before it
+  int here = 0;
+  EXPECT_FALSE(reg.find(&here, sizeof here, &got));
+  int released = 0;
+  reg.set_release_hook([&] { ++released; });
+  reg.release(a.base);
+  EXPECT_EQ(released, 1);
+  EXPECT_FALSE(reg.find(a.base, 1, &got));
+  EXPECT_THROW(reg.release(a.base), moe::Error);
+  SharedRegion c = reg.allocate(10);
+  EXPECT_GT(c.id, b.id);
+  reg.set_release_hook(nullptr);
+  reg.release(b.base);
+  reg.release(c.base);
+  EXPECT_EQ(released, 1);
+  EXPECT_EQ(reg.live(), 0u);
+}
+
 TEST(CommParsers, RandomBytesNeverCrashTheHeaderChecks) {
   std::mt19937_64 rng(1);
   int accepted = 0;
@@ -285,6 +321,8 @@ TEST(CommStore, SetGetAddWaitDeleteAndRefusesBadToken) {
 //   copy   the same with MOE_COMM_SHM_CMA=0: every message through the rings
 //   hosts  fake hosts of two ranks: shared memory inside a host, TCP between hosts, and the
 //          hierarchical all_reduce and two-level all_to_allv beside the flat algorithms
+//   reg    shm with every buffer from Communicator::alloc: single-copy messages are copied
+//          from, and reduced straight from, mapped peer buffers
 struct SweepCase {
   std::string mode;
   int n;
@@ -299,8 +337,10 @@ TEST_P(CommSweep, EveryCollectiveDtypeOpAlgorithmAndSize) {
   // A 64 MiB all_reduce with every algorithm, on 4 ranks.
   const std::string huge = n == 4 ? std::to_string(64 << 20) : "0";
   std::vector<std::pair<std::string, std::string>> env;
-  if (mode != "hosts") env.emplace_back("MOE_COMM_TRANSPORT", mode == "copy" ? "shm" : mode);
+  if (mode != "hosts")
+    env.emplace_back("MOE_COMM_TRANSPORT", mode == "copy" || mode == "reg" ? "shm" : mode);
   if (mode == "copy") env.emplace_back("MOE_COMM_SHM_CMA", "0");
+  if (mode == "reg") env.emplace_back("MOE_TEST_REGISTERED", "1");
   auto run = run_workers(n, {"sweep", big, huge}, env, {}, mode == "hosts" ? 2 : 0);
   for (int r = 0; r < n; ++r)
     EXPECT_EQ(run->res.codes[r], 0) << "rank " << r << ":\n" << run->all(r);
@@ -318,12 +358,34 @@ TEST_P(CommSweep, EveryCollectiveDtypeOpAlgorithmAndSize) {
   if (mode == "copy") {
     EXPECT_EQ(out.find("single copy"), std::string::npos) << out;
   }
+  if (mode == "reg") {
+    if (out.find("(shm: single copy") == std::string::npos)
+      GTEST_SKIP() << "no single copy on this host (process_vm_readv forbidden):\n" << out;
+    if (out.find("cannot map rank") != std::string::npos)
+      GTEST_SKIP() << "this host refuses pidfd_getfd between ranks:\n" << out;
+    // Every rank copied and reduced from its peers' mapped buffers.
+    for (int r = 0; r < n; ++r) {
+      const std::string o = run->all(r);
+      const auto at = o.find("sweep: rank " + std::to_string(r) + " offers read: ");
+      ASSERT_NE(at, std::string::npos) << o;
+      unsigned long long cma = 0, reads = 0, reduces = 0;
+      ASSERT_EQ(std::sscanf(o.c_str() + at,
+                            "sweep: rank %*d offers read: %llu by cma, "
+                            "%llu mapped, %llu reduced from mapped",
+                            &cma, &reads, &reduces),
+                3)
+          << o;
+      EXPECT_GT(reads, 0u) << o;
+      EXPECT_GT(reduces, 0u) << o;
+    }
+  }
 }
 std::vector<SweepCase> sweep_cases() {
   std::vector<SweepCase> v;
   for (const char* mode : {"tcp", "shm", "hosts"})
     for (int n = 1; n <= 8; ++n) v.push_back({mode, n});
   for (int n : {2, 3, 8}) v.push_back({"copy", n});
+  for (int n : {2, 3, 4}) v.push_back({"reg", n});
   return v;
 }
 INSTANTIATE_TEST_SUITE_P(World, CommSweep, ::testing::ValuesIn(sweep_cases()),
@@ -513,7 +575,8 @@ TEST(CommMulti, TcpCongestionControlIsTheOneAsked) {
 }
 
 // kill -9 one rank during a 64 MiB all_reduce: every other rank exits non-zero within 10 s
-// with a message naming it, whether the data moves over TCP or shared memory.
+// with a message naming it, whether the data moves over TCP or shared memory, from heap
+// memory or from Communicator::alloc buffers the peers map (and keep mapped after the kill).
 class CommKill : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CommKill, DuringA64MiBAllReduceEveryRankNamesTheVictimWithin10s) {
@@ -535,13 +598,16 @@ TEST_P(CommKill, DuringA64MiBAllReduceEveryRankNamesTheVictimWithin10s) {
       });
     }
   };
+  const bool shm = GetParam() != "tcp";
   auto run = run_workers(n, {"loop", std::to_string(64 << 20)},
-                         {{"MOE_COMM_TIMEOUT", "60"}, {"MOE_COMM_TRANSPORT", GetParam()}}, opt);
+                         {{"MOE_COMM_TIMEOUT", "60"},
+                          {"MOE_COMM_TRANSPORT", shm ? "shm" : "tcp"},
+                          {"MOE_TEST_REGISTERED", GetParam() == "registered" ? "1" : "0"}},
+                         opt);
   if (killer.joinable()) killer.join();
   ASSERT_TRUE(started.load()) << run->all(0);
-  EXPECT_NE(
-      run->all(0).find("transport " + std::string(GetParam() == "shm" ? "shm to 3" : "shm to 0")),
-      std::string::npos)
+  EXPECT_NE(run->all(0).find("transport " + std::string(shm ? "shm to 3" : "shm to 0")),
+            std::string::npos)
       << run->all(0);
   EXPECT_EQ(run->res.codes[victim], 128 + SIGKILL);
   for (int r = 0; r < n; ++r) {
@@ -555,7 +621,35 @@ TEST_P(CommKill, DuringA64MiBAllReduceEveryRankNamesTheVictimWithin10s) {
     EXPECT_LT(run->res.exit_seconds[r] - killed_at, 10.0) << "rank " << r;
   }
 }
-INSTANTIATE_TEST_SUITE_P(Transport, CommKill, ::testing::Values("tcp", "shm"));
+INSTANTIATE_TEST_SUITE_P(Transport, CommKill, ::testing::Values("tcp", "shm", "registered"));
+
+// Buffers that come and go, often at the same address: every all_reduce reads the new one
+// (a mapping is per buffer id, never per address), and a buffer a peer released is unmapped
+// here the next time that peer offers one, so churn does not pin memory (without that, the
+// per-peer cap of 32 mappings is reached).
+TEST(CommMulti, AllocBuffersThatComeAndGoAreReadFreshAndUnmapped) {
+  auto run = run_workers(3, {"churn"}, {{"MOE_COMM_TRANSPORT", "shm"}});
+  for (int r = 0; r < 3; ++r) {
+    const std::string o = run->all(r);
+    EXPECT_EQ(run->res.codes[r], 0) << o;
+    int maps = -1, wrong = -1;
+    unsigned long long reduces = 0;
+    const auto at = o.find("churn: rank ");
+    ASSERT_NE(at, std::string::npos) << o;
+    ASSERT_EQ(std::sscanf(o.c_str() + at,
+                          "churn: rank %*d maps %d alloc buffers after 40, %llu mapped reduces, "
+                          "%d wrong",
+                          &maps, &reduces, &wrong),
+              3)
+        << o;
+    EXPECT_EQ(wrong, 0) << o;
+    if (o.find("cannot map rank") != std::string::npos || reduces == 0) {
+      EXPECT_EQ(maps, 0) << o;  // nothing mapped: single copy by process_vm_readv or rings
+      continue;
+    }
+    EXPECT_LE(maps, 2) << o;  // the peers' last buffers at most
+  }
+}
 
 TEST(CommFailure, WrongTokenIsRefusedWhileTheJobCompletes) {
   const int port = free_port();

@@ -3,6 +3,9 @@
 //                                   vs closed-form values (+ an f32 all_reduce of big_bytes)
 //   comm_worker split | p2p | hello
 //   comm_worker loop BYTES          all_reduce of BYTES forever (a victim is killed from outside)
+//   comm_worker churn               allocates, uses and frees Communicator::alloc buffers 40
+//                                   times; prints how many such buffers this rank has mapped
+// MOE_TEST_REGISTERED=1: sweep and loop use Communicator::alloc buffers.
 //   comm_worker hier_vs_ring BYTES  times flat ring and hierarchical all_reduce
 //   comm_worker mismatch KIND       rank 1 calls another collective (kind) or size (size)
 //   comm_worker stall SECONDS       rank 1 sleeps before the collective
@@ -13,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -27,6 +31,9 @@ namespace {
 
 int g_fail = 0;
 long g_checks = 0;
+// MOE_TEST_REGISTERED=1: every buffer of the sweep comes from Communicator::alloc, so the
+// shared-memory transport copies from (and reduces straight from) mapped peer buffers.
+Communicator* g_alloc_from = nullptr;
 
 // Values that every dtype holds exactly (small integers and halves), so closed forms are exact.
 double contrib(int r, size_t i) {
@@ -58,9 +65,26 @@ float from_bf16(uint16_t h) {
   return f;
 }
 
+// Elements of one dtype in heap memory, or in a Communicator::alloc buffer.
+struct Mem {
+  std::vector<char> heap;
+  CommBuffer reg;
+  char* p;
+  explicit Mem(size_t bytes) {
+    if (g_alloc_from) {
+      reg = g_alloc_from->alloc(bytes);
+      p = reg.as<char>();
+    } else {
+      heap.assign(bytes, 0);
+      p = heap.data();
+    }
+  }
+  char* data() const { return p; }
+};
+
 struct Buf {
   Dtype t;
-  std::vector<char> b;
+  Mem b;
   Buf(Dtype t_, size_t n) : t(t_), b(n * comm_dtype_size(t_) + 1) {}
   void* data() { return b.data(); }
   void set(size_t i, double v) {
@@ -124,11 +148,12 @@ void all_to_all_check(Communicator& c, Dtype t, size_t cnt, const char* algo);
 void big_all_reduce(Communicator& c, size_t bytes) {
   const int n = c.size(), r = c.rank();
   const size_t cnt = bytes / 4;
-  std::vector<float> a(cnt);
+  Mem mem(bytes);
+  float* a = reinterpret_cast<float*>(mem.data());
   for (const char* algo : all_reduce_algos(c)) {
     c.set_algo(algo);
     for (size_t i = 0; i < cnt; ++i) a[i] = float(contrib(r, i));
-    c.all_reduce(a.data(), a.data(), cnt, Dtype::kF32, ReduceOp::kSum);
+    c.all_reduce(a, a, cnt, Dtype::kF32, ReduceOp::kSum);
     ++g_checks;
     size_t bad = 0, first = 0;
     for (size_t i = 0; i < cnt; ++i)
@@ -204,6 +229,11 @@ int sweep(Communicator& c, size_t max_count, size_t big_bytes) {
   c.all_reduce(&fails, &fails, 1, Dtype::kI64, ReduceOp::kSum);
   if (r == 0) std::printf("sweep: world %d, %ld checks on rank 0, %lld failures in all\n", n,
                           g_checks, static_cast<long long>(fails));
+  const ShmStats st = c.transport_stats();
+  std::printf("sweep: rank %d offers read: %llu by cma, %llu mapped, %llu reduced from mapped\n", r,
+              static_cast<unsigned long long>(st.cma_reads),
+              static_cast<unsigned long long>(st.mapped_reads),
+              static_cast<unsigned long long>(st.mapped_reduces));
   return fails ? 1 : 0;
 }
 
@@ -319,6 +349,40 @@ int late_recv_test(Communicator& c) {
   return 0;
 }
 
+// Buffers from Communicator::alloc that this process maps: its own and its peers'.
+int mapped_alloc_buffers() {
+  std::FILE* f = std::fopen("/proc/self/maps", "r");
+  if (!f) return -1;
+  char line[512];
+  int n = 0;
+  while (std::fgets(line, sizeof line, f)) n += std::strstr(line, "moe-comm-buffer") != nullptr;
+  std::fclose(f);
+  return n;
+}
+
+int churn_test(Communicator& c) {
+  const int n = c.size(), r = c.rank();
+  const size_t cnt = (1 << 20) / 4 + 5;  // big enough for single copy and the ring
+  int bad = 0;
+  for (int it = 0; it < 40; ++it) {
+    // A fresh buffer each time, often at the address the last one had: peers must not read
+    // through a stale mapping.
+    CommBuffer b = c.alloc(cnt * 4);
+    float* a = b.as<float>();
+    for (size_t i = 0; i < cnt; ++i) a[i] = float(it * 1000 + r + int(i % 7));
+    c.all_reduce(a, a, cnt, Dtype::kF32, ReduceOp::kSum);
+    for (size_t i = 0; i < cnt; ++i) {
+      const float want = float(n * (it * 1000 + int(i % 7)) + n * (n - 1) / 2);
+      if (a[i] != want && bad++ < 5)
+        std::printf("FAIL rank %d churn %d element %zu is %g, want %g\n", r, it, i, a[i], want);
+    }
+  }
+  const ShmStats st = c.transport_stats();
+  std::printf("churn: rank %d maps %d alloc buffers after 40, %llu mapped reduces, %d wrong\n", r,
+              mapped_alloc_buffers(), static_cast<unsigned long long>(st.mapped_reduces), bad);
+  return bad ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -326,11 +390,14 @@ int main(int argc, char** argv) {
   try {
     auto c = Communicator::from_env();
     const int r = c->rank();
+    const char* reg = std::getenv("MOE_TEST_REGISTERED");
+    if (reg && std::string(reg) == "1") g_alloc_from = c.get();
     if (mode == "sweep")
       return sweep(*c, argc > 2 ? std::stoul(argv[2]) : 0, argc > 3 ? std::stoul(argv[3]) : 0);
     if (mode == "split") return split_test(*c);
     if (mode == "p2p") return p2p_test(*c);
     if (mode == "late_recv") return late_recv_test(*c);
+    if (mode == "churn") return churn_test(*c);
     if (mode == "async") {
       // Several operations in flight while the caller "computes", one blocking call between,
       // all in call order.
@@ -404,9 +471,11 @@ int main(int argc, char** argv) {
     }
     if (mode == "loop") {
       const size_t count = (argc > 2 ? std::stoul(argv[2]) : 8 << 20) / 4;
-      std::vector<float> a(count, 1.0f);
+      Mem mem(count * 4);
+      float* a = reinterpret_cast<float*>(mem.data());
+      std::fill(a, a + count, 1.0f);
       for (long it = 0;; ++it) {
-        c->all_reduce(a.data(), a.data(), count, Dtype::kF32, ReduceOp::kAvg);
+        c->all_reduce(a, a, count, Dtype::kF32, ReduceOp::kAvg);
         if (it == 0) {
           if (r == 0) std::printf("transport %s\n", c->transport_info().c_str());
           std::printf("loop started\n");

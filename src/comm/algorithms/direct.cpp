@@ -30,20 +30,18 @@ void direct_all_reduce(OpContext& c, const void* in, void* out, size_t count) {
   auto slot = [&](int i) { return slots + size_t(i - 1) * max_seg * es; };
 
   std::vector<Handle> recvs, sends;
-  for (int i = 1; i < n; ++i) recvs.push_back(c.recv((r - i + n) % n, slot(i), mine * es, 0));
   for (int i = 1; i < n; ++i) {
     const int to = (r + i) % n;
     sends.push_back(c.send(to, src + off(to) * es, len(to) * es, 0));
   }
   // Our segment: our own contribution first, then rank r-1's, r-2's, ... (a fixed order per
   // segment; in place, `acc` is our own contribution and is only ever read before written).
+  // Each receive is posted once the one before is reduced, since the transport may reduce
+  // as the data comes (from a mapped buffer); the senders' offers are already here.
   char* acc = o + off(r) * es;
   const char* own = src + off(r) * es;
-  for (int i = 1; i < n; ++i) {
-    c.wait(recvs[i - 1]);
-    c.reduce(acc, i == 1 ? own : acc, slot(i), mine);
-  }
-  recvs.clear();
+  for (int i = 1; i < n; ++i)
+    c.wait_reduce(c.recv_reduce((r - i + n) % n, slot(i), acc, i == 1 ? own : acc, mine, 0));
   // In place the sends above read segments of `out` that the all-gather overwrites.
   c.wait_all(sends);
 

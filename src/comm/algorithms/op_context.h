@@ -67,6 +67,20 @@ class OpContext {
   Handle recv(int peer, void* buf, size_t bytes, uint32_t tag) {
     return t_.irecv((*ranks_)[peer], MsgKey{comm_id_, seq_, tag_base_ + tag}, sig_, buf, bytes);
   }
+  // A receive whose bytes only feed dst = a op (message), count elements. Where the peer's
+  // buffer is mapped (Communicator::alloc on both sides of a shared-memory link) the transport
+  // reduces straight from it; otherwise the bytes land in `scratch` and wait_reduce reduces.
+  // Either way dst is written only by the time wait_reduce returns, and may be written any
+  // time after this call: it must not be read by a send still in flight.
+  Handle recv_reduce(int peer, void* scratch, void* dst, const void* a, size_t count,
+                     uint32_t tag) {
+    return t_.irecv((*ranks_)[peer], MsgKey{comm_id_, seq_, tag_base_ + tag}, sig_, scratch,
+                    count * elem(), dst, a);
+  }
+  void wait_reduce(const Handle& h) {
+    wait(h);
+    if (!h->reduced) reduce(h->into_dst, h->into_a, h->buf, h->size / elem());
+  }
   void wait(const Handle& h) { t_.wait(*h, deadline_, what_); }
   void wait_all(std::vector<Handle>& hs) {
     for (auto& h : hs) wait(h);

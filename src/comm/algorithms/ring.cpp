@@ -67,10 +67,12 @@ RingPlan make_plan(const OpContext& c, size_t count, size_t block, size_t piece_
 
 // The reduce-scatter phase. `in` holds all n segments of this rank's input; the reduced
 // segment of step s goes to acc(s, seg) (which must stay intact until the next step's send of
-// it completes); `before_write(s)` runs before step s writes its accumulator.
+// it completes). `fuse`: every step's accumulator is its own memory (a segment of the output),
+// so the transport may reduce into it as the data comes (OpContext::recv_reduce), before the
+// sends of earlier steps are done.
 void run_reduce_scatter(OpContext& c, const RingPlan& p, const char* in,
                         const std::function<char*(int, int)>& acc,
-                        std::vector<std::vector<Handle>>& sends) {
+                        std::vector<std::vector<Handle>>& sends, bool fuse) {
   const size_t es = c.elem();
   const int steps = p.n - 1;
   char* rbuf[2] = {c.scratch(p.max_seg * es), c.scratch(p.max_seg * es)};
@@ -79,9 +81,13 @@ void run_reduce_scatter(OpContext& c, const RingPlan& p, const char* in,
   auto post_recvs = [&](int s) {
     if (s >= steps) return;
     const int seg = p.rs_recv(s);
-    for (size_t k = 0; k < p.pieces(seg); ++k)
-      recvs[s].push_back(c.recv(p.left, rbuf[s % 2] + p.piece_off(k) * es,
-                                p.piece_len(seg, k) * es, p.tag(s, k)));
+    for (size_t k = 0; k < p.pieces(seg); ++k) {
+      const size_t off = p.piece_off(k), len = p.piece_len(seg, k);
+      char* const scratch = rbuf[s % 2] + off * es;
+      recvs[s].push_back(fuse ? c.recv_reduce(p.left, scratch, acc(s, seg) + off * es,
+                                              in + (p.seg_off[seg] + off) * es, len, p.tag(s, k))
+                              : c.recv(p.left, scratch, len * es, p.tag(s, k)));
+    }
   };
   post_recvs(0);
   post_recvs(1);
@@ -96,9 +102,13 @@ void run_reduce_scatter(OpContext& c, const RingPlan& p, const char* in,
     char* dst = acc(s, seg);
     if (s >= 1) c.wait_all(sends[s - 1]);  // they may read the accumulator we now overwrite
     for (size_t k = 0; k < p.pieces(seg); ++k) {
-      c.wait(recvs[s][k]);
       const size_t off = p.piece_off(k), len = p.piece_len(seg, k);
-      c.reduce(dst + off * es, in + (p.seg_off[seg] + off) * es, rbuf[s % 2] + off * es, len);
+      if (fuse) {
+        c.wait_reduce(recvs[s][k]);
+      } else {
+        c.wait(recvs[s][k]);
+        c.reduce(dst + off * es, in + (p.seg_off[seg] + off) * es, rbuf[s % 2] + off * es, len);
+      }
       if (s + 1 < steps)  // the segment reduced now is the one sent in the next step
         sends[s + 1].push_back(c.send(p.right, dst + off * es, len * es, p.tag(s + 1, k)));
     }
@@ -157,9 +167,9 @@ void ring_all_reduce(OpContext& c, const void* in, void* out, size_t count, size
   // reads and writes: a segment's all-gather data exists only once the segment is fully
   // reduced, which needs this rank's own (last) send of it to have left the buffer.
   auto ag_recvs = post_all_gather(c, p, o, p.n - 1);
-  run_reduce_scatter(c, p, static_cast<const char*>(in), [&](int, int seg) {
-    return o + p.seg_off[seg] * es;
-  }, sends);
+  run_reduce_scatter(
+      c, p, static_cast<const char*>(in), [&](int, int seg) { return o + p.seg_off[seg] * es; },
+      sends, /*fuse=*/true);
   run_all_gather(c, p, o, p.n - 1, std::move(ag_recvs));
   for (auto& s : sends) c.wait_all(s);
 }
@@ -170,9 +180,9 @@ void ring_reduce_scatter_segments(OpContext& c, const void* in, void* out, size_
   char* o = static_cast<char*>(out);
   const size_t es = c.elem();
   std::vector<std::vector<Handle>> sends;
-  run_reduce_scatter(c, p, static_cast<const char*>(in), [&](int, int seg) {
-    return o + p.seg_off[seg] * es;
-  }, sends);
+  run_reduce_scatter(
+      c, p, static_cast<const char*>(in), [&](int, int seg) { return o + p.seg_off[seg] * es; },
+      sends, /*fuse=*/true);
   for (auto& s : sends) c.wait_all(s);
 }
 
@@ -189,9 +199,10 @@ void ring_reduce_scatter(OpContext& c, const void* in, void* out, size_t recv_co
   char* accs[2] = {c.scratch(p.max_seg * es), c.scratch(p.max_seg * es)};
   std::vector<std::vector<Handle>> sends;
   const int last = p.n - 2;
-  run_reduce_scatter(c, p, static_cast<const char*>(in), [&](int s, int) {
-    return s == last ? static_cast<char*>(out) : accs[s % 2];
-  }, sends);
+  run_reduce_scatter(
+      c, p, static_cast<const char*>(in),
+      [&](int s, int) { return s == last ? static_cast<char*>(out) : accs[s % 2]; }, sends,
+      /*fuse=*/false);  // the accumulators take turns: a send may still read one
   for (auto& s : sends) c.wait_all(s);
 }
 

@@ -96,6 +96,12 @@ struct Request {
   uint32_t tag = 0;
   int chunks_left = 0;  // send side
   bool shm = false;     // carried by the shared-memory transport (else TCP)
+  // A receive whose bytes are only an operand (OpContext::recv_reduce): where the transport
+  // can read the sender's buffer in place it computes into_dst = into_a op message itself,
+  // leaves `buf` alone and sets `reduced`. Otherwise the bytes land in `buf` as usual.
+  void* into_dst = nullptr;
+  const void* into_a = nullptr;
+  bool reduced = false;
 };
 using RequestPtr = std::shared_ptr<Request>;
 

@@ -17,6 +17,7 @@
 #include <random>
 #include <thread>
 
+#include "comm/reduce.h"
 #include "comm/transport/tcp.h"
 
 namespace moe::comm {
@@ -36,6 +37,7 @@ struct SegHeader {
   int32_t pid;         // for single-copy reads of this rank's memory (process_vm_readv)
   uint64_t self_addr;  // where this rank mapped its own segment (the start-up probe reads it)
   std::atomic<uint32_t> abandoned;  // set when this rank gave up: its buffers may be gone
+  std::atomic<uint32_t> releases;   // Communicator::alloc buffers this rank released so far
   alignas(64) std::atomic<uint32_t> doorbell;  // futex word: bumped by whoever has news for us
   std::atomic<uint32_t> sleepers;              // threads of ours asleep on it
 };
@@ -56,6 +58,15 @@ uint64_t record_bytes(const MsgHeader& h) {
 
 // What the start-up probe reads and compares: magic, ring_bytes, nlocal, rank.
 constexpr size_t kProbeBytes = 24;
+
+// Mappings of one peer's alloc buffers kept at most (the oldest goes first): a program that
+// allocates and frees without end must not pin all of that memory through its peers.
+constexpr size_t kMaxMappedPerPeer = 32;
+
+int pidfd_open(int pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+int pidfd_getfd(int pidfd, int fd) {
+  return static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0));
+}
 
 long futex(std::atomic<uint32_t>* addr, int op, uint32_t val, const timespec* ts) {
   // Not FUTEX_PRIVATE: the word is shared between processes.
@@ -190,6 +201,10 @@ ShmTransport::ShmTransport(StoreClient& store, const std::string& prefix, int ra
               "MOE_COMM_SHM_CMA=1 but single-copy reads between local ranks are not possible (",
               why_not, "); unset MOE_COMM_SHM_CMA to copy through the rings instead");
     cma_ = why_not.empty();
+    // Mapped single copy takes the peer's memfd through its pidfd: the same permission as CMA.
+    pidfd_.assign(nl, -1);
+    for (int i = 0; cma_ && i < nl; ++i)
+      if (i != me_) pidfd_[i] = pidfd_open(header_of(seg_[i])->pid);
   } catch (...) {
     unlink_mine();
     for (char* s : seg_)
@@ -220,6 +235,9 @@ std::string ShmTransport::probe_cma() {
 }
 
 ShmTransport::~ShmTransport() {
+  for (Peer& P : peer_) unmap_all(P);
+  for (int fd : pidfd_)
+    if (fd >= 0) ::close(fd);
   for (char* s : seg_)
     if (s) munmap(s, seg_bytes_);
 }
@@ -281,8 +299,18 @@ RequestPtr ShmTransport::isend(int peer, const MsgKey& key, const OpSig& sig, co
   SendOp op;
   op.req = req;
   op.hdr = make_header(key, sig, n);
-  if (cma_ && n >= opt_.cma_min_bytes) op.hdr.flags = kFlagCmaOffer;
   op.data = static_cast<const char*>(buf);
+  if (cma_ && n >= opt_.cma_min_bytes) {
+    op.hdr.flags = kFlagCmaOffer;
+    op.offer.addr = reinterpret_cast<uint64_t>(buf);
+    SharedRegion r;
+    if (buffers_ && buffers_->find(buf, n, &r)) {
+      op.offer.fd = r.fd;
+      op.offer.region = r.id;
+      op.offer.region_bytes = r.bytes;
+      op.offer.offset = uint64_t(op.data - r.base);
+    }
+  }
   const int s = slot_[peer];
   std::lock_guard<std::mutex> lock(mu_);
   peer_[s].sendq.push_back(op);
@@ -291,11 +319,13 @@ RequestPtr ShmTransport::isend(int peer, const MsgKey& key, const OpSig& sig, co
   return req;
 }
 
-RequestPtr ShmTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf,
-                               uint64_t n) {
+RequestPtr ShmTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n,
+                               void* into_dst, const void* into_a) {
   MOE_CHECK(reaches(peer) && peer != rank_, "comm.shm", "receive from rank ", peer, " on rank ",
             rank_, ": not a shared-memory peer");
   RequestPtr req = make_receive(peer, key, sig, buf, n, /*shm=*/true);
+  req->into_dst = into_dst;
+  req->into_a = into_a;
   std::lock_guard<std::mutex> lock(mu_);
   // A failed transport completes no receive (a message already here may be another
   // collective's, found out by begin_op); the wait reports the failure.
@@ -310,7 +340,7 @@ RequestPtr ShmTransport::irecv(int peer, const MsgKey& key, const OpSig& sig, vo
   }
   InMsg& m = it->second;
   if (m.offered) {  // single copy: the sender's bytes are waiting in its own memory
-    P.readq.push_back(PendingRead{m.first, m.offer_addr, req});
+    P.readq.push_back(PendingRead{m.first, m.offer, req});
     P.inbox.erase(it);
     return req;
   }
@@ -377,7 +407,7 @@ bool ShmTransport::progress() {
     while (!P.readq.empty() && !failed_) {
       PendingRead pr = std::move(P.readq.front());
       P.readq.pop_front();
-      if (read_offer(s, pr.hdr, pr.addr, pr.req->buf)) complete(*pr.req);
+      if (read_offer(s, pr.hdr, pr.offer, *pr.req)) complete(*pr.req);
       moved = true;
     }
   }
@@ -411,7 +441,9 @@ bool ShmTransport::push(int slot) {
     if (op.hdr.flags & kFlagCmaOffer) {
       // The whole message in one record: the peer reads it from our memory and says "done".
       if (!has_room(128)) break;
-      const uint64_t payload[8] = {reinterpret_cast<uint64_t>(op.data)};
+      static_assert(sizeof(Offer) <= 64, "an offer's payload is one 64-byte unit");
+      char payload[64] = {};
+      std::memcpy(payload, &op.offer, sizeof op.offer);
       r.put(P.out_tail, &op.hdr, sizeof(MsgHeader));
       r.put(P.out_tail + 64, payload, sizeof payload);
       P.offered[MsgKey{op.hdr.comm_id, op.hdr.seq, op.hdr.tag}] = std::move(op.req);
@@ -458,9 +490,9 @@ bool ShmTransport::pull(int slot) {
       break;
     }
     if (h.flags & kFlagCmaOffer) {
-      uint64_t addr = 0;
-      r.get(P.in_head + 64, &addr, sizeof addr);
-      take_offer(slot, h, addr);
+      Offer o;
+      r.get(P.in_head + 64, &o, sizeof o);
+      take_offer(slot, h, o);
     } else if (h.flags & kFlagCmaDone) {
       take_done(slot, h);
     } else {
@@ -513,7 +545,7 @@ void ShmTransport::take_chunk(int slot, const MsgHeader& h, const Ring& r, uint6
   complete(*q);
 }
 
-void ShmTransport::take_offer(int slot, const MsgHeader& h, uint64_t addr) {
+void ShmTransport::take_offer(int slot, const MsgHeader& h, const Offer& o) {
   const int peer = local_[slot];
   Peer& P = peer_[slot];
   bool inserted = false;
@@ -524,7 +556,7 @@ void ShmTransport::take_offer(int slot, const MsgHeader& h, uint64_t addr) {
     m.total = h.total;
     m.first = h;
     m.offered = true;
-    m.offer_addr = addr;
+    m.offer = o;
     return;
   }
   if (!m.req || m.offered || m.got) {
@@ -537,37 +569,54 @@ void ShmTransport::take_offer(int slot, const MsgHeader& h, uint64_t addr) {
     fail_locked(size_mismatch_message(rank_, m.total, &m.req->sig, m.req->seq, peer, h.total, h));
     return;
   }
-  P.readq.push_back(PendingRead{h, addr, std::move(m.req)});
+  P.readq.push_back(PendingRead{h, o, std::move(m.req)});
   P.inbox.erase(it);
 }
 
-bool ShmTransport::read_offer(int slot, const MsgHeader& h, uint64_t addr, void* dst) {
+bool ShmTransport::read_offer(int slot, const MsgHeader& h, const Offer& o, Request& req) {
   const int peer = local_[slot];
   const SegHeader* ph = header_of(seg_[slot]);
-  for (uint64_t done = 0; done < h.total;) {
-    iovec local{static_cast<char*>(dst) + done, h.total - done};
-    iovec remote{reinterpret_cast<void*>(addr + done), h.total - done};
-    const ssize_t n = process_vm_readv(ph->pid, &local, 1, &remote, 1, 0);
-    if (n <= 0) {
-      const int e = n < 0 ? errno : 0;
-      if (tcp_) {
-        // A peer that is gone (ESRCH), or being torn down (EFAULT, nothing read, as its memory
-        // goes), closed its sockets with it: the TCP transport reports that in the words every
-        // transport uses ("rank N closed its connection"). Give it a moment.
-        for (int i = 0; i < 400 && !tcp_->failed(); ++i)
-          std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        if (tcp_->failed()) {
-          failed_ = true;
-          return false;
-        }
-      }
-      fail_locked("rank " + std::to_string(rank_) + " could not read " +
-                  describe_sig(sig_of(h), h.seq) + " from rank " + std::to_string(peer) +
-                  "'s memory: " + (e ? std::strerror(e) : "nothing read") +
-                  (e == ESRCH ? " (the process is gone)" : ""));
-      return false;
+  if (const char* src = mapped_source(slot, h, o)) {
+    if (req.into_dst) {
+      reduce_into(req.into_dst, req.into_a, src, h.total / comm_dtype_size(Dtype(h.dtype)),
+                  Dtype(h.dtype), ReduceOp(h.redop));
+      req.reduced = true;
+      ++stats_.mapped_reduces;
+    } else {
+      copy_block(req.buf, src, h.total);
+      ++stats_.mapped_reads;
     }
-    done += uint64_t(n);
+  } else if (failed_) {
+    return false;
+  } else {
+    ++stats_.cma_reads;
+    void* dst = req.buf;
+    const uint64_t addr = o.addr;
+    for (uint64_t done = 0; done < h.total;) {
+      iovec local{static_cast<char*>(dst) + done, h.total - done};
+      iovec remote{reinterpret_cast<void*>(addr + done), h.total - done};
+      const ssize_t n = process_vm_readv(ph->pid, &local, 1, &remote, 1, 0);
+      if (n <= 0) {
+        const int e = n < 0 ? errno : 0;
+        if (tcp_) {
+          // A peer that is gone (ESRCH), or being torn down (EFAULT, nothing read, as its memory
+          // goes), closed its sockets with it: the TCP transport reports that in the words every
+          // transport uses ("rank N closed its connection"). Give it a moment.
+          for (int i = 0; i < 400 && !tcp_->failed(); ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          if (tcp_->failed()) {
+            failed_ = true;
+            return false;
+          }
+        }
+        fail_locked("rank " + std::to_string(rank_) + " could not read " +
+                    describe_sig(sig_of(h), h.seq) + " from rank " + std::to_string(peer) +
+                    "'s memory: " + (e ? std::strerror(e) : "nothing read") +
+                    (e == ESRCH ? " (the process is gone)" : ""));
+        return false;
+      }
+      done += uint64_t(n);
+    }
   }
   // Read before checking: if the flag was still clear, the buffer was still the caller's.
   if (ph->abandoned.load(std::memory_order_seq_cst)) {
@@ -595,6 +644,79 @@ void ShmTransport::take_done(int slot, const MsgHeader& h) {
   RequestPtr q = std::move(it->second);
   P.offered.erase(it);
   complete(*q);
+}
+
+}  // namespace moe::comm
+
+namespace moe::comm {
+
+const char* ShmTransport::mapped_source(int slot, const MsgHeader& h, const Offer& o) {
+  Peer& P = peer_[slot];
+  if (o.fd < 0 || P.no_map || pidfd_.empty() || pidfd_[slot] < 0) return nullptr;
+  const int peer = local_[slot];
+  if (o.offset > o.region_bytes || h.total > o.region_bytes - o.offset || o.fd > INT_MAX) {
+    P.dead = true;
+    fail_locked("rank " + std::to_string(peer) + " offered " + describe_sig(sig_of(h), h.seq) +
+                " outside its buffer (malformed offer record)");
+    return nullptr;
+  }
+  // A buffer the peer released since we last looked may be unmapped by it and its memory
+  // reused by a later buffer: drop every mapping of that peer's then.
+  const uint32_t releases = header_of(seg_[slot])->releases.load(std::memory_order_acquire);
+  if (releases != P.releases_seen) {
+    unmap_all(P);
+    P.releases_seen = releases;
+  }
+  auto it = P.mapped.find(o.region);
+  if (it == P.mapped.end()) {
+    const int fd = pidfd_getfd(pidfd_[slot], int(o.fd));
+    if (fd < 0) {
+      // Refused (ptrace policy, an old kernel): single copy by process_vm_readv instead.
+      MOE_COMM_WARN("rank ", rank_, ": cannot map rank ", peer,
+                    "'s buffers (pidfd_getfd: ", std::strerror(errno),
+                    "); reading them by process_vm_readv instead");
+      P.no_map = true;
+      return nullptr;
+    }
+    struct stat st {};
+    void* p = MAP_FAILED;
+    if (fstat(fd, &st) == 0 && uint64_t(st.st_size) >= o.region_bytes)
+      p = mmap(nullptr, o.region_bytes, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) {
+      P.dead = true;
+      fail_locked("rank " + std::to_string(rank_) + " could not map rank " + std::to_string(peer) +
+                  "'s buffer of " + std::to_string(o.region_bytes) + " bytes for " +
+                  describe_sig(sig_of(h), h.seq));
+      return nullptr;
+    }
+    if (P.mapped.size() >= kMaxMappedPerPeer) {
+      munmap(P.mapped.begin()->second.base, P.mapped.begin()->second.bytes);
+      P.mapped.erase(P.mapped.begin());
+    }
+    it = P.mapped.emplace(o.region, Mapping{static_cast<char*>(p), o.region_bytes}).first;
+    ++stats_.maps;
+  } else if (it->second.bytes != o.region_bytes) {
+    P.dead = true;
+    fail_locked("rank " + std::to_string(peer) + " offered " + describe_sig(sig_of(h), h.seq) +
+                " from buffer " + std::to_string(o.region) + " with another length than before");
+    return nullptr;
+  }
+  return it->second.base + o.offset;
+}
+
+void ShmTransport::unmap_all(Peer& P) {
+  for (auto& [id, m] : P.mapped) munmap(m.base, m.bytes);
+  P.mapped.clear();
+}
+
+void ShmTransport::note_release() {
+  header_of(seg_[me_])->releases.fetch_add(1, std::memory_order_release);
+}
+
+ShmStats ShmTransport::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
 }
 
 }  // namespace moe::comm

@@ -20,6 +20,13 @@
 // is used only when all of them succeed (a container's seccomp profile or ptrace policy can
 // forbid it), otherwise everything goes through the rings.
 //
+// Mapped single copy: when the offered bytes lie in a buffer from Communicator::alloc
+// (transport/buffers.h), the offer also names that buffer's memfd. The receiver duplicates it
+// with pidfd_getfd(2), maps it (once: mappings are kept per peer until the peer releases a
+// buffer) and copies with plain loads and stores, or, for a receive that only feeds a
+// reduction (Request::into_dst), reduces straight from the peer's memory. Where pidfd_getfd
+// is refused it falls back to process_vm_readv for that peer.
+//
 // There is no progress thread: whoever waits (Transport::wait) moves data in both directions
 // for every local peer, then sleeps on its doorbell (a futex word in shared memory) once a
 // short spin found nothing to do. Writers and readers ring the other side's doorbell, and only
@@ -36,11 +43,20 @@
 #include <vector>
 
 #include "comm/store.h"
+#include "comm/transport/buffers.h"
 #include "comm/transport/message.h"
 
 namespace moe::comm {
 
 class TcpTransport;
+
+// What the shared-memory transport did, for tests and benchmarks (Communicator::transport_stats).
+struct ShmStats {
+  uint64_t cma_reads = 0;       // single-copy messages read with process_vm_readv
+  uint64_t mapped_reads = 0;    // ... copied from a mapped Communicator::alloc buffer
+  uint64_t mapped_reduces = 0;  // ... reduced straight from one (no staging copy)
+  uint64_t maps = 0;            // peer buffers mapped (pidfd_getfd + mmap)
+};
 
 struct ShmOptions {
   // A ring that fits in L2 beside its peer's measured faster than bigger ones (1.7 vs 1.1
@@ -77,13 +93,20 @@ class ShmTransport {
 
   // Errors (malformed records, mismatched collectives) fail `tcp`, which tells every peer.
   void attach(TcpTransport* tcp) { tcp_ = tcp; }
+  // Offers of bytes inside these buffers name the buffer, so peers can map it.
+  void attach_buffers(std::shared_ptr<BufferRegistry> buffers) { buffers_ = std::move(buffers); }
+  // A buffer of ours was released: peers drop their mappings of our buffers.
+  void note_release();
+  ShmStats stats();
   bool reaches(int peer) const { return peer >= 0 && peer < int(slot_.size()) && slot_[peer] >= 0; }
   int peers() const { return int(local_.size()) - 1; }
   const ShmOptions& options() const { return opt_; }
   bool single_copy() const { return cma_; }
 
   RequestPtr isend(int peer, const MsgKey& key, const OpSig& sig, const void* buf, uint64_t n);
-  RequestPtr irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n);
+  // `into_dst`/`into_a`: see Request::into_dst.
+  RequestPtr irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n,
+                   void* into_dst = nullptr, const void* into_a = nullptr);
   void begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig);
   void end_op(uint64_t comm_id);
 
@@ -102,24 +125,36 @@ class ShmTransport {
  private:
   struct Segment;
   struct Ring;
-  struct SendOp {
-    RequestPtr req;
-    MsgHeader hdr;
-    const char* data;
-    uint64_t sent = 0;
+
+  // The payload of a single-copy offer record (64 bytes in the ring).
+  struct Offer {
+    uint64_t addr = 0;  // the sender's buffer, in the sender's address space
+    int64_t fd = -1;    // the sender's memfd of the Communicator::alloc buffer holding it, or -1
+    uint64_t region = 0, region_bytes = 0, offset = 0;  // that buffer's id, length, addr - base
   };
   struct InMsg {
     RequestPtr req;
     std::unique_ptr<char[]> stash;  // bytes that came before the receive was posted
     uint64_t total = 0, got = 0;
     MsgHeader first{};
-    uint64_t offer_addr = 0;  // single copy: the sender's buffer, offered before the receive
+    Offer offer;  // single copy: the sender's buffer, offered before the receive
     bool offered = false;
   };
   struct PendingRead {
     MsgHeader hdr;
-    uint64_t addr;
+    Offer offer;
     RequestPtr req;
+  };
+  struct Mapping {
+    char* base;
+    uint64_t bytes;
+  };
+  struct SendOp {
+    RequestPtr req;
+    MsgHeader hdr;
+    const char* data;
+    uint64_t sent = 0;
+    Offer offer;  // single copy
   };
   struct Peer {
     std::deque<SendOp> sendq;
@@ -132,6 +167,9 @@ class ShmTransport {
     uint64_t out_tail = 0;  // our copy of the tail of the ring to the peer (we write it)
     uint64_t in_head = 0;   // our copy of the head of the ring from the peer (we read it)
     bool dead = false;      // sent a malformed record: stop reading its ring
+    std::map<uint64_t, Mapping> mapped;  // the peer's alloc buffers we mapped, by region id
+    uint32_t releases_seen = 0;          // the peer's release count when we last looked
+    bool no_map = false;                 // pidfd_getfd refused: read this peer by CMA only
   };
   struct CurrentOp {
     uint64_t seq;
@@ -146,11 +184,16 @@ class ShmTransport {
   // signature check.                                                            mu_ held
   std::map<MsgKey, InMsg>::iterator arrive(int slot, const MsgHeader& h, bool* inserted);
   void take_chunk(int slot, const MsgHeader& h, const Ring& r, uint64_t pos);  // mu_ held
-  void take_offer(int slot, const MsgHeader& h, uint64_t addr);                // mu_ held
+  void take_offer(int slot, const MsgHeader& h, const Offer& o);               // mu_ held
   void take_done(int slot, const MsgHeader& h);                                // mu_ held
-  // Copies an offered message from local peer `slot`'s memory and queues the done record;
-  // false (and the transport failed) if the read did not work.
-  bool read_offer(int slot, const MsgHeader& h, uint64_t addr, void* dst);  // mu_ held
+  // Copies an offered message from local peer `slot`'s memory (or reduces from it, see
+  // Request::into_dst) and queues the done record; false (and the transport failed) if the
+  // read did not work.                                                          mu_ held
+  bool read_offer(int slot, const MsgHeader& h, const Offer& o, Request& req);
+  // The offered bytes in our mapping of the peer's buffer, or nullptr: not an alloc buffer,
+  // mapping refused (then CMA), or malformed (then the transport failed).      mu_ held
+  const char* mapped_source(int slot, const MsgHeader& h, const Offer& o);
+  void unmap_all(Peer& P);
   std::string probe_cma();  // "" if we can read every local peer's memory, else why not
   void check_sig_locked(int peer, const MsgHeader& h);
   void fail_locked(const std::string& why);
@@ -164,6 +207,9 @@ class ShmTransport {
   ShmOptions opt_;
   TcpTransport* tcp_ = nullptr;
   std::vector<char*> seg_;  // mapped segment of each local rank
+  std::vector<int> pidfd_;  // pidfd of each local rank's process (-1: none), for pidfd_getfd
+  std::shared_ptr<BufferRegistry> buffers_;
+  ShmStats stats_;
   size_t seg_bytes_ = 0;
   std::vector<Peer> peer_;  // by slot
   std::map<uint64_t, CurrentOp> current_;

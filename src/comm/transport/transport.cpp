@@ -17,6 +17,8 @@ Transport::Transport(StoreClient& store, const std::string& prefix, const std::s
   tcp_ = std::make_unique<TcpTransport>(store, prefix, token, rank, size, tcp);
   if (shm_) {
     shm_->attach(tcp_.get());
+    shm_->attach_buffers(buffers_);
+    buffers_->set_release_hook([s = shm_.get()] { s->note_release(); });
     // A TCP request that completes, or a failure, wakes a rank asleep on its doorbell.
     tcp_->set_wake_hook([s = shm_.get()] { s->ring_self(); });
   }
@@ -25,6 +27,7 @@ Transport::Transport(StoreClient& store, const std::string& prefix, const std::s
 Transport::~Transport() {
   // TCP first: its goodbye waits for the peers, who may still read our rings until then.
   if (tcp_) tcp_->set_wake_hook(nullptr);
+  buffers_->set_release_hook(nullptr);  // buffers may outlive us
   tcp_.reset();
   shm_.reset();
 }
@@ -47,8 +50,14 @@ RequestPtr Transport::isend(int peer, const MsgKey& key, const OpSig& sig, const
   return via_shm(peer) ? shm_->isend(peer, key, sig, buf, n) : tcp_->isend(peer, key, sig, buf, n);
 }
 
-RequestPtr Transport::irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n) {
-  return via_shm(peer) ? shm_->irecv(peer, key, sig, buf, n) : tcp_->irecv(peer, key, sig, buf, n);
+RequestPtr Transport::irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n,
+                            void* into_dst, const void* into_a) {
+  if (via_shm(peer)) return shm_->irecv(peer, key, sig, buf, n, into_dst, into_a);
+  // TCP always delivers into `buf`, and never reads these: the caller reduces after the wait.
+  RequestPtr r = tcp_->irecv(peer, key, sig, buf, n);
+  r->into_dst = into_dst;
+  r->into_a = into_a;
+  return r;
 }
 
 void Transport::begin_op(uint64_t comm_id, uint64_t seq, const OpSig& sig) {

@@ -23,7 +23,9 @@ class Transport {
   ~Transport();
 
   RequestPtr isend(int peer, const MsgKey& key, const OpSig& sig, const void* buf, uint64_t n);
-  RequestPtr irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n);
+  // `into_dst`/`into_a`: a receive that only feeds dst = a op message (Request::into_dst).
+  RequestPtr irecv(int peer, const MsgKey& key, const OpSig& sig, void* buf, uint64_t n,
+                   void* into_dst = nullptr, const void* into_a = nullptr);
   // Waits for `r`; throws an Error starting with `what` if the deadline passes, the peer died
   // or shut down, or the transport failed. While waiting it moves every shared-memory message
   // it can, so ranks never wait on each other's progress.
@@ -40,9 +42,13 @@ class Transport {
   bool single_copy_to(int peer) const { return via_shm(peer) && shm_->single_copy(); }
   // "shm to 3 ranks, tcp to 4 ranks"
   std::string describe() const;
+  // Communicator::alloc's buffers: peers on this host map them (transport/buffers.h).
+  const std::shared_ptr<BufferRegistry>& buffers() const { return buffers_; }
+  ShmStats shm_stats() const { return shm_ ? shm_->stats() : ShmStats{}; }
 
  private:
   int rank_, size_;
+  std::shared_ptr<BufferRegistry> buffers_ = std::make_shared<BufferRegistry>();
   std::unique_ptr<ShmTransport> shm_;
   std::unique_ptr<TcpTransport> tcp_;
 };
