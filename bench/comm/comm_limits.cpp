@@ -5,6 +5,9 @@
 //                when every rank copies. On one host an all_to_all of SIZE bytes per rank
 //                copies n*SIZE bytes in all (each rank its own block and n-1 received ones),
 //                so its busbw cannot pass memcpy-all * (n-1)/n^2 (printed for n = 2, 4, 8)
+//   stream-all   the same with moe::comm's copy_block (non-temporal stores: no read of the
+//                destination first), which all_to_all uses from 1 MiB; the bound above with
+//                the larger of the two
 //   cma          process_vm_readv of SIZE from another process (a forked child's buffer):
 //                the ceiling of the shared-memory transport's single-copy path
 //   loopback tcp one stream between two threads through the kernel, with moe::comm's socket
@@ -49,8 +52,15 @@ double memcpy_gbps(size_t bytes, double budget) {
   return double(moved) / seconds_since(t0) / 1e9;
 }
 
-// `threads` copies of memcpy_gbps' loop at once, each on its own buffers: the sum.
-double memcpy_all_gbps(size_t bytes, double budget, int threads) {
+// `threads` copies of memcpy_gbps' loop at once, each on its own buffers: the sum. `stream`:
+// copy with copy_block's non-temporal stores instead of memcpy.
+double memcpy_all_gbps(size_t bytes, double budget, int threads, bool stream) {
+  auto copy = [stream](void* d, const void* s, size_t n) {
+    if (stream)
+      copy_block(d, s, n, /*stream_min=*/1);
+    else
+      std::memcpy(d, s, n);
+  };
   std::vector<std::vector<char>> a(threads), b(threads);
   for (int t = 0; t < threads; ++t) a[t].assign(bytes, 1), b[t].assign(bytes, 0);
   std::vector<size_t> moved(threads, 0);
@@ -66,7 +76,7 @@ double memcpy_all_gbps(size_t bytes, double budget, int threads) {
       const auto start = Clock::now();
       if (t == 0) t0 = start;
       while (seconds_since(start) < budget) {
-        std::memcpy(b[t].data(), a[t].data(), bytes);
+        copy(b[t].data(), a[t].data(), bytes);
         moved[t] += bytes;
       }
     });
@@ -149,10 +159,14 @@ int main(int argc, char** argv) {
               moe::human_bytes(double(bytes)).c_str(), budget);
   std::printf("memcpy        %8.2f GB/s\n", memcpy_gbps(bytes, budget));
   const int cores = std::max(1u, std::thread::hardware_concurrency());
-  const double all = memcpy_all_gbps(bytes, budget, cores);
-  std::printf("memcpy-all    %8.2f GB/s (%d copies at once, summed; all_to_all busbw on one host"
-              " at most", all, cores);
-  for (int n : {2, 4, 8}) std::printf(" %.2f (%d ranks)", all * (n - 1) / (n * n), n);
+  const double all = memcpy_all_gbps(bytes, budget, cores, /*stream=*/false);
+  std::printf("memcpy-all    %8.2f GB/s (%d copies at once, summed)\n", all, cores);
+  const double st = memcpy_all_gbps(bytes, budget, cores, /*stream=*/true);
+  std::printf(
+      "stream-all    %8.2f GB/s (the same with non-temporal stores; all_to_all busbw on "
+      "one host at most",
+      st);
+  for (int n : {2, 4, 8}) std::printf(" %.2f (%d ranks)", std::max(all, st) * (n - 1) / (n * n), n);
   std::printf(")\n");
   std::string why;
   const double cma = cma_gbps(bytes, budget, &why);

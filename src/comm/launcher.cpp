@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,12 +84,16 @@ LaunchResult launch(const LaunchOptions& opt) {
     std::fflush(f);
   };
 
-  struct sigaction sa{}, old_int{}, old_term{};
+  // Interrupted, hung up on, or the reader of our output gone (`moe launch ... | head`): stop
+  // the ranks and return, rather than die and leave them running.
+  struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
   g_interrupt = 0;
-  sigaction(SIGINT, &sa, &old_int);
-  sigaction(SIGTERM, &sa, &old_term);
+  const int handled[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+  struct sigaction old[4]{};
+  for (int i = 0; i < 4; ++i) sigaction(handled[i], &sa, &old[i]);
+  const pid_t launcher_pid = getpid();
 
   const auto t0 = Clock::now();
   std::vector<Child> kids(opt.nproc_per_node);
@@ -118,6 +123,10 @@ LaunchResult launch(const LaunchOptions& opt) {
     if (pid == 0) {
       // Only async-signal-safe calls between fork and exec.
       setpgid(0, 0);  // the rank and anything it starts can be stopped as a group
+      // A launcher that dies without stopping us (kill -9, a crash) takes the rank with it;
+      // if it is already gone, so are we.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != launcher_pid) _exit(128 + SIGKILL);
       dup2(po[1], 1);
       dup2(pe[1], 2);
       execvpe(argv[0], argv.data(), envp.data());
@@ -223,8 +232,7 @@ LaunchResult launch(const LaunchOptions& opt) {
     if (k.out >= 0) close(k.out);
     if (k.err >= 0) close(k.err);
   }
-  sigaction(SIGINT, &old_int, nullptr);
-  sigaction(SIGTERM, &old_term, nullptr);
+  for (int i = 0; i < 4; ++i) sigaction(handled[i], &old[i], nullptr);
   return res;
 }
 
