@@ -111,6 +111,10 @@ ShmOptions ShmOptions::from_env() {
   o.cma_min_bytes =
       static_cast<uint64_t>(env_int("MOE_COMM_SHM_CMA_MIN", int64_t(o.cma_min_bytes)));
   MOE_CHECK(o.cma_min_bytes >= 1, "comm.shm", "MOE_COMM_SHM_CMA_MIN must be at least 1 byte");
+  const int64_t map = env_int("MOE_COMM_SHM_MAP", 1);
+  MOE_CHECK(map == 0 || map == 1, "comm.shm", "MOE_COMM_SHM_MAP=", map,
+            " must be 1 (map peers' Communicator::alloc buffers) or 0 (never)");
+  o.map = map == 1;
   return o;
 }
 
@@ -203,7 +207,7 @@ ShmTransport::ShmTransport(StoreClient& store, const std::string& prefix, int ra
     cma_ = why_not.empty();
     // Mapped single copy takes the peer's memfd through its pidfd: the same permission as CMA.
     pidfd_.assign(nl, -1);
-    for (int i = 0; cma_ && i < nl; ++i)
+    for (int i = 0; cma_ && opt_.map && i < nl; ++i)
       if (i != me_) pidfd_[i] = pidfd_open(header_of(seg_[i])->pid);
   } catch (...) {
     unlink_mine();

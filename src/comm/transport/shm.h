@@ -77,6 +77,9 @@ struct ShmOptions {
   // it (fail at start-up if it is not allowed).
   int cma = -1;
   uint64_t cma_min_bytes = 64 << 10;  // MOE_COMM_SHM_CMA_MIN: messages from this size
+  // MOE_COMM_SHM_MAP: 1 map peers' Communicator::alloc buffers (where single copy is on and
+  // pidfd_getfd is allowed), 0 read them by process_vm_readv like any other memory.
+  bool map = true;
   static ShmOptions from_env();
 };
 
