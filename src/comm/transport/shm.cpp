@@ -577,6 +577,37 @@ void ShmTransport::take_offer(int slot, const MsgHeader& h, const Offer& o) {
   P.inbox.erase(it);
 }
 
+bool ShmTransport::read_by_cma(int slot, const MsgHeader& h, uint64_t addr, void* dst) {
+  const int peer = local_[slot];
+  const SegHeader* ph = header_of(seg_[slot]);
+  for (uint64_t done = 0; done < h.total;) {
+    iovec local{static_cast<char*>(dst) + done, h.total - done};
+    iovec remote{reinterpret_cast<void*>(addr + done), h.total - done};
+    const ssize_t n = process_vm_readv(ph->pid, &local, 1, &remote, 1, 0);
+    if (n <= 0) {
+      const int e = n < 0 ? errno : 0;
+      if (tcp_) {
+        // A peer that is gone (ESRCH), or being torn down (EFAULT, nothing read, as its memory
+        // goes), closed its sockets with it: the TCP transport reports that in the words every
+        // transport uses ("rank N closed its connection"). Give it a moment.
+        for (int i = 0; i < 400 && !tcp_->failed(); ++i)
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        if (tcp_->failed()) {
+          failed_ = true;
+          return false;
+        }
+      }
+      fail_locked("rank " + std::to_string(rank_) + " could not read " +
+                  describe_sig(sig_of(h), h.seq) + " from rank " + std::to_string(peer) +
+                  "'s memory: " + (e ? std::strerror(e) : "nothing read") +
+                  (e == ESRCH ? " (the process is gone)" : ""));
+      return false;
+    }
+    done += uint64_t(n);
+  }
+  return true;
+}
+
 bool ShmTransport::read_offer(int slot, const MsgHeader& h, const Offer& o, Request& req) {
   const int peer = local_[slot];
   const SegHeader* ph = header_of(seg_[slot]);
@@ -594,33 +625,7 @@ bool ShmTransport::read_offer(int slot, const MsgHeader& h, const Offer& o, Requ
     return false;
   } else {
     ++stats_.cma_reads;
-    void* dst = req.buf;
-    const uint64_t addr = o.addr;
-    for (uint64_t done = 0; done < h.total;) {
-      iovec local{static_cast<char*>(dst) + done, h.total - done};
-      iovec remote{reinterpret_cast<void*>(addr + done), h.total - done};
-      const ssize_t n = process_vm_readv(ph->pid, &local, 1, &remote, 1, 0);
-      if (n <= 0) {
-        const int e = n < 0 ? errno : 0;
-        if (tcp_) {
-          // A peer that is gone (ESRCH), or being torn down (EFAULT, nothing read, as its memory
-          // goes), closed its sockets with it: the TCP transport reports that in the words every
-          // transport uses ("rank N closed its connection"). Give it a moment.
-          for (int i = 0; i < 400 && !tcp_->failed(); ++i)
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
-          if (tcp_->failed()) {
-            failed_ = true;
-            return false;
-          }
-        }
-        fail_locked("rank " + std::to_string(rank_) + " could not read " +
-                    describe_sig(sig_of(h), h.seq) + " from rank " + std::to_string(peer) +
-                    "'s memory: " + (e ? std::strerror(e) : "nothing read") +
-                    (e == ESRCH ? " (the process is gone)" : ""));
-        return false;
-      }
-      done += uint64_t(n);
-    }
+    if (!read_by_cma(slot, h, o.addr, req.buf)) return false;
   }
   // Read before checking: if the flag was still clear, the buffer was still the caller's.
   if (ph->abandoned.load(std::memory_order_seq_cst)) {
@@ -649,10 +654,6 @@ void ShmTransport::take_done(int slot, const MsgHeader& h) {
   P.offered.erase(it);
   complete(*q);
 }
-
-}  // namespace moe::comm
-
-namespace moe::comm {
 
 const char* ShmTransport::mapped_source(int slot, const MsgHeader& h, const Offer& o) {
   Peer& P = peer_[slot];

@@ -193,6 +193,9 @@ class ShmTransport {
   // Request::into_dst) and queues the done record; false (and the transport failed) if the
   // read did not work.                                                          mu_ held
   bool read_offer(int slot, const MsgHeader& h, const Offer& o, Request& req);
+  // process_vm_readv of h.total bytes at `addr` in local peer `slot` into `dst`; false (and
+  // the transport failed) if it did not work.                                  mu_ held
+  bool read_by_cma(int slot, const MsgHeader& h, uint64_t addr, void* dst);
   // The offered bytes in our mapping of the peer's buffer, or nullptr: not an alloc buffer,
   // mapping refused (then CMA), or malformed (then the transport failed).      mu_ held
   const char* mapped_source(int slot, const MsgHeader& h, const Offer& o);
