@@ -21,6 +21,9 @@
 #include "infer/generate.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
+#include "comm/communicator.h"
+#include "comm/env.h"
+#include "parallel/parallel.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
 #include "model/flops.h"
@@ -85,14 +88,31 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
       rc.train.seq_len = rc.model.max_position_embeddings;
   }
   const TrainConfig& tc = rc.train;
-  const TokenData data =
-      load_data(rc.data, tc.out_dir.empty() ? "" : (std::filesystem::path(tc.out_dir) / "data").string());
+  // Under moe launch, torchrun, mpirun or srun with more than one rank: one job of dp x ep
+  // ranks. Every rank checks the layout and that all run the same config before any work.
+  std::shared_ptr<comm::Communicator> world;
+  if (comm::detect_env().size > 1) world = comm::Communicator::from_env();
+  Parallel par(world, rc.parallel, rc.model);
+  par.check_same("config", run_config_to_toml(rc));
+  const bool lead = par.rank() == 0;
+  // Rank 0 tokenizes a text file into the run folder's cache first; the others then map it.
+  const std::string cache =
+      tc.out_dir.empty() ? "" : (std::filesystem::path(tc.out_dir) / "data").string();
+  TokenData data;
+  if (lead) data = load_data(rc.data, cache);
+  if (world) world->barrier();
+  if (!lead) data = load_data(rc.data, cache);
   std::string vocab_where = rc.where_of("model.vocab_size");
   if (vocab_where.empty()) vocab_where = rc.model_origin;
   check_vocab(rc.model, data, vocab_where);
-  Model model(rc.model);
+  Model model(rc.model, par.layout_options());
   model.init_weights(rc.train.seed);
+  par.attach(model);
   const ParamCounts pc = count_params(rc.model);
+  if (!lead) {
+    const TrainResult r = train(model, data, tc, &par);
+    return r.interrupted ? 130 : 0;
+  }
   std::printf("moe train: %.2fM parameters (%.2fM active per token), model from %s, %d threads\n"
               "data: %s (%lld train tokens, %lld held out)",
               double(pc.total) / 1e6, double(pc.active) / 1e6, rc.model_origin.c_str(),
@@ -108,13 +128,17 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
               static_cast<long long>(tc.steps), static_cast<long long>(tc.batch),
               static_cast<long long>(tc.seq_len), static_cast<long long>(tc.accum), tc.lr,
               tc.schedule.c_str(), tc.out_dir.empty() ? "(none)" : tc.out_dir.c_str());
+  if (par.distributed())
+    std::printf("parallel: %s, %lld sequences per rank per micro-batch, %s\n",
+                par.describe().c_str(), static_cast<long long>(par.local_batch(tc.batch)),
+                world->transport_info().c_str());
   std::fflush(stdout);
   if (!tc.out_dir.empty()) {
     std::filesystem::create_directories(tc.out_dir);
     const std::string toml = run_config_to_toml(rc);
     write_file_atomic(tc.out_dir + "/run.toml", {{toml.data(), toml.size()}});
   }
-  const TrainResult r = train(model, data, tc);
+  const TrainResult r = train(model, data, tc, &par);
   if (r.interrupted) {
     std::printf("interrupted: checkpoint written; continue with --resume\n");
     return 130;
@@ -124,7 +148,24 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
                 static_cast<long long>(r.steps_run));
     return 0;
   }
-  if (samples > 0) {
+  // Sampling needs every expert in this process: with expert parallelism, the final model the
+  // run folder holds.
+  std::unique_ptr<Model> whole;
+  Model* sampler = &model;
+  if (samples > 0 && par.ep() > 1) {
+    sampler = nullptr;
+    if (!tc.out_dir.empty()) {
+      ModelConfig cfg;
+      std::vector<float> params;
+      load_checkpoint(tc.out_dir, &cfg, &params);
+      whole = std::make_unique<Model>(cfg);
+      whole->params() = std::move(params);
+      sampler = whole.get();
+    } else {
+      std::printf("samples: skipped (expert parallel without a run folder to load the model from)\n");
+    }
+  }
+  if (samples > 0 && sampler) {
     std::printf("samples:\n");
     const char* prompts[] = {"", "7+", "("};
     for (int64_t i = 0; i < samples; ++i) {
@@ -134,7 +175,7 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
       const bool builtin = rc.data.source == "builtin";
       const std::string prompt = builtin ? prompts[i % 3] : "";
       const std::vector<int32_t> p = builtin ? byte_encode(prompt) : data.sample_prompt;
-      const std::vector<int32_t> out = generate(model, p, go);
+      const std::vector<int32_t> out = generate(*sampler, p, go);
       std::printf("---\n%s%s\n", prompt.c_str(), data.decode(out).c_str());
     }
   }

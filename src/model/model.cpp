@@ -69,9 +69,10 @@ void add(float* out, const float* a, const float* b, int64_t n) {
 }
 }  // namespace
 
-Model::Model(const ModelConfig& cfg) : cfg_(cfg), acts_(std::make_unique<Activations>()) {
+Model::Model(const ModelConfig& cfg, const LayoutOptions& parts)
+    : cfg_(cfg), acts_(std::make_unique<Activations>()) {
   cfg_.validate();
-  layout_ = make_layout(cfg_);
+  layout_ = make_layout(cfg_, parts);
   params_.assign(layout_.total_numel, 0.0f);
   grads_.assign(layout_.total_numel, 0.0f);
   load_.resize(cfg_.num_hidden_layers);
@@ -99,6 +100,18 @@ void Model::init_weights(uint64_t seed) {
         p[j] = static_cast<float>(s.init_std * normal01(seed, stream, static_cast<uint64_t>(j)));
     }
   }
+}
+
+void Model::set_dispatcher(TokenDispatcher* d) {
+  if (d) {
+    MOE_CHECK(d->expert_first() == layout_.expert_first &&
+                  d->experts_local(cfg_.n_routed_experts) == layout_.experts_local,
+              "model", "the dispatcher serves experts [", d->expert_first(), ", ",
+              d->expert_first() + d->experts_local(cfg_.n_routed_experts),
+              ") but this model holds [", layout_.expert_first, ", ",
+              layout_.expert_first + layout_.experts_local, ")");
+  }
+  dispatcher_ = d;
 }
 
 void Model::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
@@ -147,6 +160,7 @@ MoeGrads Model::moe_grads(int64_t l) {
 }
 
 const float* Model::logits() const { return acts_->logits.data(); }
+const float* Model::token_losses() const { return acts_->losses.data(); }
 
 LossStats Model::forward_backward(const int32_t* tokens, int64_t B, int64_t T, float grad_scale) {
   return run(tokens, B, T, true, grad_scale);
@@ -169,6 +183,7 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
   const float* P = params_.data();
   float* G = grads_.data();
   Activations& a = *acts_;
+  TokenDispatcher& disp = dispatcher_ ? *dispatcher_ : local_dispatcher();
   a.B = B;
   a.T = T;
 
@@ -228,7 +243,7 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
       cpu::linear_forward(a.tmp.data(), la.h.data(), P + o.mlp_down, N, F, D);
     } else {
       MoeStats ms;
-      moe_forward(a.tmp.data(), la.ln2.data(), moe_weights(l), c, B, T, la.moe, ms);
+      moe_forward(a.tmp.data(), la.ln2.data(), moe_weights(l), c, B, T, la.moe, ms, disp);
       st.aux += ms.aux_loss;
       st.seq_aux += ms.seq_aux_loss;
       st.z += ms.z_loss;
@@ -281,6 +296,8 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
   std::fill(dres, dres + N * D, 0.0f);
   cpu::rmsnorm_backward(dres, G + layout_.final_norm, dln, res(2 * L), P + layout_.final_norm,
                         a.rstdf.data(), N, D);
+  // With tied embeddings the head's gradient lands in the embedding, which is final only at -1.
+  if (grad_ready_) grad_ready_(L);
 
   for (int64_t l = L - 1; l >= 0; --l) {
     const LayerOffsets& o = layout_.layers[l];
@@ -301,7 +318,7 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
       cpu::linear_backward_x(dln, dgu.data(), P + o.mlp_gu, N, D, 2 * F, false);
     } else {
       moe_backward(dln, dres, la.ln2.data(), moe_weights(l), moe_grads(l), c, B, T, la.moe,
-                   a.moe_scratch, grad_scale);
+                   a.moe_scratch, grad_scale, disp);
     }
     cpu::rmsnorm_backward(dres, G + o.post_norm, dln, xm, P + o.post_norm, la.rstd2.data(), N, D);
 
@@ -317,8 +334,10 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
     cpu::linear_backward_x(dln, a.dqkv.data(), P + o.qkv, N, D, Qd, false);
     cpu::rmsnorm_backward(dres, G + o.input_norm, dln, x, P + o.input_norm, la.rstd1.data(), N,
                           D);
+    if (grad_ready_) grad_ready_(l);
   }
   cpu::embedding_backward(G + layout_.embed, dres, a.inputs.data(), N, D);
+  if (grad_ready_) grad_ready_(-1);
   return st;
 }
 

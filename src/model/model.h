@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -39,7 +40,8 @@ struct Activations;  // model.cpp
 
 class Model {
  public:
-  explicit Model(const ModelConfig& cfg);  // validates cfg, builds the layout, zero arenas
+  // Validates cfg, builds the layout (all of it, or one expert-parallel rank's part), zero arenas.
+  explicit Model(const ModelConfig& cfg, const LayoutOptions& parts = {});
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -63,10 +65,13 @@ class Model {
   // Forward only; logits() then holds (B*T, V).
   LossStats forward(const int32_t* tokens, int64_t B, int64_t T);
   const float* logits() const;
+  // Cross-entropy of each of the B*T tokens of the last forward (N), nats.
+  const float* token_losses() const;
 
   // Tokens that selected each expert, per layer (empty for dense layers), summed over the
   // forward passes since reset_load(): the input of the auxiliary-loss-free bias update.
   const std::vector<std::vector<int64_t>>& load() const { return load_; }
+  std::vector<std::vector<int64_t>>& load() { return load_; }  // summed over ranks before update
   void reset_load();
   // b_e += bias_update_rate * sign(mean(load) - load_e) on every MoE layer, then reset_load().
   void update_balance_biases();
@@ -74,6 +79,14 @@ class Model {
   // One entry per MoE layer, from the last forward pass (forward or forward_backward); empty
   // before the first one. Costs one pass over the (N, E) router scores per layer.
   const std::vector<MoeLayerStats>& moe_stats() const { return moe_stats_; }
+
+  // How MoE layers reach the experts (null: all on this process). Must hold the experts of
+  // layout(): expert_first() and experts_local() agree with it.
+  void set_dispatcher(TokenDispatcher* d);
+  // Called during backward when a part's gradients are final for this pass: layer L (the head:
+  // final norm and lm_head), then each layer l from L-1 down to 0, then -1 (the embedding).
+  // Data parallelism starts reducing a bucket as soon as its layers are done.
+  void set_grad_ready_hook(std::function<void(int64_t)> hook) { grad_ready_ = std::move(hook); }
 
   // Views for one layer (used by the MoE layer, inference and tests).
   MoeWeights moe_weights(int64_t layer) const;
@@ -89,6 +102,8 @@ class Model {
   std::vector<MoeLayerStats> moe_stats_;  // (MoE layers) of the last forward pass
   std::vector<float> rope_cos_, rope_sin_;  // (max_pos, Dh/2)
   std::unique_ptr<Activations> acts_;
+  TokenDispatcher* dispatcher_ = nullptr;
+  std::function<void(int64_t)> grad_ready_;
 };
 
 }  // namespace moe

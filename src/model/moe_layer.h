@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/token_dispatcher.h"
 
 namespace moe {
 
@@ -13,7 +14,9 @@ namespace moe {
 struct MoeWeights {
   const float* router = nullptr;       // [E, D]
   const float* bias = nullptr;         // [E] balancing bias, used only for selection
-  const float* experts = nullptr;      // E blocks of 3*Fe*D: gate [Fe,D], up [Fe,D], down [D,Fe]
+  // El blocks of 3*Fe*D: gate [Fe,D], up [Fe,D], down [D,Fe], for the dispatcher's local
+  // experts (all E on one process)
+  const float* experts = nullptr;
   const float* shared_gu = nullptr;    // [2*S*Fe, D] gate rows then up rows (null if S = 0)
   const float* shared_down = nullptr;  // [D, S*Fe] (null if S = 0)
 };
@@ -41,18 +44,27 @@ struct MoeStats {
 };
 
 // Saved activations of one MoE layer for one micro-batch; buffers grow on first use.
+// With expert parallelism the experts see Ml rows (those of this rank's experts, from every
+// rank); on one process the local rows are the sorted rows and Ml = M.
 struct MoeCache {
   RoutingPlan plan;
+  ExpertExchange exchange;       // the dispatcher's routes of this micro-batch
+  bool remote = false;           // local_x / local_y hold the experts' rows (expert parallel)
   std::vector<float> logits;     // (N, E) router logits z
   std::vector<float> scores;     // (N, E) s = softmax(z) or sigmoid(z)
   std::vector<float> sorted_x;   // (M, D) tokens copied to their experts' rows, M = kept slots
-  std::vector<float> gu;         // (M, 2*Fe)
-  std::vector<float> h;          // (M, Fe)
-  std::vector<float> sorted_y;   // (M, D) expert outputs before gate weighting
+  std::vector<float> local_x;    // (Ml, D) rows of this rank's experts (expert parallel only)
+  std::vector<float> gu;         // (Ml, 2*Fe)
+  std::vector<float> h;          // (Ml, Fe)
+  std::vector<float> local_y;    // (Ml, D) expert outputs before gate weighting
+  std::vector<float> sorted_y;   // (M, D) the same back home (expert parallel only)
   std::vector<float> shared_gu;  // (N, 2*S*Fe)
   std::vector<float> shared_h;   // (N, S*Fe)
   std::vector<int64_t> load;      // (E)    tokens that selected e (before capacity drops)
   std::vector<int64_t> seq_load;  // (B, E) the same per sequence (for seq_aux_loss)
+  // The aux loss's counts: load summed over the data-parallel ranks, and its scale (1/ranks).
+  std::vector<int64_t> load_total, load_before;  // (E), (E)
+  double load_scale = 1.0;
 };
 
 // Backward scratch, nothing kept between calls: one is shared by every MoE layer of a model.
@@ -60,22 +72,26 @@ struct MoeCache {
 // dh and dgu hold the routed experts' gradients, then the shared expert's.
 struct MoeScratch {
   std::vector<float> drows;          // (M, D)
+  std::vector<float> dlocal;         // (Ml, D) expert parallel: the experts' rows of drows
   std::vector<float> dh;             // (M, Fe), then (N, S*Fe)
   std::vector<float> dgu;            // (M, 2*Fe), then (N, 2*S*Fe)
   std::vector<float> dgate, dlogits; // (N, K) (N, E)
 };
 
 // x (N, D) is the normalized input, N = B*T tokens in B sequences of T (for seq_aux_loss).
-// y (N, D) is overwritten. stats gets the loss terms and the load.
+// y (N, D) is overwritten. stats gets the loss terms and the load. The dispatcher moves rows
+// to the experts and back (local_dispatcher() on one process).
 void moe_forward(float* y, const float* x, const MoeWeights& w, const ModelConfig& cfg, int64_t B,
-                 int64_t T, MoeCache& cache, MoeStats& stats);
+                 int64_t T, MoeCache& cache, MoeStats& stats,
+                 TokenDispatcher& dispatcher = local_dispatcher());
 
 // dy (N, D) -> dx (N, D) overwritten; parameter gradients accumulated into g. The gradients of
 // the auxiliary terms (aux, seq_aux, z) are included, each scaled by aux_grad_scale (the same
 // factor applied to the cross-entropy gradient, e.g. 1/accumulation_steps).
 void moe_backward(float* dx, const float* dy, const float* x, const MoeWeights& w,
                   const MoeGrads& g, const ModelConfig& cfg, int64_t B, int64_t T,
-                  const MoeCache& cache, MoeScratch& scratch, float aux_grad_scale);
+                  const MoeCache& cache, MoeScratch& scratch, float aux_grad_scale,
+                  TokenDispatcher& dispatcher = local_dispatcher());
 
 // Auxiliary-loss-free balancing, after an optimizer step: b_e += rate * sign(mean(load) - load_e).
 void update_balance_bias(float* bias, const int64_t* load, int64_t E, double rate);

@@ -1,6 +1,9 @@
 #include "model/params.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "core/error.h"
 
 namespace moe {
 
@@ -40,7 +43,7 @@ struct Builder {
 
 }  // namespace
 
-ParamLayout make_layout(const ModelConfig& c) {
+ParamLayout make_layout(const ModelConfig& c, const LayoutOptions& opt) {
   ParamLayout lay;
   Builder b{lay};
   const int64_t D = c.hidden_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads;
@@ -81,22 +84,32 @@ ParamLayout make_layout(const ModelConfig& c) {
   lay.lm_head = c.tie_word_embeddings
                     ? lay.embed
                     : b.add("lm_head.weight", {c.vocab_size, D}, R, -1, -1, sd);
+  const int64_t align = std::max<int64_t>(1, opt.align);
+  auto round_up = [&](int64_t n) { return (n + align - 1) / align * align; };
   lay.replicated_numel = b.cursor;
+  b.cursor = lay.expert_begin = round_up(b.cursor);
 
-  // Expert region: per MoE layer, E contiguous blocks of gate [Fe,D], up [Fe,D], down [D,Fe].
+  // Expert region: per MoE layer, E contiguous blocks of gate [Fe,D], up [Fe,D], down [D,Fe]
+  // (only experts [expert_first, expert_first + experts_local) with expert parallelism).
+  const int64_t count = opt.expert_count < 0 ? E : opt.expert_count;
+  MOE_CHECK(opt.expert_first >= 0 && count >= 0 && opt.expert_first + count <= E, "layout",
+            "experts [", opt.expert_first, ", ", opt.expert_first + count,
+            ") are not inside the model's n_routed_experts = ", E);
+  lay.expert_first = opt.expert_first;
+  lay.experts_local = count;
   lay.expert_block = 3 * Fe * D;
   for (int64_t l = 0; l < L; ++l) {
     if (!c.is_moe_layer(l)) continue;
     const std::string p = "model.layers." + std::to_string(l) + ".mlp.experts.";
     lay.layers[l].experts = b.cursor;
-    for (int64_t e = 0; e < E; ++e) {
+    for (int64_t e = opt.expert_first; e < opt.expert_first + count; ++e) {
       const std::string q = p + std::to_string(e) + ".";
       b.add(q + "gate_proj.weight", {Fe, D}, Region::kExpert, l, e, sd);
       b.add(q + "up_proj.weight", {Fe, D}, Region::kExpert, l, e, sd);
       b.add(q + "down_proj.weight", {D, Fe}, Region::kExpert, l, e, sd_out);
     }
   }
-  lay.total_numel = b.cursor;
+  lay.total_numel = round_up(b.cursor);
   return lay;
 }
 

@@ -39,6 +39,14 @@ struct LayerOffsets {
   int64_t router = -1, bias = -1, shared_gu = -1, shared_down = -1, experts = -1;
 };
 
+// Which part of the model one rank holds (expert parallelism) and how its regions are padded
+// (ZeRO shards split each region into equal parts). The defaults give the whole model.
+struct LayoutOptions {
+  int64_t expert_first = 0;   // first routed expert held, e.g. 4 (rank 1 of ep 2 with E = 8)
+  int64_t expert_count = -1;  // routed experts held per MoE layer, e.g. 4 (-1 = all E)
+  int64_t align = 1;          // each region starts and ends at a multiple of this many floats
+};
+
 struct ParamLayout {
   std::vector<ParamSpec> specs;
   std::vector<LayerOffsets> layers;
@@ -46,10 +54,13 @@ struct ParamLayout {
   int64_t replicated_numel = 0;                    // region [0, replicated_numel)
   int64_t total_numel = 0;                         // expert region [replicated_numel, total)
   int64_t expert_block = 0;                        // floats per routed expert: 3*Fe*D
+  int64_t expert_first = 0, experts_local = 0;     // routed experts held: [first, first+local)
+  // Floats between replicated_numel and the expert region's start (LayoutOptions::align).
+  int64_t expert_begin = 0;                        // expert region [expert_begin, total_numel)
 
   const ParamSpec* find(const std::string& name) const;
 };
 
-ParamLayout make_layout(const ModelConfig& cfg);
+ParamLayout make_layout(const ModelConfig& cfg, const LayoutOptions& opt = {});
 
 }  // namespace moe

@@ -17,6 +17,7 @@
 #include "data/shards.h"
 #include "data/tokenizer.h"
 #include "data/tokenizers.h"
+#include "parallel/parallel.h"
 #include "train/trainer.h"
 
 namespace moe {
@@ -91,23 +92,45 @@ void sample_train_batch(int32_t* tokens, const TokenData& data, int64_t B, int64
 }
 
 double evaluate(Model& model, const TokenData& data, int64_t T, int64_t batch, int64_t max_tokens,
-                int64_t* tokens_out) {
-  if (!data.dataset) return evaluate(model, data.val, T, batch, max_tokens, tokens_out);
-  const TokenDataset& ds = *data.dataset;
-  int64_t use = ds.val_windows(T);
+                int64_t* tokens_out, Parallel* par) {
+  int64_t use = 0;
+  std::function<void(int32_t*, int64_t, int64_t)> fill;  // (buf, first window, windows)
+  if (data.dataset) {
+    const TokenDataset& ds = *data.dataset;
+    use = ds.val_windows(T);
+    fill = [&ds, T](int32_t* buf, int64_t first, int64_t n) { ds.val_batch(buf, n, T, first); };
+  } else {
+    use = (static_cast<int64_t>(data.val.size()) - 1) / T;
+    fill = [&data, T](int32_t* buf, int64_t first, int64_t n) {
+      for (int64_t b = 0; b < n; ++b)
+        std::copy(data.val.begin() + (first + b) * T, data.val.begin() + (first + b) * T + T + 1,
+                  buf + b * (T + 1));
+    };
+  }
   if (max_tokens > 0) use = std::min(use, std::max<int64_t>(1, max_tokens / T));
-  std::vector<int32_t> buf(size_t(batch * (T + 1)));
-  double sum = 0;
-  int64_t count = 0;
+  if (!par || !par->distributed()) return evaluate_windows(model, use, T, batch, fill, tokens_out);
+
+  // Each rank evaluates its slice of every batch of windows. Slices are ceil(nb / ranks) long;
+  // a rank past the end pads its slice with window 0 (which it does not count), so that every
+  // rank runs the same collectives.
+  const int64_t W = par->world_size(), r = par->rank();
+  double acc[2] = {0, 0};  // CE sum, tokens
+  std::vector<int32_t> buf;
   for (int64_t w0 = 0; w0 < use; w0 += batch) {
-    const int64_t nb = ds.val_batch(buf.data(), std::min(batch, use - w0), T, w0);
-    const LossStats st = model.forward(buf.data(), nb, T);
-    sum += st.ce * double(nb * T);
-    count += nb * T;
+    const int64_t nb = std::min(batch, use - w0), c = (nb + W - 1) / W;
+    const int64_t first = w0 + r * c, real = std::max<int64_t>(0, std::min(c, w0 + nb - first));
+    buf.assign(size_t(c * (T + 1)), 0);
+    if (real > 0) fill(buf.data(), first, real);
+    for (int64_t b = real; b < c; ++b) fill(buf.data() + b * (T + 1), 0, 1);
+    model.forward(buf.data(), c, T);
+    const float* losses = model.token_losses();
+    for (int64_t i = 0; i < real * T; ++i) acc[0] += double(losses[i]);
+    acc[1] += double(real * T);
   }
   model.reset_load();
-  if (tokens_out) *tokens_out = count;
-  return count ? sum / double(count) : 0.0;
+  par->all_reduce_sum(acc, 2);
+  if (tokens_out) *tokens_out = int64_t(acc[1]);
+  return acc[1] > 0 ? acc[0] / acc[1] : 0.0;
 }
 
 TokenData load_data(const DataConfig& dc, const std::string& cache_dir) {

@@ -33,7 +33,8 @@ void MetricsLog::event(int64_t step, const std::string& event, const std::string
 }
 
 Progress::Progress(const std::string& mode) {
-  quiet_ = mode == "none";
+  silent_ = mode == "silent";
+  quiet_ = mode == "none" || silent_;
   live_ = mode == "auto" && ::isatty(STDOUT_FILENO);
 }
 
@@ -50,6 +51,7 @@ void Progress::update(const std::string& line, bool keep) {
 }
 
 void Progress::message(const std::string& line) {
+  if (silent_) return;
   if (dirty_) std::printf("\r\033[K"), dirty_ = false;
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);

@@ -37,13 +37,14 @@ class MetricsLog {
 // A live line rewritten in place on a terminal, or plain lines otherwise.
 class Progress {
  public:
-  explicit Progress(const std::string& mode);  // "auto", "plain", "none"
+  // "auto", "plain", "none" (messages only), "silent" (nothing: ranks other than 0)
+  explicit Progress(const std::string& mode);
   void update(const std::string& line, bool keep);  // keep: also leave it in the scrollback
   void message(const std::string& line);            // a line of its own (events, results)
   void finish();
 
  private:
-  bool live_ = false, quiet_ = false, dirty_ = false;
+  bool live_ = false, quiet_ = false, silent_ = false, dirty_ = false;
 };
 
 }  // namespace moe

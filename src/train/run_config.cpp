@@ -118,6 +118,14 @@ std::vector<Field> fields_of(RunConfig& rc) {
        "spikes within a window that trigger a rollback"},
       {"guard", "rollback_lr_factor", Kind::kFloat, &t.guard.rollback_lr_factor, 0, 1, nullptr,
        "lr multiplier after a rollback"},
+      {"parallel", "dp", Kind::kInt, &rc.parallel.dp, 0, 1e6, nullptr,
+       "expert-data-parallel size (0 = ranks / ep); ranks = dp x ep"},
+      {"parallel", "ep", Kind::kInt, &rc.parallel.ep, 1, 1e6, nullptr,
+       "expert-parallel size: routed experts split over ep ranks (divides n_routed_experts)"},
+      {"parallel", "bucket_mb", Kind::kFloat, &rc.parallel.bucket_mb, 1.0 / 1024, 1e6, nullptr,
+       "gradient bucket size in MiB (reduce-scattered as backward finishes it)"},
+      {"parallel", "overlap", Kind::kBool, &rc.parallel.overlap, 0, 0, nullptr,
+       "reduce-scatter gradient buckets during backward"},
       {"log", "every", Kind::kInt, &t.log_every, 1, 1e12, nullptr,
        "steps between progress lines and metrics records"},
       {"log", "progress", Kind::kString, &t.progress, 0, 0, "auto|plain|none",
@@ -128,7 +136,8 @@ std::vector<Field> fields_of(RunConfig& rc) {
   };
 }
 
-constexpr const char* kSections = "model, data, train, optim, checkpoint, guard, log";
+constexpr const char* kSections =
+    "model, data, train, optim, checkpoint, guard, parallel, log";
 
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);

@@ -1,5 +1,5 @@
 // A training run in one TOML file (torchtitan style): sections [model] [data] [train] [optim]
-// [checkpoint] [guard] [log]; any key can be overridden on the command line as
+// [checkpoint] [guard] [parallel] [log]; any key can be overridden on the command line as
 // `--train.steps 200`. Unknown keys, wrong types and out-of-range values are errors naming the
 // file, line, key and what is allowed.
 #pragma once
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "parallel/parallel.h"
 #include "train/trainer.h"
 
 namespace moe {
@@ -19,6 +20,7 @@ struct RunConfig {
   std::string model_origin;  // where the model config came from, for messages
   DataConfig data;           // [data]
   TrainConfig train;         // [train] [optim] [checkpoint] [guard] [log]
+  ParallelConfig parallel;   // [parallel]: dp x ep ranks (moe launch, mpirun, srun)
   // "section.key" -> where it was set: "configs/small.toml:12" or "command line --model.x".
   std::map<std::string, std::string> where;
   // "configs/small.toml:12" style place of a key, or "" if it kept its default.

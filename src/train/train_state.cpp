@@ -57,6 +57,20 @@ void write_text(const fs::path& p, const std::string& text) {
 std::string save_train_checkpoint(const std::string& run_dir, const Model& model,
                                   const AdamW& opt, const TrainState& st, int64_t keep,
                                   const std::string& tokenizer_json) {
+  const ParamLayout full = make_layout(model.config());
+  MOE_CHECK(model.layout().total_numel == full.total_numel &&
+                int64_t(opt.m().size()) == full.total_numel,
+            "checkpoint", "this model holds part of the parameters or optimizer state (expert "
+            "or ZeRO parallelism); gather them first (Parallel::gather_full)");
+  return save_train_checkpoint(run_dir, model.config(), model.params().data(), opt.m().data(),
+                               opt.v().data(), opt.steps(), st, keep, tokenizer_json);
+}
+
+std::string save_train_checkpoint(const std::string& run_dir, const ModelConfig& cfg,
+                                  const float* params, const float* m, const float* v,
+                                  int64_t adam_step, const TrainState& st, int64_t keep,
+                                  const std::string& tokenizer_json) {
+  const ParamLayout layout = make_layout(cfg);
   const fs::path root = fs::path(run_dir) / "checkpoints";
   std::error_code ec;
   fs::create_directories(root, ec);
@@ -66,17 +80,16 @@ std::string save_train_checkpoint(const std::string& run_dir, const Model& model
   fs::remove_all(tmp, ec);
 
   // 1. The files, each written atomically and fsynced.
-  save_checkpoint(tmp.string(), model.config(), model.layout(), model.params().data());
-  const auto n = static_cast<int64_t>(opt.m().size());
+  save_checkpoint(tmp.string(), cfg, layout, params);
+  const int64_t n = layout.total_numel;
   write_safetensors((tmp / kOptimizer).string(),
-                    {{"exp_avg", "F32", {n}, opt.m().data()},
-                     {"exp_avg_sq", "F32", {n}, opt.v().data()}},
-                    {{"adam_step", std::to_string(opt.steps())}});
+                    {{"exp_avg", "F32", {n}, m}, {"exp_avg_sq", "F32", {n}, v}},
+                    {{"adam_step", std::to_string(adam_step)}});
   const json state = {{"step", st.step},           {"data_offset", st.data_offset},
                       {"lr_scale", st.lr_scale},   {"rollbacks", st.rollbacks},
                       {"skipped", st.skipped},     {"tokens", st.tokens},
                       {"elapsed_s", st.elapsed_s}, {"loss_window", st.loss_window},
-                      {"spike_steps", st.spike_steps}, {"adam_step", opt.steps()},
+                      {"spike_steps", st.spike_steps}, {"adam_step", adam_step},
                       {"data_train_tokens", st.data_train_tokens}};
   write_text(tmp / kState, state.dump(1) + "\n");
   std::vector<std::string> names = {"config.json", "model.safetensors", kOptimizer, kState};
@@ -177,24 +190,43 @@ std::vector<std::string> list_train_checkpoints(const std::string& run_dir,
 }
 
 void load_train_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainState* st) {
+  MOE_CHECK(int64_t(model.params().size()) == make_layout(model.config()).total_numel &&
+                opt.m().size() == model.params().size(),
+            "checkpoint", "this model holds part of the parameters or optimizer state (expert "
+            "or ZeRO parallelism); load the full state and hand each rank its part "
+            "(Parallel::load_full)");
+  std::vector<float> params, m, v;
+  int64_t adam_step = 0;
+  load_train_checkpoint(dir, model.config(), &params, &m, &v, &adam_step, st);
+  model.params() = std::move(params);
+  opt.m() = std::move(m);
+  opt.v() = std::move(v);
+  opt.set_steps(adam_step);
+}
+
+void load_train_checkpoint(const std::string& dir, const ModelConfig& expect,
+                           std::vector<float>* params_out, std::vector<float>* m_out,
+                           std::vector<float>* v_out, int64_t* adam_step, TrainState* st) {
   const std::string why = check_train_checkpoint(dir);
   MOE_CHECK(why.empty(), "checkpoint", dir, ": ", why);
   ModelConfig cfg;
   std::vector<float> params;
   load_checkpoint(dir, &cfg, &params);
-  MOE_CHECK(config_to_json(cfg) == config_to_json(model.config()), "checkpoint", dir,
-            ": its config.json differs from the run's model config; resume with the same [model]");
-  MOE_CHECK(params.size() == model.params().size(), "checkpoint", dir, ": parameter count ",
-            params.size(), " != ", model.params().size());
-  std::copy(params.begin(), params.end(), model.params().begin());
+  MOE_CHECK(config_to_json(cfg) == config_to_json(expect), "checkpoint", dir,
+            ": its config.json differs from the run's model config; resume with the same [model]"
+            " (or a new run folder for another model)");
+  const int64_t n = make_layout(expect).total_numel;
+  MOE_CHECK(int64_t(params.size()) == n, "checkpoint", dir, ": parameter count ",
+            params.size(), " != ", n);
 
   const SafetensorsFile o = read_safetensors((fs::path(dir) / kOptimizer).string());
-  const std::vector<float> m = o.at("exp_avg").as_f32("exp_avg");
-  const std::vector<float> v = o.at("exp_avg_sq").as_f32("exp_avg_sq");
-  MOE_CHECK(m.size() == opt.m().size() && v.size() == opt.v().size(), "checkpoint", dir, "/",
-            kOptimizer, ": moments have ", m.size(), " values, the model has ", opt.m().size());
-  std::copy(m.begin(), m.end(), opt.m().begin());
-  std::copy(v.begin(), v.end(), opt.v().begin());
+  std::vector<float> m = o.at("exp_avg").as_f32("exp_avg");
+  std::vector<float> v = o.at("exp_avg_sq").as_f32("exp_avg_sq");
+  MOE_CHECK(int64_t(m.size()) == n && int64_t(v.size()) == n, "checkpoint", dir, "/",
+            kOptimizer, ": moments have ", m.size(), " values, the model has ", n);
+  *params_out = std::move(params);
+  *m_out = std::move(m);
+  *v_out = std::move(v);
 
   std::ifstream f(fs::path(dir) / kState);
   json s;
@@ -209,7 +241,7 @@ void load_train_checkpoint(const std::string& dir, Model& model, AdamW& opt, Tra
     st->elapsed_s = s.at("elapsed_s");
     st->loss_window = s.at("loss_window").get<std::vector<double>>();
     st->spike_steps = s.at("spike_steps").get<std::vector<int64_t>>();
-    opt.set_steps(s.at("adam_step").get<int64_t>());
+    *adam_step = s.at("adam_step").get<int64_t>();
     st->data_train_tokens = s.value("data_train_tokens", int64_t(-1));
   } catch (const json::exception& e) {
     MOE_FAIL("checkpoint", dir, "/", kState, ": ", e.what());

@@ -50,4 +50,14 @@ std::vector<std::string> list_train_checkpoints(const std::string& run_dir,
 // Loads a checkpoint into model, optimizer and state; the model's config must match.
 void load_train_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainState* st);
 
+// The same two for the logical state of any layout of ranks: parameters and AdamW moments in
+// the full layout (make_layout(cfg)), e.g. gathered from the ranks of a distributed job.
+std::string save_train_checkpoint(const std::string& run_dir, const ModelConfig& cfg,
+                                  const float* params, const float* m, const float* v,
+                                  int64_t adam_step, const TrainState& st, int64_t keep,
+                                  const std::string& tokenizer_json = "");
+void load_train_checkpoint(const std::string& dir, const ModelConfig& cfg,
+                           std::vector<float>* params, std::vector<float>* m,
+                           std::vector<float>* v, int64_t* adam_step, TrainState* st);
+
 }  // namespace moe

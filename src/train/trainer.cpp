@@ -20,6 +20,7 @@
 #include "kernels/cpu/peak.h"
 #include "model/checkpoint.h"
 #include "model/flops.h"
+#include "parallel/parallel.h"
 #include "train/guards.h"
 #include "train/metrics.h"
 #include "train/train_state.h"
@@ -57,19 +58,15 @@ void sample_batch(int32_t* tokens, const std::vector<int32_t>& data, int64_t B, 
   }
 }
 
-double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64_t batch,
-                int64_t max_tokens, int64_t* tokens_out) {
-  const int64_t windows = (static_cast<int64_t>(data.size()) - 1) / T;
-  int64_t use = windows;
-  if (max_tokens > 0) use = std::min(use, std::max<int64_t>(1, max_tokens / T));
+double evaluate_windows(Model& model, int64_t windows, int64_t T, int64_t batch,
+                        const std::function<void(int32_t*, int64_t, int64_t)>& fill,
+                        int64_t* tokens_out) {
   double sum = 0;
   int64_t count = 0;
-  std::vector<int32_t> buf(batch * (T + 1));
-  for (int64_t w0 = 0; w0 < use; w0 += batch) {
-    const int64_t nb = std::min(batch, use - w0);
-    for (int64_t b = 0; b < nb; ++b)
-      std::copy(data.begin() + (w0 + b) * T, data.begin() + (w0 + b) * T + T + 1,
-                buf.begin() + b * (T + 1));
+  std::vector<int32_t> buf(static_cast<size_t>(batch * (T + 1)));
+  for (int64_t w0 = 0; w0 < windows; w0 += batch) {
+    const int64_t nb = std::min(batch, windows - w0);
+    fill(buf.data(), w0, nb);
     const LossStats st = model.forward(buf.data(), nb, T);
     sum += st.ce * static_cast<double>(nb * T);
     count += nb * T;
@@ -77,6 +74,21 @@ double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64
   model.reset_load();
   if (tokens_out) *tokens_out = count;
   return count ? sum / static_cast<double>(count) : 0.0;
+}
+
+double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64_t batch,
+                int64_t max_tokens, int64_t* tokens_out) {
+  const int64_t windows = (static_cast<int64_t>(data.size()) - 1) / T;
+  int64_t use = windows;
+  if (max_tokens > 0) use = std::min(use, std::max<int64_t>(1, max_tokens / T));
+  return evaluate_windows(
+      model, use, T, batch,
+      [&](int32_t* buf, int64_t first, int64_t n) {
+        for (int64_t b = 0; b < n; ++b)
+          std::copy(data.begin() + (first + b) * T, data.begin() + (first + b) * T + T + 1,
+                    buf + b * (T + 1));
+      },
+      tokens_out);
 }
 
 namespace {
@@ -100,13 +112,6 @@ struct StopSignals {
     sigaction(SIGTERM, &old_term, nullptr);
   }
 };
-
-double global_grad_norm(const std::vector<float>& g) {
-  double s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static)
-  for (size_t i = 0; i < g.size(); ++i) s += static_cast<double>(g[i]) * g[i];
-  return std::sqrt(s);
-}
 
 std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
 std::string fmt(const char* f, ...) {
@@ -156,10 +161,31 @@ void accumulate(std::vector<MoeLayerStats>& acc, const std::vector<MoeLayerStats
   }
 }
 
+// Routing statistics of the log interval summed over the job (collective).
+void reduce_window(Parallel& par, std::vector<MoeLayerStats>& window) {
+  if (!par.distributed() || window.empty()) return;
+  std::vector<int64_t> ints;
+  std::vector<double> entropy;
+  for (const MoeLayerStats& s : window) {
+    ints.insert(ints.end(), s.load.begin(), s.load.end());
+    ints.insert(ints.end(), {s.tokens, s.slots, s.dropped});
+    entropy.push_back(s.entropy_sum);
+  }
+  par.all_reduce_sum(ints.data(), ints.size());
+  par.all_reduce_sum(entropy.data(), entropy.size());
+  size_t at = 0;
+  for (size_t i = 0; i < window.size(); ++i) {
+    MoeLayerStats& s = window[i];
+    for (auto& x : s.load) x = ints[at++];
+    s.tokens = ints[at++], s.slots = ints[at++], s.dropped = ints[at++];
+    s.entropy_sum = entropy[i];
+  }
+}
+
 // Per MoE layer over the log interval: load balance (max/mean, min/mean of the per-expert
 // token counts), the router's mean score entropy, capacity drops and the balancing bias.
 void write_moe_records(MetricsLog& log, const Model& model, int64_t step,
-                       const std::vector<MoeLayerStats>& window) {
+                       const std::vector<MoeLayerStats>& window, int64_t ep) {
   for (const MoeLayerStats& s : window) {
     const auto& ld = s.load;
     double sum = 0, mx = 0, mn = HUGE_VAL;
@@ -169,10 +195,14 @@ void write_moe_records(MetricsLog& log, const Model& model, int64_t step,
     const std::vector<float> b(bias, bias + ld.size());
     float bmin = 0, bmax = 0;
     if (!b.empty()) bmin = *std::min_element(b.begin(), b.end()), bmax = *std::max_element(b.begin(), b.end());
+    // Tokens each expert-parallel rank computed (its experts' loads).
+    std::vector<int64_t> ep_load(size_t(ep), 0);
+    for (size_t e = 0; e < ld.size(); ++e) ep_load[e / (ld.size() / size_t(ep))] += ld[e];
     log.write({{"kind", "moe"},
                {"step", step},
                {"layer", s.layer},
                {"load", ld},
+               {"ep_load", ep_load},
                {"max_over_mean", mean > 0 ? mx / mean : 0.0},
                {"min_over_mean", mean > 0 ? mn / mean : 0.0},
                {"router_entropy", s.router_entropy()},
@@ -185,25 +215,43 @@ void write_moe_records(MetricsLog& log, const Model& model, int64_t step,
 
 }  // namespace
 
-TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
+TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Parallel* par_in) {
   MOE_CHECK(tc.steps > 0 && tc.batch > 0 && tc.seq_len > 0 && tc.accum > 0, "train",
             "steps, batch, seq_len and accum must be positive");
   namespace fs = std::filesystem;
   const int64_t B = tc.batch, T = tc.seq_len;
   const ModelConfig& cfg = model.config();
-  AdamW opt(model.layout(), tc.adamw);
+  // One process gets a Parallel of one rank: every call below is then a no-op or a copy.
+  std::unique_ptr<Parallel> own_par;
+  if (!par_in) {
+    own_par = std::make_unique<Parallel>(nullptr, ParallelConfig{}, cfg);
+    own_par->attach(model);
+  }
+  Parallel& par = par_in ? *par_in : *own_par;
+  const bool lead = par.rank() == 0;  // writes files and prints
+  const int64_t Bl = par.local_batch(B);
+  AdamW opt(model.layout(), tc.adamw, par.owned());
   TrainState st;
   SpikeGuard guard(tc.guard);
   FaultInjector faults(tc.fault_inject);
   const bool has_dir = !tc.out_dir.empty();
-  MetricsLog metrics(has_dir && tc.metrics ? (fs::path(tc.out_dir) / "metrics.jsonl").string()
-                                           : "");
-  Progress progress(tc.progress);
+  MetricsLog metrics(lead && has_dir && tc.metrics
+                         ? (fs::path(tc.out_dir) / "metrics.jsonl").string()
+                         : "");
+  Progress progress(lead ? tc.progress : "silent");
   TrainResult r;
+  // Loads a checkpoint into this rank's part of the model and optimizer.
+  auto restore = [&](const std::string& dir) {
+    FullTrainTensors full;
+    int64_t adam_step = 0;
+    load_train_checkpoint(dir, cfg, &full.params, &full.m, &full.v, &adam_step, &st);
+    par.load_full(full, model, opt);
+    opt.set_steps(adam_step);
+  };
   // BPE runs keep the tokenizer beside the model (the run folder is also the final model
   // folder) and in every checkpoint, so `moe eval` and `moe generate` decode the same ids.
   const std::string tokenizer_json = data.tokenizer_spec == "byte" ? "" : data.tokenizer_spec;
-  if (has_dir && !tokenizer_json.empty()) {
+  if (lead && has_dir && !tokenizer_json.empty()) {
     std::filesystem::create_directories(tc.out_dir);
     std::ifstream src(tokenizer_json, std::ios::binary);
     MOE_CHECK(src.good(), "train", "cannot read the tokenizer ", tokenizer_json);
@@ -220,7 +268,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
       metrics.event(-1, "resume", "skipped invalid checkpoint " + s);
     }
     if (!valid.empty()) {
-      load_train_checkpoint(valid.front(), model, opt, &st);
+      restore(valid.front());
       MOE_CHECK(st.data_train_tokens < 0 || st.data_train_tokens == data.train_tokens(), "train",
                 "resume: ", valid.front(), " was trained on a stream of ", st.data_train_tokens,
                 " train tokens but ", data.name, " has ", data.train_tokens(),
@@ -246,6 +294,9 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
                    {"tokenizer", data.tokenizer_spec},
                    {"train_tokens", data.train_tokens()},
                    {"val_tokens", data.val_tokens()},
+                   {"ranks", par.world_size()},
+                   {"dp", par.dp()},
+                   {"ep", par.ep()},
                    {"started", iso_now()}});
   }
 
@@ -254,16 +305,19 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
   // (keeping the best) whenever the achieved rate would exceed it.
   double peak = cpu::measure_fp32_peak_flops(0.2);
   const int64_t tokens_per_step = tc.accum * B * T;
-  std::vector<int32_t> tokens(static_cast<size_t>(B * (T + 1)));
+  std::vector<int32_t> tokens(static_cast<size_t>(B * (T + 1)));  // the global micro-batch
+  const int32_t* my_tokens = tokens.data() + par.batch_first(B) * (T + 1);  // (Bl, T+1)
   StopSignals signals;
   const auto t_start = std::chrono::steady_clock::now();
   auto t_log = t_start;
   const int64_t first_step = st.step;
   const double base_elapsed = st.elapsed_s;
   double ce_window = 0, loss_last = 0, gnorm_last = 0;
+  double step_seconds = 0;  // compute and communication of the steps of this log interval
   int64_t window_steps = 0;
   std::vector<MoeLayerStats> window_moe, step_moe;  // routing statistics: log interval, step
 
+  // Collective: every rank hands its part to rank 0, which writes the logical model.
   auto checkpoint = [&](const char* why) {
     if (!has_dir) return;
     st.loss_window = guard.window();
@@ -271,15 +325,18 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
     st.elapsed_s = base_elapsed +
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     st.data_train_tokens = data.train_tokens();
+    const FullTrainTensors full = par.gather_full(model, opt);
+    if (!lead) return;
     const std::string dir =
-        save_train_checkpoint(tc.out_dir, model, opt, st, tc.ckpt_keep, tokenizer_json);
+        save_train_checkpoint(tc.out_dir, cfg, full.params.data(), full.m.data(), full.v.data(),
+                              opt.steps(), st, tc.ckpt_keep, tokenizer_json);
     metrics.event(st.step, "checkpoint", dir);
     if (std::string(why) != "periodic") progress.message(std::string("checkpoint: ") + dir);
   };
   auto validate = [&]() {
     if (tc.eval_tokens <= 0 || data.val_tokens() < T + 1) return -1.0;
     int64_t n = 0;
-    const double ce = evaluate(model, data, T, B, tc.eval_tokens, &n);
+    const double ce = evaluate(model, data, T, B, tc.eval_tokens, &n, &par);
     metrics.write({{"kind", "val"}, {"step", st.step}, {"loss", ce}, {"ppl", std::exp(ce)}});
     std::string line = fmt("held-out: ce %.4f nats/token over %lld tokens", ce,
                            static_cast<long long>(n));
@@ -295,30 +352,40 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
     model.zero_grads();
     LossStats sum;
     step_moe.clear();
+    const auto t_step = std::chrono::steady_clock::now();
     for (int64_t m = 0; m < tc.accum; ++m) {
+      // Every rank draws the global micro-batch and trains on its slice of it.
       sample_train_batch(tokens.data(), data, B, T, tc.seed, step + st.data_offset, m);
+      if (m == tc.accum - 1) par.arm_overlap(model);  // buckets reduce as backward finishes them
       const LossStats s =
-          model.forward_backward(tokens.data(), B, T, 1.0f / static_cast<float>(tc.accum));
+          model.forward_backward(my_tokens, Bl, T, 1.0f / static_cast<float>(tc.accum));
       sum.loss += s.loss / double(tc.accum);
       sum.ce += s.ce / double(tc.accum);
       sum.dropped += s.dropped;
       accumulate(step_moe, model.moe_stats());
     }
-    double gnorm = global_grad_norm(model.grads());
+    par.finish_grads(model);  // this rank's shard of the gradient, averaged over the job
+    // The loss over the whole job, and whether any rank was asked to stop: every rank must
+    // take the same decisions below, or the collectives of the next step would not match.
+    double job[4] = {sum.loss, sum.ce, double(sum.dropped), double(g_stop_signal != 0)};
+    par.all_reduce_sum(job, 4);
+    sum.loss = job[0] / par.world_size(), sum.ce = job[1] / par.world_size();
+    sum.dropped = int64_t(job[2]);
+    const bool stop_requested = job[3] > 0;
+    double gnorm = std::sqrt(par.grad_norm_sq());
+    step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_step).count();
     const double observed = faults.apply(step, sum.loss, &gnorm);
     std::string why;
     const Verdict verdict = guard.check(step, observed, gnorm, &why);
     r.losses.push_back(observed);
 
     if (verdict == Verdict::kAccept) {
-      if (tc.grad_clip > 0 && gnorm > tc.grad_clip) {
-        const float k = static_cast<float>(tc.grad_clip / gnorm);
-        auto& g = model.grads();
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < g.size(); ++i) g[i] *= k;
-      }
-      opt.step(model.params().data(), model.grads().data(), lr_at(tc, step) * st.lr_scale);
+      if (tc.grad_clip > 0 && gnorm > tc.grad_clip)
+        par.scale_shard_grads(static_cast<float>(tc.grad_clip / gnorm));
+      opt.step(model.params().data(), par.shard_grads(), lr_at(tc, step) * st.lr_scale);
+      par.gather_params(model);  // ZeRO-1: every rank gets the shards the others updated
       accumulate(window_moe, step_moe);
+      par.reduce_load(model);    // the balancing bias moves by the loads of the whole job
       model.update_balance_biases();
       ce_window += sum.ce;
       ++window_steps;
@@ -332,7 +399,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
                                                      : std::vector<std::string>{};
       TrainState now = st;
       if (!valid.empty()) {
-        load_train_checkpoint(valid.front(), model, opt, &st);
+        restore(valid.front());
         guard.window() = st.loss_window;
         // Fresh data from here on: skip the batches between the checkpoint and this step.
         st.data_offset = now.data_offset + (step + 1 - st.step);
@@ -365,7 +432,10 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
       const double tps = double(window_steps * tokens_per_step) / dt;
       if (tps * flops_per_token > peak)
         peak = std::max(peak, cpu::measure_fp32_peak_flops(0.2));
-      const double mfu = tps * flops_per_token / peak;
+      const double mfu = tps * flops_per_token / peak / par.world_size();
+      const CommTimes ct = par.take_comm_times();
+      const double comm_s = ct.grad_wait + ct.param_gather + ct.dispatch;
+      reduce_window(par, window_moe);
       const double elapsed = std::chrono::duration<double>(now - t_start).count();
       const double eta = elapsed / double(st.step - first_step) * double(tc.steps - st.step);
       const double lr = lr_at(tc, st.step - 1) * st.lr_scale;
@@ -376,8 +446,11 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
       if (data.entropy_floor >= 0)
         line += fmt(" (floor %.4f, gap %.4f)", data.entropy_floor,
                     r.final_train_ce - data.entropy_floor);
-      line += fmt(" | grad norm %.3f | lr %.2e | %.0f tok/s | MFU %.1f%% | ETA %s", gnorm_last, lr,
-                  tps, 100 * mfu, duration_str(eta).c_str());
+      line += fmt(" | grad norm %.3f | lr %.2e | %.0f tok/s", gnorm_last, lr, tps);
+      if (par.distributed())
+        line += fmt(" (%d ranks) | comm %.0f%%", par.world_size(),
+                    step_seconds > 0 ? 100 * comm_s / step_seconds : 0.0);
+      line += fmt(" | MFU %.1f%% | ETA %s", 100 * mfu, duration_str(eta).c_str());
       progress.update(line, true);
       metrics.write({{"kind", "train"},
                      {"step", st.step},
@@ -386,17 +459,27 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
                      {"lr", lr},
                      {"grad_norm", gnorm_last},
                      {"tokens_per_s", tps},
+                     {"ranks", par.world_size()},
+                     {"step_s", step_seconds / double(window_steps)},
+                     {"comm_exposed_s", comm_s / double(window_steps)},
+                     {"grad_wait_s", ct.grad_wait / double(window_steps)},
+                     {"grad_reduce_s", ct.grad_total / double(window_steps)},
+                     {"param_gather_s", ct.param_gather / double(window_steps)},
+                     {"dispatch_s", ct.dispatch / double(window_steps)},
                      {"mfu", mfu},
                      {"tokens", st.tokens},
                      {"time_s", st.elapsed_s + elapsed}});
-      write_moe_records(metrics, model, st.step, window_moe);
+      write_moe_records(metrics, model, st.step, window_moe, par.ep());
       window_moe.clear();
+      step_seconds = 0;
       t_log = now;
       ce_window = 0;
       window_steps = 0;
     }
     if (tc.eval_every > 0 && st.step % tc.eval_every == 0 && !last) validate();
-    if (tc.sample_every > 0 && st.step % tc.sample_every == 0 && data.decode) {
+    // Samples need every expert on this process: one process, or data parallelism alone.
+    if (lead && par.ep() == 1 && tc.sample_every > 0 && st.step % tc.sample_every == 0 &&
+        data.decode) {
       GenerateOptions go;
       go.max_new_tokens = std::min<int64_t>(T, 120);
       go.seed = uint64_t(st.step);
@@ -410,7 +493,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
       r.stopped = true;
       break;
     }
-    if (g_stop_signal != 0) {
+    if (stop_requested) {
       progress.finish();
       metrics.event(st.step, "interrupted", fmt("signal %d", int(g_stop_signal)));
       checkpoint("interrupted");
@@ -430,8 +513,19 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc) {
   r.val_ce = validate();
   if (has_dir) {
     checkpoint("final");
-    save_checkpoint(tc.out_dir, model.config(), model.layout(), model.params().data());
-    progress.message("model: " + tc.out_dir);
+    if (lead) {
+      // The final model is the newest checkpoint's model (gathered from every rank).
+      FullTrainTensors full;
+      TrainState final_state;
+      int64_t adam_step = 0;
+      const std::vector<std::string> valid = list_train_checkpoints(tc.out_dir);
+      MOE_CHECK(!valid.empty(), "train", "the final checkpoint in ", tc.out_dir,
+                "/checkpoints is not valid");
+      load_train_checkpoint(valid.front(), cfg, &full.params, &full.m, &full.v, &adam_step,
+                            &final_state);
+      save_checkpoint(tc.out_dir, cfg, make_layout(cfg), full.params.data());
+      progress.message("model: " + tc.out_dir);
+    }
   }
   return r;
 }

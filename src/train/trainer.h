@@ -116,12 +116,19 @@ void sample_batch(int32_t* tokens, const std::vector<int32_t>& data, int64_t B, 
 void sample_train_batch(int32_t* tokens, const TokenData& data, int64_t B, int64_t T,
                         uint64_t seed, int64_t step, int64_t micro);
 
+class Parallel;  // parallel/parallel.h
+
 // Mean CE (nats/token) over consecutive windows of data (at most max_tokens predictions).
 double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64_t batch,
                 int64_t max_tokens, int64_t* tokens_out = nullptr);
-// The same over the held-out split (the dataset's val windows, or data.val).
+// The same over `windows` windows that fill(buf, first window, count) writes as (count, T+1).
+double evaluate_windows(Model& model, int64_t windows, int64_t T, int64_t batch,
+                        const std::function<void(int32_t*, int64_t, int64_t)>& fill,
+                        int64_t* tokens_out = nullptr);
+// The same over the held-out split (the dataset's val windows, or data.val); with par, every
+// rank of the job evaluates a slice and all get the mean over all windows.
 double evaluate(Model& model, const TokenData& data, int64_t T, int64_t batch, int64_t max_tokens,
-                int64_t* tokens_out = nullptr);
+                int64_t* tokens_out = nullptr, Parallel* par = nullptr);
 
 // The streams a [data] section names (see DataConfig). cache_dir: where a text file is
 // tokenized into shards ("" = a temporary folder, removed once the shards are mapped).
@@ -131,6 +138,9 @@ TokenData load_data(const DataConfig& dc, const std::string& cache_dir = "");
 // data (vocab_size >= data.vocab_size). `where` says where vocab_size was set.
 void check_vocab(const ModelConfig& cfg, const TokenData& data, const std::string& where);
 
-TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc);
+// One process, or (par) this rank's part of a distributed job: the model built with
+// par->layout_options() and attached with par->attach(model). Every rank calls it.
+TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc,
+                  Parallel* par = nullptr);
 
 }  // namespace moe

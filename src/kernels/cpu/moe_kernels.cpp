@@ -2,6 +2,7 @@
 // do not depend on the thread count; the loss values are O(N*E) and summed serially in double.
 #include "kernels/cpu/moe_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -77,20 +78,24 @@ void router_counts(int64_t* load, int64_t* seq_load, const int32_t* topk_idx, in
 }
 
 int64_t route_plan(int32_t* slot_row, int64_t* expert_count, int64_t* offsets,
-                   const int32_t* topk_idx, int64_t N, int64_t E, int64_t K, int64_t capacity) {
+                   const int32_t* topk_idx, int64_t N, int64_t E, int64_t K, int64_t capacity,
+                   const int64_t* taken) {
   // Pass 1: each slot's rank within its expert (token order) in slot_row, -1 past capacity.
   // expert_count counts every assignment here and is clamped to the capacity afterwards.
   std::memset(expert_count, 0, sizeof(int64_t) * size_t(E));
   int64_t dropped = 0;
   for (int64_t i = 0; i < N * K; ++i) {
     const int64_t rank = expert_count[topk_idx[i]]++;
-    const bool keep = capacity <= 0 || rank < capacity;
+    const bool keep = capacity <= 0 || rank + (taken ? taken[topk_idx[i]] : 0) < capacity;
     slot_row[i] = keep ? int32_t(rank) : -1;
     dropped += !keep;
   }
   offsets[0] = 0;
   for (int64_t e = 0; e < E; ++e) {
-    if (capacity > 0 && expert_count[e] > capacity) expert_count[e] = capacity;
+    if (capacity > 0) {
+      const int64_t room = std::max<int64_t>(0, capacity - (taken ? taken[e] : 0));
+      expert_count[e] = std::min(expert_count[e], room);
+    }
     offsets[e + 1] = offsets[e] + expert_count[e];
   }
   // Pass 2: rank -> row.
@@ -127,7 +132,7 @@ RouterLosses router_losses(const float* logits, const float* scores, const int64
       }
       seq_aux += seq * double(E) / double(K * T) / double(T);
     }
-    out.aux = coefs.aux_alpha * aux * double(E) / double(K * N) / double(N);
+    out.aux = coefs.aux_alpha * coefs.load_scale * aux * double(E) / double(K * N) / double(N);
     out.seq_aux = coefs.seq_aux_alpha * seq_aux / double(B);
   }
   if (coefs.z_loss_coef != 0) {
@@ -150,7 +155,8 @@ void router_backward(float* dz, const float* dgate, const float* logits, const f
   const bool balance = coefs.aux_alpha != 0 || coefs.seq_aux_alpha != 0;
   // dL/dp_{n,e} = aux_alpha f_e / N + seq_alpha f^b_e / (B T), f_e = E/(K N) load_e,
   // f^b_e = E/(K T) seq_load_{b,e}.
-  const float a_coef = float(coefs.aux_alpha * double(E) / double(K * N) / double(N));
+  const float a_coef =
+      float(coefs.aux_alpha * coefs.load_scale * double(E) / double(K * N) / double(N));
   const float b_coef = float(coefs.seq_aux_alpha * double(E) / double(K * T) / double(B * T));
   const float z_coef = float(2.0 * coefs.z_loss_coef / double(N));
 #pragma omp parallel for schedule(static)

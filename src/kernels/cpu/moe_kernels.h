@@ -26,6 +26,9 @@ struct RouterLossCoefs {
   double aux_alpha = 0;      // batch-level balance loss, e.g. 0.01
   double seq_aux_alpha = 0;  // sequence-level balance loss, e.g. 1e-4
   double z_loss_coef = 0;    // router z-loss, e.g. 1e-3
+  // f_e uses load_e * load_scale: 1/W when load is summed over W data-parallel ranks that each
+  // hold N tokens, so that the mean over ranks of aux equals aux over all W*N tokens.
+  double load_scale = 1.0;
 };
 
 struct RouterLosses {  // coefficients applied
@@ -48,9 +51,12 @@ void router_counts(int64_t* load, int64_t* seq_load, const int32_t* topk_idx, in
 // Dispatch plan. Expert e keeps its first `capacity` slots in token order (capacity <= 0:
 // dropless). expert_count (E) kept slots, offsets (E+1) their prefix sums, slot_row (N*K) the
 // row of slot (n, k) in the expert-sorted buffer (expert 0 first, token order inside an
-// expert), -1 if dropped. Returns the number of dropped slots.
+// expert), -1 if dropped. Returns the number of dropped slots. taken (E, may be null): slots of
+// expert e that come before these tokens (on the data-parallel ranks before this one) and
+// count against the capacity first.
 int64_t route_plan(int32_t* slot_row, int64_t* expert_count, int64_t* offsets,
-                   const int32_t* topk_idx, int64_t N, int64_t E, int64_t K, int64_t capacity);
+                   const int32_t* topk_idx, int64_t N, int64_t E, int64_t K, int64_t capacity,
+                   const int64_t* taken = nullptr);
 
 // capacity = ceil(c * N * K / E) evaluated in double left to right (as Python's math.ceil of
 // c*N*K/E does); 0 (dropless) when c <= 0.

@@ -80,11 +80,11 @@ inline void router_counts_ref(int64_t* load, int64_t* seq_load, const int32_t* t
 
 inline int64_t route_plan_ref(int32_t* slot_row, int64_t* expert_count, int64_t* offsets,
                               const int32_t* topk_idx, int64_t N, int64_t E, int64_t K,
-                              int64_t capacity) {
+                              int64_t capacity, const int64_t* taken = nullptr) {
   int64_t row = 0, dropped = 0;
   offsets[0] = 0;
   for (int64_t e = 0; e < E; ++e) {  // expert by expert, tokens in order
-    int64_t seen = 0;
+    int64_t seen = taken ? taken[e] : 0;
     for (int64_t i = 0; i < N * K; ++i) {
       if (topk_idx[i] != e) continue;
       if (capacity > 0 && seen >= capacity) {
@@ -125,7 +125,7 @@ RouterLosses router_losses_ref(const T* logits, const T* scores, const int64_t* 
   };
   std::vector<T> counts(E);
   if (coefs.aux_alpha != 0) {
-    for (int64_t e = 0; e < E; ++e) counts[e] = T(load[e]);
+    for (int64_t e = 0; e < E; ++e) counts[e] = T(load[e]) * T(coefs.load_scale);
     out.aux = coefs.aux_alpha * double(balance(0, N, counts));
   }
   if (coefs.seq_aux_alpha != 0) {
@@ -173,7 +173,7 @@ void router_backward_ref(T* dz, const T* dgate, const T* logits, const T* scores
     if (coefs.aux_alpha != 0 || coefs.seq_aux_alpha != 0) {
       const int64_t b = n / Tn;
       for (int64_t e = 0; e < E; ++e) {
-        T f = T(E) / T(K * N) * T(load[e]);
+        T f = T(E) / T(K * N) * T(load[e]) * T(coefs.load_scale);
         T fb = T(E) / T(K * Tn) * T(seq_load[b * E + e]);
         dp[e] = T(coefs.aux_alpha) * f / T(N) + T(coefs.seq_aux_alpha) * fb / T(B * Tn);
       }

@@ -1,0 +1,146 @@
+// Data and expert parallelism (DESIGN.md section 10): the dp x ep grid of Megatron-Core, the
+// all-to-all token dispatcher, gradient buckets reduce-scattered during backward, the ZeRO-1
+// optimizer shard and the all-gather of parameters, and the gather / reshard of checkpoints.
+//
+// world = dp x ep ranks. Rank r is expert-parallel rank r % ep of its EP group (ep consecutive
+// ranks, so an EP group stays on one host when it can) and data-parallel rank r / ep of its
+// expert-data-parallel group (the ranks with the same r % ep). Attention, dense and shared
+// weights, routers and embeddings are replicated on every rank and their gradients are reduced
+// over the whole world; the routed experts of a layer are split into ep equal ranges, one per
+// EP rank, and their gradients are reduced over the expert-data-parallel group. Every rank
+// reads its own slice of each global micro-batch, so the job trains on the batches of one
+// process: same losses within rounding (tests/integration/test_parallel.cpp).
+//
+// With one process (no communicator) every call is a no-op or a copy, so the trainer has one
+// code path.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "model/params.h"
+#include "train/optimizer.h"
+
+namespace moe {
+
+namespace comm {
+class Communicator;
+class Work;
+}  // namespace comm
+
+struct ParallelConfig {      // [parallel]
+  int64_t dp = 0;            // expert-data-parallel size, e.g. 2 (0 = world / ep)
+  int64_t ep = 1;            // expert-parallel size, e.g. 4; divides n_routed_experts
+  double bucket_mb = 4;      // gradient bucket size (MiB of fp32 gradients), e.g. 4
+  bool overlap = true;       // reduce-scatter buckets during backward, as their layers finish
+};
+
+// The logical training state in the full layout (make_layout(cfg)): what a checkpoint holds,
+// whatever the layout of the ranks that wrote it.
+struct FullTrainTensors {
+  std::vector<float> params, m, v;  // [full total_numel] each
+};
+
+// Time spent in communication, for telemetry (seconds, since the last take()).
+struct CommTimes {
+  double grad_wait = 0;   // waiting for gradient reduce-scatters after backward (exposed)
+  double grad_total = 0;  // the reduce-scatters' own time on the communicator (hidden or not)
+  double param_gather = 0;  // all-gather of the updated parameters
+  double dispatch = 0;    // expert-parallel all-to-alls and load exchanges in forward/backward
+};
+
+class ExpertDispatcher;  // expert_dispatcher.h
+
+class Parallel {
+ public:
+  // world: null or a 1-rank communicator for one process. Throws on a layout that does not fit
+  // (world not dp x ep, experts not divisible by ep, ...), naming the keys and the fix.
+  Parallel(std::shared_ptr<comm::Communicator> world, const ParallelConfig& cfg,
+           const ModelConfig& model);
+  ~Parallel();
+
+  bool distributed() const { return world_size_ > 1; }
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
+  int dp() const { return dp_; }
+  int ep() const { return ep_; }
+  int ep_rank() const { return rank_ % ep_; }
+  int dp_rank() const { return rank_ / ep_; }
+  std::string describe() const;  // "4 ranks: dp 2 x ep 2 (experts 4 per rank)"
+
+  // The part of the model this rank holds (its experts; regions padded for equal shards).
+  LayoutOptions layout_options() const;
+  // Installs the dispatcher and builds the gradient buckets for model (built with
+  // layout_options()); the optimizer's owned ranges follow.
+  void attach(Model& model);
+  // The arena ranges this rank's optimizer updates (ZeRO-1 shards; the whole arena alone).
+  const std::vector<ArenaRange>& owned() const { return owned_; }
+
+  // This rank's sequences of a global micro-batch of B: [first, first + count).
+  int64_t local_batch(int64_t B) const;
+  int64_t batch_first(int64_t B) const { return local_batch(B) * rank_; }
+
+  // Gradient sync of one step. Call before the last micro-batch's forward_backward: its
+  // backward then launches each bucket's reduce-scatter as the bucket's layers finish (if
+  // overlap). finish_grads() launches the rest, waits, and leaves this rank's shard of the
+  // averaged gradient in shard_grads() (the arena itself on one process).
+  void arm_overlap(Model& model);
+  void finish_grads(Model& model);
+  float* shard_grads();
+  int64_t shard_numel() const;
+  // Sum of squares of the averaged gradient over the whole model (every rank gets it).
+  double grad_norm_sq();
+  void scale_shard_grads(float k);
+  // After the optimizer updated this rank's shard: every rank gets every updated parameter.
+  void gather_params(Model& model);
+
+  // Sums over the world, in place (no-ops alone).
+  void all_reduce_sum(double* v, size_t n);
+  void all_reduce_sum(int64_t* v, size_t n);
+  // The routing loads of the step summed over the world, before the bias update.
+  void reduce_load(Model& model);
+  // Throws on every rank unless every rank passed the same text ("rank 3 runs config abc,
+  // rank 0 runs def"): the resolved run config, so no rank trains another model.
+  void check_same(const std::string& what, const std::string& text);
+
+  // Checkpoints: the logical state, complete on rank 0 (collective; others get empty vectors),
+  // and this rank's part of a logical state read from disk (no communication).
+  FullTrainTensors gather_full(const Model& model, const AdamW& opt);
+  void load_full(const FullTrainTensors& full, Model& model, AdamW& opt) const;
+
+  CommTimes take_comm_times();
+  // Bytes of optimizer moments this rank keeps (ZeRO-1: about 1/dp of one process's).
+  int64_t optimizer_bytes(const AdamW& opt) const { return int64_t(opt.m().size() + opt.v().size()) * 4; }
+
+ private:
+  struct Bucket {
+    int64_t begin = 0, size = 0;  // arena range; size a multiple of the group size
+    int64_t ready = 0;            // the smallest layer (L = head, -1 = embedding) inside
+    int64_t shard = 0;            // where this rank's chunk starts in the shard buffer
+    bool expert = false;          // reduced over the expert-data-parallel group
+    std::shared_ptr<comm::Work> work;
+    std::chrono::steady_clock::time_point launched;
+  };
+  void launch(Model& model, Bucket& b);
+  comm::Communicator* group(const Bucket& b) const;
+  int group_size(const Bucket& b) const { return b.expert ? dp_ : world_size_; }
+  int group_rank(const Bucket& b) const { return b.expert ? dp_rank() : rank_; }
+
+  std::shared_ptr<comm::Communicator> world_, ep_comm_, edp_comm_;
+  int rank_ = 0, world_size_ = 1, dp_ = 1, ep_ = 1;
+  ParallelConfig cfg_;
+  ModelConfig model_cfg_;
+  std::unique_ptr<ExpertDispatcher> dispatcher_;
+  Model* model_ = nullptr;  // attach()
+  std::vector<Bucket> buckets_;   // in launch order: last layers first
+  size_t next_ = 0;               // buckets_[0, next_) launched this step
+  std::vector<ArenaRange> owned_;
+  std::vector<float> shard_grads_, shard_params_;
+  CommTimes times_;
+};
+
+}  // namespace moe
