@@ -1,6 +1,7 @@
 // `moe launch` and `moe comm-bench`: thin wrappers over moe::comm (src/comm).
-//   moe launch --nproc-per-node 4 [--nnodes 2 --node-rank 0 --master-addr A --master-port P] --
-//   CMD... moe comm-bench --op all_reduce --min-bytes 1K --max-bytes 64M [--nproc 4] [--dtype f32]
+//   moe launch --nproc-per-node 4 [--nnodes 2 --node-rank 0 --master-addr A --master-port P]
+//   [--max-restarts 2] -- CMD...
+//   moe comm-bench --op all_reduce --min-bytes 1K --max-bytes 64M [--nproc 4] [--dtype f32]
 //   [--algo ring] [--algo-a2a two_level]
 #include <unistd.h>
 
@@ -110,7 +111,8 @@ void add_comm_commands(CLI::App& app) {
       "launch",
       "start N ranks of a command on this node with the rendezvous environment (MOE_RANK, "
       "MOE_WORLD_SIZE, MOE_MASTER_ADDR/PORT, a fresh MOE_JOB_TOKEN); output is prefixed with "
-      "the rank; when a rank fails the others are stopped and its exit code is returned");
+      "the rank; when a rank fails the others are stopped and its exit code is returned (or, "
+      "with --max-restarts, the whole job is started again)");
   la->add_option("--nproc-per-node", lo->nproc_per_node, "ranks on this node")
       ->check(CLI::Range(1, 4096))
       ->capture_default_str();
@@ -121,6 +123,11 @@ void add_comm_commands(CLI::App& app) {
       ->capture_default_str();
   la->add_option("--master-port", lo->master_port,
                  "store port on node 0 (0: any free port, one node only)")
+      ->capture_default_str();
+  la->add_option("--max-restarts", lo->max_restarts,
+                 "start the whole job again (fresh rendezvous, MOE_RESTART_COUNT=1, 2, ...) up to "
+                 "this many times when a rank fails; not after SIGINT/SIGTERM; one node only")
+      ->check(CLI::Range(0, 1000000))
       ->capture_default_str();
   la->add_option("command", lo->cmd, "the command each rank runs, after --")->required();
   la->callback([lo] {
