@@ -6,14 +6,15 @@ what=${1:-main}
 pkgs=(g++ cmake make libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev libssl-dev)
 if [[ $what == test || $what == bench ]]; then
   pkgs+=(libgtest-dev python3 python3-torch python3-numpy)
-  # clang's libFuzzer runs the comm parser fuzz test.
-  pkgs+=(clang libclang-rt-14-dev)
+  # clang's libFuzzer runs the comm parser fuzz test; Open MPI's mpirun starts the comm and
+  # training tests' jobs as a user's cluster would (tests/integration/launchers.h).
+  pkgs+=(clang libclang-rt-14-dev openmpi-bin)
 fi
 if [[ $what == bench ]]; then
   # PyTorch's reference run uses OpenBLAS with OpenMP threads, as a PyTorch user would have.
   pkgs+=(libopenblas0-openmp)
   # bench/comm/compare.sh measures moe::comm against Open MPI 4.1 and Gloo.
-  pkgs+=(openmpi-bin libopenmpi-dev libgloo-dev)
+  pkgs+=(libopenmpi-dev libgloo-dev)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -87,6 +87,9 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
     if (rc.train.seq_len > rc.model.max_position_embeddings)
       rc.train.seq_len = rc.model.max_position_embeddings;
   }
+  // A job that `moe launch --max-restarts` started again after a rank died resumes from the
+  // newest valid checkpoint of its run folder.
+  if (const char* n = std::getenv("MOE_RESTART_COUNT")) rc.train.restart_count = std::atoll(n);
   const TrainConfig& tc = rc.train;
   // Under moe launch, torchrun, mpirun or srun with more than one rank: one job of dp x ep
   // ranks. Every rank checks the layout and that all run the same config before any work.

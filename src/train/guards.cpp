@@ -1,5 +1,8 @@
 #include "train/guards.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <sstream>
 
@@ -56,16 +59,32 @@ FaultInjector::FaultInjector(const std::string& spec) {
     if (item.empty()) continue;
     const size_t at = item.find('@');
     const std::string kind = item.substr(0, at);
-    MOE_CHECK(at != std::string::npos && (kind == "nan" || kind == "spike"), "config",
-              "[log] fault_inject entry '", item, "' is not nan@STEP or spike@STEP");
-    int64_t step = -1;
+    MOE_CHECK(at != std::string::npos && (kind == "nan" || kind == "spike" || kind == "kill"),
+              "config", "[log] fault_inject entry '", item,
+              "' is not nan@STEP, spike@STEP or kill@STEP:rRANK");
+    int64_t step = -1, rank = 0;
+    const size_t colon = item.find(":r", at);
     try {
-      step = std::stoll(item.substr(at + 1));
+      step = std::stoll(item.substr(at + 1, colon == std::string::npos ? std::string::npos
+                                                                        : colon - at - 1));
+      if (colon != std::string::npos) rank = std::stoll(item.substr(colon + 2));
     } catch (const std::exception&) {
+      step = -1;
     }
-    MOE_CHECK(step >= 0, "config", "[log] fault_inject entry '", item, "' has no valid step");
-    faults_.push_back({step, kind == "nan"});
+    MOE_CHECK(step >= 0 && rank >= 0, "config", "[log] fault_inject entry '", item,
+              "' has no valid step (or rank)");
+    if (kind == "kill") {
+      kills_.push_back({step, int(rank)});
+    } else {
+      faults_.push_back({step, kind == "nan"});
+    }
   }
+}
+
+void FaultInjector::kill_if_due(int64_t step, int rank, int64_t restart_count) const {
+  if (restart_count != 0) return;
+  for (const Kill& k : kills_)
+    if (k.step == step && k.rank == rank) ::kill(::getpid(), SIGKILL);
 }
 
 double FaultInjector::apply(int64_t step, double loss, double* grad_norm) {

@@ -38,8 +38,16 @@ class FaultInjector {
   explicit FaultInjector(const std::string& spec);  // throws naming a malformed entry
   // Returns the loss to report for this step (NaN, a spike, or `loss` unchanged).
   double apply(int64_t step, double loss, double* grad_norm);
+  // "kill@STEP:rRANK" (default rank 0): that rank dies by SIGKILL as it starts that step, in
+  // the first attempt of the job only (restart_count 0), as a kill -9 from outside would.
+  void kill_if_due(int64_t step, int rank, int64_t restart_count) const;
 
  private:
+  struct Kill {
+    int64_t step;
+    int rank;
+  };
+  std::vector<Kill> kills_;
   struct Fault {
     int64_t step;
     bool nan;

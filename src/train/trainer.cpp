@@ -259,8 +259,12 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
     write_file_atomic((fs::path(tc.out_dir) / "tokenizer.json").string(), {{text.data(), text.size()}});
   }
 
-  // Resume: the newest checkpoint whose files match its manifest.
-  if (tc.resume && has_dir) {
+  // Resume: the newest checkpoint whose files match its manifest. A job restarted by the
+  // launcher after a rank died always resumes.
+  if (tc.restart_count > 0)
+    metrics.event(-1, "elastic_restart",
+                  "attempt " + std::to_string(tc.restart_count) + " of the job after a rank failed");
+  if ((tc.resume || tc.restart_count > 0) && has_dir) {
     std::vector<std::string> skipped;
     const std::vector<std::string> valid = list_train_checkpoints(tc.out_dir, &skipped);
     for (const auto& s : skipped) {
@@ -283,6 +287,10 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       progress.message("resume: no valid checkpoint in " + tc.out_dir + "/checkpoints; starting fresh");
     }
   }
+  // ZeRO-1: the AdamW moments each rank keeps (about 1/dp of one process's), for the log.
+  std::vector<int64_t> opt_bytes(size_t(par.world_size()), 0);
+  opt_bytes[size_t(par.rank())] = par.optimizer_bytes(opt);
+  par.all_reduce_sum(opt_bytes.data(), opt_bytes.size());
   if (st.step == 0) {
     const ParamCounts pc = count_params(cfg);
     metrics.write({{"kind", "run"},
@@ -297,6 +305,8 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
                    {"ranks", par.world_size()},
                    {"dp", par.dp()},
                    {"ep", par.ep()},
+                   {"optimizer_bytes", opt_bytes},
+                   {"optimizer_bytes_one_process", 8 * make_layout(cfg).total_numel},
                    {"started", iso_now()}});
   }
 
@@ -352,6 +362,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
     model.zero_grads();
     LossStats sum;
     step_moe.clear();
+    faults.kill_if_due(step, par.rank(), tc.restart_count);
     const auto t_step = std::chrono::steady_clock::now();
     for (int64_t m = 0; m < tc.accum; ++m) {
       // Every rank draws the global micro-batch and trains on its slice of it.

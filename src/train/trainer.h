@@ -51,8 +51,12 @@ struct TrainConfig {
   GuardConfig guard;
   std::string progress = "auto";  // "auto" (live line on a terminal), "plain" or "none"
   bool metrics = true;            // write out_dir/metrics.jsonl
-  // Test hook: "nan@12,spike@20,spike@21" poisons the loss of those steps (0-based).
+  // Test hook: "nan@12,spike@20,spike@21" poisons the loss of those steps (0-based);
+  // "kill@12:r1" kills rank 1 by SIGKILL at step 12 (first attempt only).
   std::string fault_inject;
+  // Attempt of this job under `moe launch --max-restarts` (MOE_RESTART_COUNT; 0 = first). A
+  // restarted job resumes from the newest valid checkpoint.
+  int64_t restart_count = 0;
 };
 
 class TokenDataset;  // data/shards.h

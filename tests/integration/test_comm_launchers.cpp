@@ -14,53 +14,17 @@
 #include <string>
 #include <vector>
 
+#include "launchers.h"
 #include "run_binary.h"
 
 namespace moe {
 namespace {
 
+using moe::testing::mpirun_moe;
 using moe::testing::run_command;
-
-// A port nobody listens on now (bound to 0 and released), for the store of one test run.
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 0;
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
-    port = ntohs(a.sin_port);
-  close(fd);
-  return port;
-}
-
-// "" when Open MPI's mpirun is usable here, else why not (the skip message).
-std::string why_no_openmpi() {
-  const auto [code, out] = run_command("mpirun --version");
-  if (code != 0)
-    return "mpirun not found (Open MPI comes with `bash scripts/setup.sh bench`): " + out;
-  if (out.find("Open MPI") == std::string::npos)
-    return "mpirun is not Open MPI (only OMPI_COMM_WORLD_* is read): " + out;
-  return "";
-}
-
-// `mpirun -np N moe ARGS` on this host. As root Open MPI wants both the flag and the two
-// variables. The launcher's and torchrun's variables are removed so that only Open MPI's can
-// be found; no MOE_JOB_TOKEN, so the token is derived from the job id as for a plain user.
-// MOE_MASTER_PORT: a free port, since the default 29400 may be held by another job.
-std::pair<int, std::string> mpirun_moe(int np, const std::string& args) {
-  return run_command(
-      "env -u MOE_RANK -u MOE_WORLD_SIZE -u MOE_JOB_TOKEN -u MOE_MASTER_ADDR -u RANK "
-      "-u WORLD_SIZE -u SLURM_PROCID OMPI_ALLOW_RUN_AS_ROOT=1 "
-      "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 MOE_MASTER_PORT=" +
-      std::to_string(free_port()) +
-      " MOE_COMM_CONNECT_TIMEOUT=30 MOE_COMM_TIMEOUT=60 "
-      "timeout 150 mpirun --allow-run-as-root --oversubscribe --bind-to none --timeout 120 -np " +
-      std::to_string(np) + " " + MOE_BINARY + " " + args);
-}
+using moe::testing::srun_moe;
+using moe::testing::why_no_openmpi;
+using moe::testing::why_no_slurm;
 
 int count(const std::string& s, const std::string& what) {
   int n = 0;
@@ -81,25 +45,6 @@ std::vector<long long> wrong_per_row(const std::string& out) {
     wrong.push_back(std::stoll(cols[7]));
   }
   return wrong;
-}
-
-// "" when srun can start a job step here (a controller and a node answer), else why not.
-std::string why_no_slurm() {
-  const auto [code, out] = run_command("timeout 30 srun -n 1 --time=1 true");
-  if (code != 0)
-    return "no usable Slurm here (`srun -n 1 true` exited " + std::to_string(code) + "): " + out;
-  return "";
-}
-
-// `srun -n N -O moe ARGS` (-O: more tasks than the node has CPUs). As under mpirun, the other
-// launchers' variables are removed and no token is set; the store port is the one derived
-// from the job and step id.
-std::pair<int, std::string> srun_moe(int np, const std::string& args) {
-  return run_command(
-      "env -u MOE_RANK -u MOE_WORLD_SIZE -u MOE_JOB_TOKEN -u MOE_MASTER_ADDR -u MOE_MASTER_PORT "
-      "-u RANK -u WORLD_SIZE -u OMPI_COMM_WORLD_RANK -u OMPI_COMM_WORLD_SIZE "
-      "MOE_COMM_CONNECT_TIMEOUT=30 MOE_COMM_TIMEOUT=60 timeout 150 srun -O --time=3 -n " +
-      std::to_string(np) + " " + MOE_BINARY + " " + args);
 }
 
 // What both launchers must show for `comm-bench --op OP` on 4 ranks of this host.
