@@ -24,6 +24,13 @@ inline std::pair<int, std::string> run_command(const std::string& cmd) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+// How many times `what` occurs in `text`.
+inline int count(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
 // `moe ARGS`.
 inline std::pair<int, std::string> run_moe(const std::string& args) {
   return run_command(std::string(MOE_BINARY) + " " + args);

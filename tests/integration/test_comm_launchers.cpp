@@ -6,10 +6,6 @@
 // `scripts/slurm_local.sh` sets up on one machine), so where one is
 // missing its tests are skipped with the reason, not failed.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <sstream>
 #include <string>
 #include <vector>
@@ -20,17 +16,12 @@
 namespace moe {
 namespace {
 
+using moe::testing::count;
 using moe::testing::mpirun_moe;
 using moe::testing::run_command;
 using moe::testing::srun_moe;
 using moe::testing::why_no_openmpi;
 using moe::testing::why_no_slurm;
-
-int count(const std::string& s, const std::string& what) {
-  int n = 0;
-  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
-  return n;
-}
 
 // comm-bench's data rows: 8 columns, the first a size; returns each row's #wrong.
 std::vector<long long> wrong_per_row(const std::string& out) {

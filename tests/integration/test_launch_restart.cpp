@@ -3,26 +3,21 @@
 // seeing MOE_RESTART_COUNT=k and a fresh rendezvous; the exit code is the last attempt's; a job
 // the user stops is not restarted; several nodes refuse restarts.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <string>
 
+#include "launchers.h"
 #include "run_binary.h"
 
 namespace moe {
 namespace {
 
+using moe::testing::count;
+using moe::testing::free_port;
 using moe::testing::run_command;
 using moe::testing::run_moe;
-
-int count(const std::string& text, const std::string& what) {
-  int n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
 
 // `moe launch --nproc-per-node 2 FLAGS -- sh -c 'SCRIPT'` (SCRIPT without single quotes).
 std::pair<int, std::string> launch2(const std::string& flags, const std::string& script) {
@@ -91,20 +86,6 @@ TEST(LaunchRestart, RankKilledBySignalIsRestarted) {
       << r.second;
   EXPECT_NE(r.second.find("[1] done 1 1"), std::string::npos) << r.second;
   EXPECT_EQ(count(r.second, "[1] done 1 0"), 0) << r.second;
-}
-
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
-    port = ntohs(a.sin_port);
-  close(fd);
-  return port;
 }
 
 // Real ranks: on attempt 0 rank 0 is waiting in the rendezvous when rank 1 fails; attempt 1

@@ -271,6 +271,30 @@ TEST(ParallelDispatch, RankIdRowsGoAndComeBackAndIdleExpertsWork) {
   }
 }
 
+// Across hosts: two `moe launch --nnodes 2` on this machine, each told it is another host
+// (MOE_HOST_ID), so ranks of different "hosts" talk over TCP: the same bits as one node of 4
+// ranks over shared memory (the same sums in the same order, only the wire differs).
+TEST(ParallelTrain, TwoNodesOverTcpTrainLikeOneNode) {
+  TempDir d("nodes");
+  const auto [c0, o0] = train("deepseek", d / "one", 2, 2);
+  ASSERT_EQ(c0, 0) << o0;
+  const std::string node =
+      std::string("MOE_JOB_TOKEN=0123456789abcdef0123456789abcdef ") + kEnv + MOE_BINARY +
+      " launch --nnodes 2 --master-addr 127.0.0.1 --master-port " +
+      std::to_string(moe::testing::free_port()) + " --nproc-per-node 2 --node-rank ";
+  const std::string train_args = std::string(" -- ") + MOE_BINARY + " train --config " +
+                                 config_path("deepseek") + " --checkpoint.dir " + (d / "two") +
+                                 " --parallel.ep 2 --samples 0";
+  const auto [code, out] = run_command(
+      "(export MOE_HOST_ID=hostA; " + node + "0" + train_args + " > " + (d / "node0.log") +
+      " 2>&1 & a=$!; export MOE_HOST_ID=hostB; " + node + "1" + train_args + "; b=$?; wait $a; " +
+      "ra=$?; cat " + (d / "node0.log") + "; exit $((ra | b)))");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("tcp to 2 ranks"), std::string::npos) << out;
+  EXPECT_EQ(losses(d / "one"), losses(d / "two"));
+  EXPECT_TRUE(read_bytes(d / "one/model.safetensors") == read_bytes(d / "two/model.safetensors"));
+}
+
 // Item 5: rank 1 of a 2-rank job dies by SIGKILL at step 12 (of 20, a checkpoint every 5);
 // `moe launch --max-restarts 1` stops the other rank, starts the job again, and the trainer
 // resumes from step 10: two steps lost, the same losses as a job nobody disturbed.
@@ -350,31 +374,35 @@ std::string launcher_args(const std::string& dir) {
          " --parallel.ep 2 --train.steps 5 --samples 0";
 }
 
-TEST(ParallelLaunchers, MpirunTrainsLikeMoeLaunch) {
-  if (const std::string why = moe::testing::why_no_openmpi(); !why.empty()) GTEST_SKIP() << why;
-  TempDir d("mpirun");
+// (launcher name, "" when it can run here or why not, run `moe ARGS` on N ranks under it)
+struct Launcher {
+  std::string name;
+  std::string (*why_not)();
+  std::pair<int, std::string> (*run)(int, const std::string&);
+};
+void PrintTo(const Launcher& l, std::ostream* os) { *os << l.name; }
+
+class ParallelLaunchers : public ::testing::TestWithParam<Launcher> {};
+
+TEST_P(ParallelLaunchers, TrainLikeMoeLaunch) {
+  const Launcher l = GetParam();
+  if (const std::string why = l.why_not(); !why.empty()) GTEST_SKIP() << why;
+  TempDir d(l.name);
   const auto [c0, o0] = train("deepseek", d / "launch", 1, 2, "--train.steps 5");
   ASSERT_EQ(c0, 0) << o0;
   setenv("OMP_NUM_THREADS", "1", 1);
-  const auto [code, out] = moe::testing::mpirun_moe(2, launcher_args(d / "mpirun"));
+  const auto [code, out] = l.run(2, launcher_args(d / l.name));
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("parallel: 2 ranks: dp 1 x ep 2"), std::string::npos) << out;
-  EXPECT_EQ(losses(d / "launch"), losses(d / "mpirun"));
-  EXPECT_EQ(losses(d / "mpirun").size(), 5u);
+  EXPECT_EQ(losses(d / "launch"), losses(d / l.name));
+  EXPECT_EQ(losses(d / l.name).size(), 5u);
 }
 
-TEST(ParallelLaunchers, SrunTrainsLikeMoeLaunch) {
-  if (const std::string why = moe::testing::why_no_slurm(); !why.empty()) GTEST_SKIP() << why;
-  TempDir d("srun");
-  const auto [c0, o0] = train("deepseek", d / "launch", 1, 2, "--train.steps 5");
-  ASSERT_EQ(c0, 0) << o0;
-  setenv("OMP_NUM_THREADS", "1", 1);
-  const auto [code, out] = moe::testing::srun_moe(2, launcher_args(d / "srun"));
-  ASSERT_EQ(code, 0) << out;
-  EXPECT_NE(out.find("parallel: 2 ranks: dp 1 x ep 2"), std::string::npos) << out;
-  EXPECT_EQ(losses(d / "launch"), losses(d / "srun"));
-  EXPECT_EQ(losses(d / "srun").size(), 5u);
-}
+INSTANTIATE_TEST_SUITE_P(
+    Under, ParallelLaunchers,
+    ::testing::Values(Launcher{"mpirun", moe::testing::why_no_openmpi, moe::testing::mpirun_moe},
+                      Launcher{"srun", moe::testing::why_no_slurm, moe::testing::srun_moe}),
+    [](const ::testing::TestParamInfo<Launcher>& i) { return i.param.name; });
 
 }  // namespace
 }  // namespace moe
