@@ -144,8 +144,8 @@ const float* ExpertDispatcher::combine(const ExpertExchange& ex, const float* lo
     recv_counts_[j] = size_t(ex.send_rows[j] * D), recv_displs_[j] = at, at += recv_counts_[j];
   }
   timed(&seconds_, [&] {
-    ep_group_->all_to_allv(staging_.data(), send_counts_, send_displs_, sorted.data(),
-                           recv_counts_, recv_displs_, Dtype::kF32);
+    ep_group_->all_to_allv(staging_.data(), send_counts_, send_displs_, sorted.data(), recv_counts_,
+                           recv_displs_, Dtype::kF32);
   });
   return sorted.data();
 }

@@ -1,6 +1,7 @@
 #include "parallel/parallel.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -67,8 +68,8 @@ Parallel::Parallel(std::shared_ptr<comm::Communicator> world, const ParallelConf
             "; start dp x ep ranks (e.g. moe launch --nproc-per-node ", cfg.ep, ")");
   ep_ = int(cfg.ep);
   dp_ = cfg.dp > 0 ? int(cfg.dp) : world_size_ / ep_;
-  MOE_CHECK(int64_t(dp_) * ep_ == world_size_, "parallel", "[parallel] dp = ", dp_, " x ep = ",
-            ep_, " is ", int64_t(dp_) * ep_, " ranks but the job has ", world_size_,
+  MOE_CHECK(int64_t(dp_) * ep_ == world_size_, "parallel", "[parallel] dp = ", dp_, " x ep = ", ep_,
+            " is ", int64_t(dp_) * ep_, " ranks but the job has ", world_size_,
             "; set dp = 0 (auto) or start ", int64_t(dp_) * ep_, " ranks");
   const int64_t E = model.n_routed_experts;
   bool has_moe = false;
@@ -76,8 +77,7 @@ Parallel::Parallel(std::shared_ptr<comm::Communicator> world, const ParallelConf
   MOE_CHECK(ep_ == 1 || has_moe, "parallel", "[parallel] ep = ", ep_,
             " but the model has no MoE layer; use ep = 1");
   MOE_CHECK(E % ep_ == 0, "parallel", "[model] n_routed_experts = ", E,
-            " is not divisible by [parallel] ep = ", ep_, "; choose ep among the divisors of ",
-            E);
+            " is not divisible by [parallel] ep = ", ep_, "; choose ep among the divisors of ", E);
   MOE_CHECK(cfg.bucket_mb > 0, "parallel", "[parallel] bucket_mb = ", cfg.bucket_mb,
             " must be positive");
   if (world_size_ > 1) {
@@ -91,8 +91,8 @@ Parallel::Parallel(std::shared_ptr<comm::Communicator> world, const ParallelConf
 Parallel::~Parallel() = default;
 
 std::string Parallel::describe() const {
-  std::string s = std::to_string(world_size_) + (world_size_ == 1 ? " rank" : " ranks") +
-                  ": dp " + std::to_string(dp_) + " x ep " + std::to_string(ep_);
+  std::string s = std::to_string(world_size_) + (world_size_ == 1 ? " rank" : " ranks") + ": dp " +
+                  std::to_string(dp_) + " x ep " + std::to_string(ep_);
   if (ep_ > 1)
     s += " (" + std::to_string(model_cfg_.n_routed_experts / ep_) + " of " +
          std::to_string(model_cfg_.n_routed_experts) + " experts per rank)";
@@ -126,8 +126,7 @@ void Parallel::attach(Model& model) {
     if (s.layer >= 0) return s.layer;
     return s.offset == lay.embed ? int64_t(-1) : L;  // embedding last; final norm, lm_head first
   };
-  const int64_t target =
-      std::max(align, int64_t(cfg_.bucket_mb * 1024 * 1024 / 4) / align * align);
+  const int64_t target = std::max(align, int64_t(cfg_.bucket_mb * 1024 * 1024 / 4) / align * align);
   // Buckets from each region's end down (backward finishes the last layers first).
   auto add_region = [&](int64_t begin, int64_t end, bool expert) {
     MOE_CHECK(begin % align == 0 && end % align == 0, "parallel", "region [", begin, ", ", end,
@@ -178,7 +177,6 @@ comm::Communicator* Parallel::group(const Bucket& b) const {
 void Parallel::launch(Model& model, Bucket& b) {
   const int P = group_size(b);
   const float* g = model.grads().data() + b.begin;
-  b.launched = std::chrono::steady_clock::now();
   if (P == 1) {
     std::memcpy(shard_grads_.data() + b.shard, g, sizeof(float) * size_t(b.size));
     return;
@@ -248,8 +246,8 @@ void Parallel::gather_params(Model& model) {
     const int64_t chunk = b.size / P;
     std::memcpy(shard_params_.data() + b.shard, p + b.begin + group_rank(b) * chunk,
                 sizeof(float) * size_t(chunk));
-    b.work = group(b)->all_gather_async(shard_params_.data() + b.shard, p + b.begin,
-                                        size_t(chunk), Dtype::kF32);
+    b.work = group(b)->all_gather_async(shard_params_.data() + b.shard, p + b.begin, size_t(chunk),
+                                        Dtype::kF32);
   }
   for (Bucket& b : buckets_)
     if (b.work) b.work->wait(), b.work.reset();
@@ -281,8 +279,8 @@ void Parallel::check_same(const std::string& what, const std::string& text) {
   std::vector<int64_t> all(static_cast<size_t>(world_size_));
   world_->all_gather(&mine, all.data(), 1, Dtype::kI64);
   for (int r = 1; r < world_size_; ++r)
-    MOE_CHECK(all[r] == all[0], "parallel", "rank ", r, " runs ", what, " ",
-              hex(uint64_t(all[r])), ", rank 0 runs ", hex(uint64_t(all[0])),
+    MOE_CHECK(all[r] == all[0], "parallel", "rank ", r, " runs ", what, " ", hex(uint64_t(all[r])),
+              ", rank 0 runs ", hex(uint64_t(all[0])),
               "; start every rank with the same config file and command line");
 }
 

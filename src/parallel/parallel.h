@@ -15,7 +15,6 @@
 // code path.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -32,11 +31,11 @@ class Communicator;
 class Work;
 }  // namespace comm
 
-struct ParallelConfig {      // [parallel]
-  int64_t dp = 0;            // expert-data-parallel size, e.g. 2 (0 = world / ep)
-  int64_t ep = 1;            // expert-parallel size, e.g. 4; divides n_routed_experts
-  double bucket_mb = 4;      // gradient bucket size (MiB of fp32 gradients), e.g. 4
-  bool overlap = true;       // reduce-scatter buckets during backward, as their layers finish
+struct ParallelConfig {  // [parallel]
+  int64_t dp = 0;        // expert-data-parallel size, e.g. 2 (0 = world / ep)
+  int64_t ep = 1;        // expert-parallel size, e.g. 4; divides n_routed_experts
+  double bucket_mb = 4;  // gradient bucket size (MiB of fp32 gradients), e.g. 4
+  bool overlap = true;   // reduce-scatter buckets during backward, as their layers finish
 };
 
 // The logical training state in the full layout (make_layout(cfg)): what a checkpoint holds,
@@ -47,10 +46,10 @@ struct FullTrainTensors {
 
 // Time spent in communication, for telemetry (seconds, since the last take()).
 struct CommTimes {
-  double grad_wait = 0;   // waiting for gradient reduce-scatters after backward (exposed)
-  double grad_total = 0;  // the reduce-scatters' own time on the communicator (hidden or not)
+  double grad_wait = 0;     // waiting for gradient reduce-scatters after backward (exposed)
+  double grad_total = 0;    // the reduce-scatters' own time on the communicator (hidden or not)
   double param_gather = 0;  // all-gather of the updated parameters
-  double dispatch = 0;    // expert-parallel all-to-alls and load exchanges in forward/backward
+  double dispatch = 0;      // expert-parallel all-to-alls and load exchanges in forward/backward
 };
 
 class ExpertDispatcher;  // expert_dispatcher.h
@@ -114,7 +113,9 @@ class Parallel {
 
   CommTimes take_comm_times();
   // Bytes of optimizer moments this rank keeps (ZeRO-1: about 1/dp of one process's).
-  int64_t optimizer_bytes(const AdamW& opt) const { return int64_t(opt.m().size() + opt.v().size()) * 4; }
+  int64_t optimizer_bytes(const AdamW& opt) const {
+    return int64_t(opt.m().size() + opt.v().size()) * 4;
+  }
 
  private:
   struct Bucket {
@@ -123,7 +124,6 @@ class Parallel {
     int64_t shard = 0;            // where this rank's chunk starts in the shard buffer
     bool expert = false;          // reduced over the expert-data-parallel group
     std::shared_ptr<comm::Work> work;
-    std::chrono::steady_clock::time_point launched;
   };
   void launch(Model& model, Bucket& b);
   comm::Communicator* group(const Bucket& b) const;
@@ -135,9 +135,9 @@ class Parallel {
   ParallelConfig cfg_;
   ModelConfig model_cfg_;
   std::unique_ptr<ExpertDispatcher> dispatcher_;
-  Model* model_ = nullptr;  // attach()
-  std::vector<Bucket> buckets_;   // in launch order: last layers first
-  size_t next_ = 0;               // buckets_[0, next_) launched this step
+  Model* model_ = nullptr;       // attach()
+  std::vector<Bucket> buckets_;  // in launch order: last layers first
+  size_t next_ = 0;              // buckets_[0, next_) launched this step
   std::vector<ArenaRange> owned_;
   std::vector<float> shard_grads_, shard_params_;
   CommTimes times_;

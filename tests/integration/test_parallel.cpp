@@ -47,17 +47,17 @@ const char* kEnv = "OMP_NUM_THREADS=1 MOE_COMM_TIMEOUT=60 MOE_COMM_CONNECT_TIMEO
 
 // `moe train` of `model` into `dir` on dp x ep ranks started by moe launch (one process, no
 // launcher, when both are 1).
-std::pair<int, std::string> train(const std::string& model, const std::string& dir, int dp,
-                                  int ep, const std::string& extra = "",
+std::pair<int, std::string> train(const std::string& model, const std::string& dir, int dp, int ep,
+                                  const std::string& extra = "",
                                   const std::string& launch_flags = "") {
   const int n = dp * ep;
   std::string cmd = kEnv;
   if (n > 1 || !launch_flags.empty())
     cmd += std::string(MOE_BINARY) + " launch --nproc-per-node " + std::to_string(n) + " " +
            launch_flags + " -- ";
-  cmd += std::string(MOE_BINARY) + " train --config " + config_path(model) +
-         " --checkpoint.dir " + dir + " --parallel.dp " + std::to_string(dp) +
-         " --parallel.ep " + std::to_string(ep) + " --samples 0 " + extra;
+  cmd += std::string(MOE_BINARY) + " train --config " + config_path(model) + " --checkpoint.dir " +
+         dir + " --parallel.dp " + std::to_string(dp) + " --parallel.ep " + std::to_string(ep) +
+         " --samples 0 " + extra;
   return run_command(cmd);
 }
 
@@ -111,7 +111,8 @@ double weight_gap(const std::string& fa, const std::string& fb) {
     const std::vector<float> x = ta.as_f32(name), y = b.at(name).as_f32(name);
     EXPECT_EQ(x.size(), y.size()) << name;
     for (size_t i = 0; i < x.size() && i < y.size(); ++i)
-      worst = std::max(worst, double(std::abs(x[i] - y[i])) / std::max(1.0, double(std::abs(x[i]))));
+      worst =
+          std::max(worst, double(std::abs(x[i] - y[i])) / std::max(1.0, double(std::abs(x[i]))));
   }
   return worst;
 }
@@ -248,7 +249,8 @@ TEST(ParallelTrain, Ep4CheckpointHoldsEveryExpertAndLoadsOnOneProcessBitwise) {
   EXPECT_EQ(experts, 2 * 8 * 3);
   const std::string before = read_bytes(ckpt + "/model.safetensors");
   fs::copy(ckpt, d / "saved", fs::copy_options::recursive);
-  const auto [c1, o1] = train("deepseek", d / "run", 1, 1, "--train.steps 3 --checkpoint.resume true");
+  const auto [c1, o1] =
+      train("deepseek", d / "run", 1, 1, "--train.steps 3 --checkpoint.resume true");
   ASSERT_EQ(c1, 0) << o1;
   EXPECT_TRUE(read_bytes(d / "run/model.safetensors").size() > 1000);
   EXPECT_EQ(weight_gap(d / "saved/model.safetensors", d / "run/model.safetensors"), 0.0);
@@ -261,9 +263,9 @@ TEST(ParallelTrain, Ep4CheckpointHoldsEveryExpertAndLoadsOnOneProcessBitwise) {
 // a token trains as one process does.
 TEST(ParallelDispatch, RankIdRowsGoAndComeBackAndIdleExpertsWork) {
   for (int ranks : {2, 4}) {
-    const auto [code, out] = run_command(std::string(kEnv) + MOE_BINARY +
-                                         " launch --nproc-per-node " + std::to_string(ranks) +
-                                         " -- " + MOE_DISPATCH_WORKER);
+    const auto [code, out] =
+        run_command(std::string(kEnv) + MOE_BINARY + " launch --nproc-per-node " +
+                    std::to_string(ranks) + " -- " + MOE_DISPATCH_WORKER);
     EXPECT_EQ(code, 0) << out;
     for (int r = 0; r < ranks; ++r)
       EXPECT_NE(out.find("dispatch_worker rank " + std::to_string(r) + ": ok"), std::string::npos)
@@ -332,8 +334,9 @@ TEST(ParallelTrain, BadLayoutsStopWithOneClearError) {
       {3, "--parallel.ep 2", "the job has 3 ranks, not divisible by [parallel] ep = 2"},
       {3, "--parallel.ep 3", "n_routed_experts = 8 is not divisible by [parallel] ep = 3"},
       {2, "--parallel.dp 4", "[parallel] dp = 4 x ep = 1 is 4 ranks but the job has 2"},
-      {3, "--parallel.ep 1", "[train] batch = 8 sequences per micro-batch cannot be split evenly"
-                             " over 3 ranks"},
+      {3, "--parallel.ep 1",
+       "[train] batch = 8 sequences per micro-batch cannot be split evenly"
+       " over 3 ranks"},
   };
   for (const Case& c : cases) {
     const auto [code, out] = run_command(
@@ -348,10 +351,10 @@ TEST(ParallelTrain, BadLayoutsStopWithOneClearError) {
 TEST(ParallelTrain, RankWithAnotherConfigIsNamed) {
   TempDir d("mixed");
   // Rank 1 gets another seed: the config hash differs and every rank says which.
-  const auto [code, out] = run_command(
-      std::string(kEnv) + MOE_BINARY + " launch --nproc-per-node 2 -- sh -c '" + MOE_BINARY +
-      " train --config " + config_path("deepseek") + " --checkpoint.dir " + (d / "run") +
-      " --samples 0 --train.seed $((7 + MOE_RANK))'");
+  const auto [code, out] =
+      run_command(std::string(kEnv) + MOE_BINARY + " launch --nproc-per-node 2 -- sh -c '" +
+                  MOE_BINARY + " train --config " + config_path("deepseek") + " --checkpoint.dir " +
+                  (d / "run") + " --samples 0 --train.seed $((7 + MOE_RANK))'");
   EXPECT_NE(code, 0) << out;
   EXPECT_NE(out.find("rank 1 runs config "), std::string::npos) << out;
   EXPECT_NE(out.find(", rank 0 runs "), std::string::npos) << out;

@@ -48,9 +48,9 @@ void round_trip(const std::shared_ptr<comm::Communicator>& world) {
   for (int64_t j = 0; j < 2; ++j)
     for (int s = 0; s < n; ++s) {
       const int64_t want = (s + (2 * r + j)) % 3;
-      check(ex.recv_counts[size_t(s * 2 + j)] == want,
-            "expert " + std::to_string(2 * r + j) + " expected " + std::to_string(want) +
-                " rows from rank " + std::to_string(s));
+      check(ex.recv_counts[size_t(s * 2 + j)] == want, "expert " + std::to_string(2 * r + j) +
+                                                           " expected " + std::to_string(want) +
+                                                           " rows from rank " + std::to_string(s));
       for (int64_t i = 0; i < want * D; ++i, ++at)
         check(rows[at] == float(s),
               "a row from rank " + std::to_string(s) + " holds " + std::to_string(rows[at]));
