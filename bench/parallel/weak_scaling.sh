@@ -265,27 +265,22 @@ if int(rc) != 0 or not recs or not run:
 else:
     tps = res["tokens_per_step"]
     def med(key): return st.median(float(x[key]) for x in recs)
-    for k in ("tokens_per_s", "step_s", "comm_exposed_s", "grad_wait_s", "grad_reduce_s",
+    for k in ("tokens_per_s", "step_s", "comm_exposed_s", "grad_wait_s",
               "param_gather_s", "dispatch_s"):
         res[k] = med(k)
-    # wall time per step from the job's throughput: includes the optimizer, the parameter
-    # all-gather and the balance-bias update, which step_s does not
+    # wall time per step from the job's throughput (step_s is the slowest rank's step)
     walls = [tps / float(x["tokens_per_s"]) for x in recs]
     res["wall_step_s"] = st.median(walls)
     res["exposed_share"] = st.median(float(x["comm_exposed_s"]) / w for x, w in zip(recs, walls))
-    hid = [1 - float(x["grad_wait_s"]) / float(x["grad_reduce_s"]) for x in recs
-           if float(x["grad_reduce_s"]) > 0]
-    res["hidden_share"] = st.median(hid) if hid else None
     res["steps_used"] = len(recs)
     res["per_step_tokens_per_s"] = [round(float(x["tokens_per_s"]), 2) for x in recs]
 with open(out, "a") as f: f.write(json.dumps(res) + "\n")
 if "failed" in res:
     print(f"round {rnd}  {cfg:<10} FAILED ({res['failed']}); log kept in the raw folder")
 else:
-    h = res["hidden_share"]
     print(f"round {rnd}  {cfg:<10} {ranks} ranks  {res['tokens_per_s']:8.1f} tok/s  "
           f"wall/step {res['wall_step_s']:.3f} s  step_s {res['step_s']:.3f}  "
-          f"exposed {100*res['exposed_share']:5.1f}%  hidden {'-' if h is None else f'{100*h:5.1f}%'}"
+          f"exposed {100*res['exposed_share']:5.1f}%  grad_wait {res['grad_wait_s']:.4f} s"
           f"  (run {float(wall):.0f} s, load {float(load):.2f})")
 PY
 }
@@ -311,10 +306,10 @@ def med(v):
 def f(v, fmt):
     return "-" if v is None else format(v, fmt)
 print()
-print("## Medians over rounds (per run: median over the steps after warm-up; rank 0's telemetry)")
+print("## Medians over rounds (per run: median over the steps after warm-up; waits: the largest over ranks)")
 hdr = ("config", "ranks", "tok/s job", "tok/s/rank", "eff", "wall/step", "step_s", "exposed",
-       "hidden", "grad_wait", "grad_reduce", "param_gather", "dispatch", "runs")
-print("%-9s %5s %10s %10s %5s %9s %7s %7s %7s %9s %11s %12s %8s %5s" % hdr)
+       "grad_wait", "param_gather", "dispatch", "runs")
+print("%-9s %5s %10s %10s %5s %9s %7s %7s %9s %12s %8s %5s" % hdr)
 effs = {}
 for c in order:
     rs = [x for x in ok if x["config"] == c]
@@ -328,11 +323,10 @@ for c in order:
     effs[c] = e
     m = lambda k: med([x.get(k) for x in rs])
     tps = m("tokens_per_s")
-    print("%-9s %5d %10.1f %10.1f %5s %9.3f %7.3f %6s%% %6s%% %9.4f %11.4f %12.4f %8.4f %2d/%d" % (
+    print("%-9s %5d %10.1f %10.1f %5s %9.3f %7.3f %6s%% %9.4f %12.4f %8.4f %2d/%d" % (
         c, ranks, tps, tps / ranks, f(med(e), ".2f"), m("wall_step_s"), m("step_s"),
         f(None if m("exposed_share") is None else 100 * m("exposed_share"), "5.1f"),
-        f(None if m("hidden_share") is None else 100 * m("hidden_share"), "5.1f"),
-        m("grad_wait_s"), m("grad_reduce_s"), m("param_gather_s"), m("dispatch_s"),
+        m("grad_wait_s"), m("param_gather_s"), m("dispatch_s"),
         len(rs), len(rs) + len(bad)))
 print()
 print("## Per round: efficiency (tok/s per rank / the same round's 1-rank tok/s), tok/s job")
@@ -367,17 +361,9 @@ print("## Targets (issue)")
 if "r2" in effs:
     v = med(effs["r2"])
     print(f"2 ranks on one host, efficiency >= 0.85: {v:.2f} -> {'held' if v >= 0.85 else 'NOT met'}")
-for c in order:
-    if c.endswith("-seq") or c == "r1" or c.startswith("ep"): continue
-    rs = [x for x in ok if x["config"] == c]
-    h = med([x.get("hidden_share") for x in rs])
-    if h is not None:
-        line = (f"{c}: overlap hides >= 50% of gradient-sync time: {100*h:.1f}% by the telemetry "
-                f"(1 - grad_wait_s / grad_reduce_s) -> {'held' if h >= 0.5 else 'NOT met'}")
-        a = hid_ab.get(c)
-        if a is not None:
-            line += (f"; {100*a:.1f}% by the A/B (1 - grad_wait_s on / grad_wait_s off) -> "
-                     f"{'held' if a >= 0.5 else 'NOT met'}")
-        print(line)
+for c, a in hid_ab.items():
+    if a is not None:
+        print(f"{c}: overlap hides >= 50% of gradient-sync time: {100*a:.1f}% by the A/B "
+              f"(1 - grad_wait_s overlap on / off) -> {'held' if a >= 0.5 else 'NOT met'}")
 PY
 echo "# raw figures: $summaries$( [[ $raw == "$work/raw" ]] && echo " (removed at exit: pass --raw DIR to keep them)")"

@@ -1,7 +1,5 @@
 #include "comm/communicator.h"
 
-#include <chrono>
-
 #include <unistd.h>
 
 #include <algorithm>
@@ -157,11 +155,6 @@ void Work::wait() {
   if (error_) std::rethrow_exception(error_);
 }
 
-double Work::run_seconds() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return run_s_;
-}
-
 bool Work::done() const {
   std::lock_guard<std::mutex> lock(mu_);
   return done_;
@@ -189,7 +182,6 @@ void Communicator::worker_loop() {
     busy_ = true;
     lock.unlock();
     std::exception_ptr err;
-    const auto started = std::chrono::steady_clock::now();
     try {
       f();
     } catch (...) {
@@ -197,7 +189,6 @@ void Communicator::worker_loop() {
     }
     {
       std::lock_guard<std::mutex> wl(w->mu_);
-      w->run_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       w->done_ = true;
       w->error_ = err;
     }

@@ -51,16 +51,12 @@ class Work {
  public:
   void wait();
   bool done() const;
-  // Seconds the operation ran on the communicator's thread (0 until done): with the time the
-  // caller waited, how much of it was hidden behind the caller's compute.
-  double run_seconds() const;
 
  private:
   friend class Communicator;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
-  double run_s_ = 0;
   std::exception_ptr error_;
 };
 using WorkPtr = std::shared_ptr<Work>;

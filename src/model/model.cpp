@@ -208,8 +208,10 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
   // ---------------------------------------------------------------- forward
   LossStats st;
   moe_stats_.clear();
+  if (params_needed_) params_needed_(-1);
   cpu::embedding_forward(res(0), a.inputs.data(), P + layout_.embed, N, D);
   for (int64_t l = 0; l < L; ++l) {
+    if (params_needed_) params_needed_(l);
     const LayerOffsets& o = layout_.layers[l];
     LayerActs& la = a.layers[l];
     grow(la.ln1, N * D);
@@ -263,6 +265,7 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
   grow(a.rstdf, N);
   grow(a.logits, N * V);
   grow(a.losses, N);
+  if (params_needed_) params_needed_(L);
   cpu::rmsnorm_forward(a.lnf.data(), a.rstdf.data(), res(2 * L), P + layout_.final_norm, N, D,
                        eps);
   cpu::linear_forward(a.logits.data(), a.lnf.data(), P + layout_.lm_head, N, D, V);

@@ -87,6 +87,12 @@ class Model {
   // final norm and lm_head), then each layer l from L-1 down to 0, then -1 (the embedding).
   // Data parallelism starts reducing a bucket as soon as its layers are done.
   void set_grad_ready_hook(std::function<void(int64_t)> hook) { grad_ready_ = std::move(hook); }
+  // Called during forward before a part's parameters are read: -1 (the embedding), each layer
+  // l from 0 up, then L (the head). Data parallelism waits there for the all-gather of the
+  // parameters it updated, which runs meanwhile.
+  void set_params_needed_hook(std::function<void(int64_t)> hook) {
+    params_needed_ = std::move(hook);
+  }
 
   // Views for one layer (used by the MoE layer, inference and tests).
   MoeWeights moe_weights(int64_t layer) const;
@@ -103,7 +109,7 @@ class Model {
   std::vector<float> rope_cos_, rope_sin_;  // (max_pos, Dh/2)
   std::unique_ptr<Activations> acts_;
   TokenDispatcher* dispatcher_ = nullptr;
-  std::function<void(int64_t)> grad_ready_;
+  std::function<void(int64_t)> grad_ready_, params_needed_;
 };
 
 }  // namespace moe

@@ -197,6 +197,7 @@ void Parallel::arm_overlap(Model& model) {
 void Parallel::finish_grads(Model& model) {
   model.set_grad_ready_hook(nullptr);
   if (!distributed()) return;
+  wait_params();  // the forward waited for every bucket already; this only clears the hook
   while (next_ < buckets_.size()) launch(model, buckets_[next_++]);
   next_ = 0;
   for (Bucket& b : buckets_) {
@@ -204,7 +205,6 @@ void Parallel::finish_grads(Model& model) {
     const auto t0 = std::chrono::steady_clock::now();
     b.work->wait();
     times_.grad_wait += seconds_since(t0);
-    times_.grad_total += b.work->run_seconds();
     b.work.reset();
   }
   // The sum over ranks of per-rank means -> the mean over the global batch.
@@ -238,24 +238,49 @@ double Parallel::grad_norm_sq() {
 
 void Parallel::gather_params(Model& model) {
   if (!distributed()) return;
+  wait_params();
   const auto t0 = std::chrono::steady_clock::now();
   float* p = model.params().data();
-  for (Bucket& b : buckets_) {
+  // Launched in the order forward reads them: the buckets of the first layers first.
+  for (size_t i = buckets_.size(); i-- > 0;) {
+    Bucket& b = buckets_[i];
     const int P = group_size(b);
     if (P == 1) continue;  // the optimizer updated the whole bucket in place
     const int64_t chunk = b.size / P;
     std::memcpy(shard_params_.data() + b.shard, p + b.begin + group_rank(b) * chunk,
                 sizeof(float) * size_t(chunk));
-    b.work = group(b)->all_gather_async(shard_params_.data() + b.shard, p + b.begin, size_t(chunk),
-                                        Dtype::kF32);
+    gathers_.push_back(group(b)->all_gather_async(shard_params_.data() + b.shard, p + b.begin,
+                                                  size_t(chunk), Dtype::kF32));
+    gather_ready_.push_back(b.ready);
   }
-  for (Bucket& b : buckets_)
-    if (b.work) b.work->wait(), b.work.reset();
+  gather_next_ = 0;
+  times_.param_gather += seconds_since(t0);
+  if (!cfg_.overlap) return wait_params();
+  model.set_params_needed_hook([this](int64_t layer) {
+    const auto t = std::chrono::steady_clock::now();
+    while (gather_next_ < gathers_.size() && (gather_ready_[gather_next_] <= layer ||
+                                              layer >= model_cfg_.num_hidden_layers))
+      gathers_[gather_next_++]->wait();
+    times_.param_gather += seconds_since(t);
+  });
+}
+
+void Parallel::wait_params() {
+  if (model_) model_->set_params_needed_hook(nullptr);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (; gather_next_ < gathers_.size(); ++gather_next_) gathers_[gather_next_]->wait();
+  gathers_.clear();
+  gather_ready_.clear();
+  gather_next_ = 0;
   times_.param_gather += seconds_since(t0);
 }
 
 void Parallel::all_reduce_sum(double* v, size_t n) {
   if (distributed()) world_->all_reduce(v, v, n, Dtype::kF64, comm::ReduceOp::kSum);
+}
+
+void Parallel::all_reduce_max(double* v, size_t n) {
+  if (distributed()) world_->all_reduce(v, v, n, Dtype::kF64, comm::ReduceOp::kMax);
 }
 
 void Parallel::all_reduce_sum(int64_t* v, size_t n) {
@@ -285,6 +310,7 @@ void Parallel::check_same(const std::string& what, const std::string& text) {
 }
 
 FullTrainTensors Parallel::gather_full(const Model& model, const AdamW& opt) {
+  wait_params();
   const ParamLayout full = make_layout(model.config());
   FullTrainTensors t;
   t.params.assign(size_t(full.total_numel), 0.0f);

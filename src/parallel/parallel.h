@@ -47,8 +47,7 @@ struct FullTrainTensors {
 // Time spent in communication, for telemetry (seconds, since the last take()).
 struct CommTimes {
   double grad_wait = 0;     // waiting for gradient reduce-scatters after backward (exposed)
-  double grad_total = 0;    // the reduce-scatters' own time on the communicator (hidden or not)
-  double param_gather = 0;  // all-gather of the updated parameters
+  double param_gather = 0;  // waiting for the all-gather of the updated parameters
   double dispatch = 0;      // expert-parallel all-to-alls and load exchanges in forward/backward
 };
 
@@ -95,11 +94,16 @@ class Parallel {
   double grad_norm_sq();
   void scale_shard_grads(float k);
   // After the optimizer updated this rank's shard: every rank gets every updated parameter.
+  // With overlap the all-gathers run on the communicators' threads and the next forward waits
+  // for each bucket just before the first layer that reads it; wait_params() waits for all
+  // (before anything else reads or writes the parameters: evaluation, checkpoints).
   void gather_params(Model& model);
+  void wait_params();
 
   // Sums over the world, in place (no-ops alone).
   void all_reduce_sum(double* v, size_t n);
   void all_reduce_sum(int64_t* v, size_t n);
+  void all_reduce_max(double* v, size_t n);
   // The routing loads of the step summed over the world, before the bias update.
   void reduce_load(Model& model);
   // Throws on every rank unless every rank passed the same text ("rank 3 runs config abc,
@@ -138,6 +142,10 @@ class Parallel {
   Model* model_ = nullptr;       // attach()
   std::vector<Bucket> buckets_;  // in launch order: last layers first
   size_t next_ = 0;              // buckets_[0, next_) launched this step
+  // Parameter all-gathers in flight, in the order forward needs them (first layers first).
+  std::vector<std::shared_ptr<comm::Work>> gathers_;
+  std::vector<int64_t> gather_ready_;  // the layer before which gathers_[i] must be done
+  size_t gather_next_ = 0;             // gathers_[0, gather_next_) waited for
   std::vector<ArenaRange> owned_;
   std::vector<float> shard_grads_, shard_params_;
   CommTimes times_;

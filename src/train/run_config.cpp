@@ -125,7 +125,7 @@ std::vector<Field> fields_of(RunConfig& rc) {
       {"parallel", "bucket_mb", Kind::kFloat, &rc.parallel.bucket_mb, 1.0 / 1024, 1e6, nullptr,
        "gradient bucket size in MiB (reduce-scattered as backward finishes it)"},
       {"parallel", "overlap", Kind::kBool, &rc.parallel.overlap, 0, 0, nullptr,
-       "reduce-scatter gradient buckets during backward"},
+       "reduce-scatter gradient buckets during backward, all-gather parameters during forward"},
       {"log", "every", Kind::kInt, &t.log_every, 1, 1e12, nullptr,
        "steps between progress lines and metrics records"},
       {"log", "progress", Kind::kString, &t.progress, 0, 0, "auto|plain|none",

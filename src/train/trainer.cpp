@@ -242,6 +242,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
   TrainResult r;
   // Loads a checkpoint into this rank's part of the model and optimizer.
   auto restore = [&](const std::string& dir) {
+    par.wait_params();
     FullTrainTensors full;
     int64_t adam_step = 0;
     load_train_checkpoint(dir, cfg, &full.params, &full.m, &full.v, &adam_step, &st);
@@ -345,6 +346,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
   };
   auto validate = [&]() {
     if (tc.eval_tokens <= 0 || data.val_tokens() < T + 1) return -1.0;
+    par.wait_params();
     int64_t n = 0;
     const double ce = evaluate(model, data, T, B, tc.eval_tokens, &n, &par);
     metrics.write({{"kind", "val"}, {"step", st.step}, {"loss", ce}, {"ppl", std::exp(ce)}});
@@ -384,7 +386,6 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
     sum.dropped = int64_t(job[2]);
     const bool stop_requested = job[3] > 0;
     double gnorm = std::sqrt(par.grad_norm_sq());
-    step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_step).count();
     const double observed = faults.apply(step, sum.loss, &gnorm);
     std::string why;
     const Verdict verdict = guard.check(step, observed, gnorm, &why);
@@ -393,11 +394,11 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
     if (verdict == Verdict::kAccept) {
       if (tc.grad_clip > 0 && gnorm > tc.grad_clip)
         par.scale_shard_grads(static_cast<float>(tc.grad_clip / gnorm));
+      accumulate(window_moe, step_moe);
+      par.reduce_load(model);  // the balancing bias moves by the loads of the whole job
+      model.update_balance_biases();  // (before the all-gather below writes the parameters)
       opt.step(model.params().data(), par.shard_grads(), lr_at(tc, step) * st.lr_scale);
       par.gather_params(model);  // ZeRO-1: every rank gets the shards the others updated
-      accumulate(window_moe, step_moe);
-      par.reduce_load(model);    // the balancing bias moves by the loads of the whole job
-      model.update_balance_biases();
       ce_window += sum.ce;
       ++window_steps;
       loss_last = sum.loss, gnorm_last = gnorm;
@@ -436,16 +437,24 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       ++r.skipped;
     }
 
+    // The whole step: forward, backward, gradient sync, optimizer, parameter all-gather.
+    step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_step).count();
     const bool last = st.step == tc.steps;
     if ((st.step % tc.log_every == 0 || last) && window_steps > 0) {
       const auto now = std::chrono::steady_clock::now();
       const double dt = std::chrono::duration<double>(now - t_log).count();
       const double tps = double(window_steps * tokens_per_step) / dt;
-      if (tps * flops_per_token > peak)
+      // Per rank: peak is one process's. Only rank 0 prints MFU, so only it probes again (a
+      // probe stalls the rank for 0.2 s).
+      const double tps_rank = tps / par.world_size();
+      if (lead && tps_rank * flops_per_token > peak)
         peak = std::max(peak, cpu::measure_fp32_peak_flops(0.2));
-      const double mfu = tps * flops_per_token / peak / par.world_size();
+      const double mfu = tps_rank * flops_per_token / peak;
+      // Communication the slowest rank waited for (the others wait for it in the next one).
       const CommTimes ct = par.take_comm_times();
-      const double comm_s = ct.grad_wait + ct.param_gather + ct.dispatch;
+      double waits[4] = {ct.grad_wait, ct.param_gather, ct.dispatch, step_seconds};
+      par.all_reduce_max(waits, 4);
+      const double comm_s = waits[0] + waits[1] + waits[2];
       reduce_window(par, window_moe);
       const double elapsed = std::chrono::duration<double>(now - t_start).count();
       const double eta = elapsed / double(st.step - first_step) * double(tc.steps - st.step);
@@ -460,7 +469,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       line += fmt(" | grad norm %.3f | lr %.2e | %.0f tok/s", gnorm_last, lr, tps);
       if (par.distributed())
         line += fmt(" (%d ranks) | comm %.0f%%", par.world_size(),
-                    step_seconds > 0 ? 100 * comm_s / step_seconds : 0.0);
+                    waits[3] > 0 ? 100 * comm_s / waits[3] : 0.0);
       line += fmt(" | MFU %.1f%% | ETA %s", 100 * mfu, duration_str(eta).c_str());
       progress.update(line, true);
       metrics.write({{"kind", "train"},
@@ -471,12 +480,12 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
                      {"grad_norm", gnorm_last},
                      {"tokens_per_s", tps},
                      {"ranks", par.world_size()},
-                     {"step_s", step_seconds / double(window_steps)},
+                     // per step, the largest over the ranks
+                     {"step_s", waits[3] / double(window_steps)},
                      {"comm_exposed_s", comm_s / double(window_steps)},
-                     {"grad_wait_s", ct.grad_wait / double(window_steps)},
-                     {"grad_reduce_s", ct.grad_total / double(window_steps)},
-                     {"param_gather_s", ct.param_gather / double(window_steps)},
-                     {"dispatch_s", ct.dispatch / double(window_steps)},
+                     {"grad_wait_s", waits[0] / double(window_steps)},
+                     {"param_gather_s", waits[1] / double(window_steps)},
+                     {"dispatch_s", waits[2] / double(window_steps)},
                      {"mfu", mfu},
                      {"tokens", st.tokens},
                      {"time_s", st.elapsed_s + elapsed}});
@@ -491,6 +500,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
     // Samples need every expert on this process: one process, or data parallelism alone.
     if (lead && par.ep() == 1 && tc.sample_every > 0 && st.step % tc.sample_every == 0 &&
         data.decode) {
+      par.wait_params();
       GenerateOptions go;
       go.max_new_tokens = std::min<int64_t>(T, 120);
       go.seed = uint64_t(st.step);
@@ -513,6 +523,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
     }
   }
   progress.finish();
+  par.wait_params();
   const double run_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   r.steps_run = st.step - first_step;
