@@ -7,14 +7,15 @@ pkgs=(g++ cmake make libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus
 if [[ $what == test || $what == bench ]]; then
   pkgs+=(libgtest-dev python3 python3-torch python3-numpy)
   # clang's libFuzzer runs the comm parser fuzz test; Open MPI's mpirun starts the comm and
-  # training tests' jobs as a user's cluster would (tests/integration/launchers.h).
-  pkgs+=(clang libclang-rt-14-dev openmpi-bin)
+  # training tests' jobs as a user's cluster would (tests/integration/launchers.h). Its headers
+  # come too: with mpirun but without them CMake's FindMPI (bench/comm) finds a broken MPI.
+  pkgs+=(clang libclang-rt-14-dev openmpi-bin libopenmpi-dev)
 fi
 if [[ $what == bench ]]; then
   # PyTorch's reference run uses OpenBLAS with OpenMP threads, as a PyTorch user would have.
   pkgs+=(libopenblas0-openmp)
   # bench/comm/compare.sh measures moe::comm against Open MPI 4.1 and Gloo.
-  pkgs+=(libopenmpi-dev libgloo-dev)
+  pkgs+=(libgloo-dev)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
