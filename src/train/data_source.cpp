@@ -101,11 +101,7 @@ double evaluate(Model& model, const TokenData& data, int64_t T, int64_t batch, i
     fill = [&ds, T](int32_t* buf, int64_t first, int64_t n) { ds.val_batch(buf, n, T, first); };
   } else {
     use = (static_cast<int64_t>(data.val.size()) - 1) / T;
-    fill = [&data, T](int32_t* buf, int64_t first, int64_t n) {
-      for (int64_t b = 0; b < n; ++b)
-        std::copy(data.val.begin() + (first + b) * T, data.val.begin() + (first + b) * T + T + 1,
-                  buf + b * (T + 1));
-    };
+    fill = consecutive_windows(data.val, T);
   }
   if (max_tokens > 0) use = std::min(use, std::max<int64_t>(1, max_tokens / T));
   if (!par || !par->distributed()) return evaluate_windows(model, use, T, batch, fill, tokens_out);

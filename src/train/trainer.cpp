@@ -81,14 +81,16 @@ double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64
   const int64_t windows = (static_cast<int64_t>(data.size()) - 1) / T;
   int64_t use = windows;
   if (max_tokens > 0) use = std::min(use, std::max<int64_t>(1, max_tokens / T));
-  return evaluate_windows(
-      model, use, T, batch,
-      [&](int32_t* buf, int64_t first, int64_t n) {
-        for (int64_t b = 0; b < n; ++b)
-          std::copy(data.begin() + (first + b) * T, data.begin() + (first + b) * T + T + 1,
-                    buf + b * (T + 1));
-      },
-      tokens_out);
+  return evaluate_windows(model, use, T, batch, consecutive_windows(data, T), tokens_out);
+}
+
+std::function<void(int32_t*, int64_t, int64_t)> consecutive_windows(
+    const std::vector<int32_t>& data, int64_t T) {
+  return [&data, T](int32_t* buf, int64_t first, int64_t n) {
+    for (int64_t b = 0; b < n; ++b)
+      std::copy(data.begin() + (first + b) * T, data.begin() + (first + b) * T + T + 1,
+                buf + b * (T + 1));
+  };
 }
 
 namespace {

@@ -129,6 +129,9 @@ double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64
 double evaluate_windows(Model& model, int64_t windows, int64_t T, int64_t batch,
                         const std::function<void(int32_t*, int64_t, int64_t)>& fill,
                         int64_t* tokens_out = nullptr);
+// fill for evaluate_windows: window w is data[w*T, w*T + T + 1) (data must outlive it).
+std::function<void(int32_t*, int64_t, int64_t)> consecutive_windows(
+    const std::vector<int32_t>& data, int64_t T);
 // The same over the held-out split (the dataset's val windows, or data.val); with par, every
 // rank of the job evaluates a slice and all get the mean over all windows.
 double evaluate(Model& model, const TokenData& data, int64_t T, int64_t batch, int64_t max_tokens,
