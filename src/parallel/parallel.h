@@ -36,6 +36,20 @@ struct ParallelConfig {  // [parallel]
   int64_t ep = 1;        // expert-parallel size, e.g. 4; divides n_routed_experts
   double bucket_mb = 4;  // gradient bucket size (MiB of fp32 gradients), e.g. 4
   bool overlap = true;   // reduce-scatter buckets during backward, as their layers finish
+  // Compressed communication for slow links (DeepSeek-V3's dispatch format; 1-bit Adam /
+  // EF-SGD style error feedback for gradients).
+  std::string dispatch_dtype = "fp32";  // expert dispatch rows on the wire: fp32, bf16, fp8
+  std::string combine_dtype = "fp32";   // expert outputs on the way home: fp32, bf16
+  std::string grad_comm_dtype = "fp32";  // gradient reduce-scatter: fp32, bf16, int8
+  bool error_feedback = true;  // compressed gradients: carry each rank's rounding residual
+  // DiLoCo (Douillard et al. 2023): groups of ranks train alone for inner_steps steps, then
+  // average their pseudo-gradients and take one outer Nesterov step.
+  std::string mode = "sync";      // "sync" (every step) or "diloco"
+  int64_t inner_steps = 50;       // diloco: local steps between outer syncs, e.g. 50
+  double outer_lr = 0.7;          // diloco: outer Nesterov learning rate
+  double outer_momentum = 0.9;    // diloco: outer Nesterov momentum
+  int64_t diloco_group = 0;       // diloco: ranks per group (0 = the ranks of one host)
+  std::string outer_comm_dtype = "fp32";  // diloco pseudo-gradients on the wire: fp32, int8
 };
 
 // The logical training state in the full layout (make_layout(cfg)): what a checkpoint holds,
