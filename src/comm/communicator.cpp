@@ -16,6 +16,7 @@ struct Communicator::Shared {
   std::unique_ptr<StoreClient> store;
   std::unique_ptr<Transport> transport;
   std::vector<std::string> host_names;  // per global rank
+  TrafficCounters traffic;
 };
 
 namespace {
@@ -205,16 +206,29 @@ void Communicator::sync_point() {
   q_cv_.wait(lock, [&] { return queue_.empty() && !busy_; });
 }
 
+namespace {
+// A compressed collective reduces f32 by sum or average.
+void check_compression(Dtype t, ReduceOp op, Wire w, const char* where) {
+  if (w == Wire::kAsIs) return;
+  MOE_CHECK(t == Dtype::kF32, where, wire_name(w), " on the wire compresses f32 values, not ",
+            comm_dtype_name(t));
+  MOE_CHECK(op == ReduceOp::kSum || op == ReduceOp::kAvg, where, wire_name(w),
+            " on the wire supports sum and avg, not ", reduce_op_name(op));
+}
+}  // namespace
+
 WorkPtr Communicator::all_reduce_async(const void* in, void* out, size_t count, Dtype t,
-                                       ReduceOp op) {
+                                       ReduceOp op, const Compression& z) {
   check_dtype_op(t, op, "comm.all_reduce");
-  return enqueue([=, this] { all_reduce(in, out, count, t, op); });
+  check_compression(t, op, z.wire, "comm.all_reduce");
+  return enqueue([=, this] { all_reduce(in, out, count, t, op, z); });
 }
 
 WorkPtr Communicator::reduce_scatter_async(const void* in, void* out, size_t recv_count,
-                                           Dtype t, ReduceOp op) {
+                                           Dtype t, ReduceOp op, const Compression& z) {
   check_dtype_op(t, op, "comm.reduce_scatter");
-  return enqueue([=, this] { reduce_scatter(in, out, recv_count, t, op); });
+  check_compression(t, op, z.wire, "comm.reduce_scatter");
+  return enqueue([=, this] { reduce_scatter(in, out, recv_count, t, op, z); });
 }
 
 WorkPtr Communicator::all_gather_async(const void* in, void* out, size_t send_count, Dtype t) {
@@ -228,10 +242,20 @@ WorkPtr Communicator::broadcast_async(void* buf, size_t count, Dtype t, int root
 WorkPtr Communicator::all_to_allv_async(const void* in, std::vector<size_t> send_counts,
                                         std::vector<size_t> send_displs, void* out,
                                         std::vector<size_t> recv_counts,
-                                        std::vector<size_t> recv_displs, Dtype t) {
+                                        std::vector<size_t> recv_displs, Dtype t, Wire wire) {
+  check_compression(t, ReduceOp::kSum, wire, "comm.all_to_allv");
   return enqueue([=, this] {
-    all_to_allv(in, send_counts, send_displs, out, recv_counts, recv_displs, t);
+    all_to_allv(in, send_counts, send_displs, out, recv_counts, recv_displs, t, wire);
   });
+}
+
+Communicator::Traffic Communicator::traffic() const {
+  Traffic t;
+  for (size_t k = 0; k < size_t(OpKind::kCount); ++k) {
+    t.sent[k] = shared_->traffic.sent[k].load(std::memory_order_relaxed);
+    t.inter_host[k] = shared_->traffic.inter_host[k].load(std::memory_order_relaxed);
+  }
+  return t;
 }
 
 void Communicator::set_algo(const std::string& algo) { algo_ = parse_algo(algo); }
@@ -321,14 +345,25 @@ void Communicator::run(OpKind kind, OpSig sig, F&& body) {
   MOE_CHECK(!t.failed(), "comm", what.str(), ": ", t.failure());
   t.begin_op(comm_id_, seq, sig);
   OpContext ctx(t, ranks_, host_of_, rank_, comm_id_, seq, sig, deadline_after(opt_.timeout_s),
-                what, scratch_);
+                what, scratch_, &shared_->traffic);
   body(ctx);
   t.end_op(comm_id_);
 }
 
-void Communicator::all_reduce(const void* in, void* out, size_t count, Dtype t, ReduceOp op) {
+void Communicator::all_reduce(const void* in, void* out, size_t count, Dtype t, ReduceOp op,
+                              const Compression& z) {
   sync_point();
   check_dtype_op(t, op, "comm.all_reduce");
+  check_compression(t, op, z.wire, "comm.all_reduce");
+  if (z.wire != Wire::kAsIs && size() > 1) {
+    OpSig sig{OpKind::kAllReduce, uint8_t(t), uint8_t(op), uint8_t(Algo::kDirect), -1, count,
+              uint8_t(z.wire)};
+    run(OpKind::kAllReduce, sig, [&](OpContext& c) {
+      compressed_all_reduce(c, static_cast<const float*>(in), static_cast<float*>(out), count, op,
+                            z);
+    });
+    return;
+  }
   const size_t bytes = count * comm_dtype_size(t);
   const Algo a = all_reduce_algo(bytes);
   OpSig sig{OpKind::kAllReduce, uint8_t(t), uint8_t(op), uint8_t(a), -1, count};
@@ -349,9 +384,20 @@ void Communicator::all_reduce(const void* in, void* out, size_t count, Dtype t, 
 }
 
 void Communicator::reduce_scatter(const void* in, void* out, size_t recv_count, Dtype t,
-                                  ReduceOp op) {
+                                  ReduceOp op, const Compression& z) {
   sync_point();
   check_dtype_op(t, op, "comm.reduce_scatter");
+  check_compression(t, op, z.wire, "comm.reduce_scatter");
+  if (z.wire != Wire::kAsIs && size() > 1) {
+    OpSig sig{OpKind::kReduceScatter, uint8_t(t), uint8_t(op), uint8_t(Algo::kDirect), -1,
+              recv_count, uint8_t(z.wire)};
+    run(OpKind::kReduceScatter, sig, [&](OpContext& c) {
+      compressed_reduce_scatter(c, static_cast<const float*>(in), static_cast<float*>(out),
+                                recv_count, z);
+      if (op == ReduceOp::kAvg) finish_avg(out, recv_count, t, size());
+    });
+    return;
+  }
   OpSig sig{OpKind::kReduceScatter, uint8_t(t), uint8_t(op), uint8_t(Algo::kRing), -1,
             recv_count};
   run(OpKind::kReduceScatter, sig, [&](OpContext& c) {
@@ -412,9 +458,10 @@ void Communicator::all_to_all(const void* in, void* out, size_t count, Dtype t) 
 void Communicator::all_to_allv(const void* in, const std::vector<size_t>& send_counts,
                                const std::vector<size_t>& send_displs, void* out,
                                const std::vector<size_t>& recv_counts,
-                               const std::vector<size_t>& recv_displs, Dtype t) {
+                               const std::vector<size_t>& recv_displs, Dtype t, Wire wire) {
   sync_point();
   comm_dtype_size(t);
+  check_compression(t, ReduceOp::kSum, wire, "comm.all_to_allv");
   const size_t n = size();
   MOE_CHECK(send_counts.size() == n && send_displs.size() == n && recv_counts.size() == n &&
                 recv_displs.size() == n,
@@ -423,9 +470,13 @@ void Communicator::all_to_allv(const void* in, const std::vector<size_t>& send_c
             ", ", recv_displs.size());
   // Ranks legitimately differ in counts: the size check is per message, not per signature.
   const Algo a = all_to_all_algo();
-  OpSig sig{OpKind::kAllToAllv, uint8_t(t), 0, uint8_t(a), -1, 0};
+  OpSig sig{OpKind::kAllToAllv, uint8_t(t), 0, uint8_t(a), -1, 0, uint8_t(wire)};
   run(OpKind::kAllToAllv, sig, [&](OpContext& c) {
-    if (a == Algo::kTwoLevel)
+    if (wire != Wire::kAsIs)
+      compressed_all_to_allv(c, static_cast<const float*>(in), send_counts.data(),
+                             send_displs.data(), static_cast<float*>(out), recv_counts.data(),
+                             recv_displs.data(), wire, a == Algo::kTwoLevel);
+    else if (a == Algo::kTwoLevel)
       two_level_all_to_allv(c, in, send_counts.data(), send_displs.data(), out,
                             recv_counts.data(), recv_displs.data());
     else
@@ -449,7 +500,10 @@ void Communicator::send(const void* buf, size_t count, Dtype t, int dst) {
   Transport& tr = *shared_->transport;
   OpLabel what{OpLabel::Kind::kSend, sig, p2p_send_[dst], rank_, size(), -1, dst};
   MOE_CHECK(!tr.failed(), "comm", what.str(), ": ", tr.failure());
-  Handle h = tr.isend(ranks_[dst], MsgKey{comm_id_, seq, 0}, sig, buf, count * comm_dtype_size(t));
+  const size_t bytes = count * comm_dtype_size(t);
+  shared_->traffic.sent[size_t(OpKind::kSendRecv)] += bytes;
+  if (host_of_[dst] != host_of_[rank_]) shared_->traffic.inter_host[size_t(OpKind::kSendRecv)] += bytes;
+  Handle h = tr.isend(ranks_[dst], MsgKey{comm_id_, seq, 0}, sig, buf, bytes);
   tr.wait(*h, deadline_after(opt_.timeout_s), what);
 }
 

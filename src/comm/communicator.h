@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "comm/algorithms/algorithms.h"
+#include "comm/compression.h"
 #include "comm/env.h"
 #include "comm/store.h"
 #include "comm/transport/transport.h"
@@ -126,9 +127,13 @@ class Communicator {
   std::shared_ptr<Communicator> split(int color, int key);
 
   // Collectives. Counts are elements; `in` may equal `out` (in place) unless noted.
-  void all_reduce(const void* in, void* out, size_t count, Dtype t, ReduceOp op);
+  // `z` (compression.h): f32 values cross the links as bf16, fp8 or int8, with optional error
+  // feedback; sum and avg only. Off by default.
+  void all_reduce(const void* in, void* out, size_t count, Dtype t, ReduceOp op,
+                  const Compression& z = {});
   // in: size()*recv_count elements; out: recv_count (this rank's block).
-  void reduce_scatter(const void* in, void* out, size_t recv_count, Dtype t, ReduceOp op);
+  void reduce_scatter(const void* in, void* out, size_t recv_count, Dtype t, ReduceOp op,
+                      const Compression& z = {});
   // in: send_count elements; out: size()*send_count, rank i's block at i*send_count.
   void all_gather(const void* in, void* out, size_t send_count, Dtype t);
   void broadcast(void* buf, size_t count, Dtype t, int root);
@@ -138,7 +143,7 @@ class Communicator {
   void all_to_allv(const void* in, const std::vector<size_t>& send_counts,
                    const std::vector<size_t>& send_displs, void* out,
                    const std::vector<size_t>& recv_counts,
-                   const std::vector<size_t>& recv_displs, Dtype t);
+                   const std::vector<size_t>& recv_displs, Dtype t, Wire wire = Wire::kAsIs);
   void barrier();
   void send(const void* buf, size_t count, Dtype t, int dst);
   void recv(void* buf, size_t count, Dtype t, int src);
@@ -146,15 +151,25 @@ class Communicator {
   // Asynchronous forms: the call returns at once and the operation runs on the
   // communicator's own thread, so the caller can compute meanwhile. Operations of one
   // communicator (async or not) run in call order; buffers must stay untouched until wait().
-  WorkPtr all_reduce_async(const void* in, void* out, size_t count, Dtype t, ReduceOp op);
+  WorkPtr all_reduce_async(const void* in, void* out, size_t count, Dtype t, ReduceOp op,
+                           const Compression& z = {});
   WorkPtr reduce_scatter_async(const void* in, void* out, size_t recv_count, Dtype t,
-                               ReduceOp op);
+                               ReduceOp op, const Compression& z = {});
   WorkPtr all_gather_async(const void* in, void* out, size_t send_count, Dtype t);
   WorkPtr broadcast_async(void* buf, size_t count, Dtype t, int root);
   WorkPtr all_to_allv_async(const void* in, std::vector<size_t> send_counts,
                             std::vector<size_t> send_displs, void* out,
                             std::vector<size_t> recv_counts, std::vector<size_t> recv_displs,
-                            Dtype t);
+                            Dtype t, Wire wire = Wire::kAsIs);
+
+  // Payload bytes this process has sent since it started (all its communicators together),
+  // per collective kind: in all, and to ranks on other hosts. Differences between two reads
+  // give a step's traffic.
+  struct Traffic {
+    uint64_t sent[size_t(OpKind::kCount)] = {};
+    uint64_t inter_host[size_t(OpKind::kCount)] = {};
+  };
+  Traffic traffic() const;
 
  private:
   struct Shared;  // the store and transport, shared with communicators split from this one

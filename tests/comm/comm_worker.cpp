@@ -2,6 +2,7 @@
 //   comm_worker sweep [max_count [big_bytes]]  every collective x dtype x op x size x algorithm
 //                                   vs closed-form values (+ an f32 all_reduce of big_bytes)
 //   comm_worker split | p2p | hello
+//   comm_worker compressed          bf16/fp8/int8 collectives vs exact sums and their bounds
 //   comm_worker loop BYTES          all_reduce of BYTES forever (a victim is killed from outside)
 //   comm_worker churn               allocates, uses and frees Communicator::alloc buffers 40
 //                                   times; prints how many such buffers this rank has mapped
@@ -26,6 +27,8 @@
 
 using namespace moe;
 using namespace moe::comm;
+
+int compressed_test(Communicator& c);  // compressed_worker.cpp
 
 namespace {
 
@@ -395,6 +398,7 @@ int main(int argc, char** argv) {
     if (mode == "sweep")
       return sweep(*c, argc > 2 ? std::stoul(argv[2]) : 0, argc > 3 ? std::stoul(argv[3]) : 0);
     if (mode == "split") return split_test(*c);
+    if (mode == "compressed") return compressed_test(*c);
     if (mode == "p2p") return p2p_test(*c);
     if (mode == "late_recv") return late_recv_test(*c);
     if (mode == "churn") return churn_test(*c);

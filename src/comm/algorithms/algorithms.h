@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include "comm/algorithms/op_context.h"
+#include "comm/compression.h"
 
 namespace moe::comm {
 
@@ -68,5 +69,15 @@ void pairwise_all_to_allv(OpContext& c, const void* in, const size_t* send_count
                           const size_t* recv_displs);
 // dissemination_barrier.cpp
 void dissemination_barrier(OpContext& c);
+// compressed.cpp: f32 collectives whose values travel in a wire format (compression.h); the
+// context's sig.wire is set, so its messages are bytes. `two_level`: all_to_allv's encoded
+// blocks go by two_level_all_to_allv instead of pairwise.
+void compressed_reduce_scatter(OpContext& c, const float* in, float* out, size_t recv_count,
+                               const Compression& z);
+void compressed_all_reduce(OpContext& c, const float* in, float* out, size_t count,
+                           ReduceOp op, const Compression& z);
+void compressed_all_to_allv(OpContext& c, const float* in, const size_t* send_counts,
+                            const size_t* send_displs, float* out, const size_t* recv_counts,
+                            const size_t* recv_displs, Wire w, bool two_level);
 
 }  // namespace moe::comm

@@ -7,6 +7,7 @@
 // groups of ranks through sub(): a context whose ranks are a subset, with its own tag range.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +18,14 @@
 namespace moe::comm {
 
 using Handle = RequestPtr;
+
+// Payload bytes this process sent, per collective kind, since it started: all of them, and
+// those to ranks on other hosts (what crosses the network). Shared by a communicator and its
+// splits; written by the ranks' operation threads, read by anyone.
+struct TrafficCounters {
+  std::atomic<uint64_t> sent[size_t(OpKind::kCount)]{};
+  std::atomic<uint64_t> inter_host[size_t(OpKind::kCount)]{};
+};
 
 // Scratch buffers kept from one operation to the next: fresh pages cost a page fault each
 // (expensive in VMs), which made every big collective several times slower.
@@ -46,9 +55,9 @@ class OpContext {
  public:
   OpContext(Transport& t, const std::vector<int>& ranks, const std::vector<int>& host_of,
             int rank, uint64_t comm_id, uint64_t seq, const OpSig& sig, Deadline deadline,
-            const OpLabel& what, ScratchArena& arena)
+            const OpLabel& what, ScratchArena& arena, TrafficCounters* traffic = nullptr)
       : t_(t), ranks_(&ranks), host_of_(&host_of), rank_(rank), comm_id_(comm_id), seq_(seq),
-        sig_(sig), deadline_(deadline), what_(what), arena_(arena) {
+        sig_(sig), deadline_(deadline), what_(what), arena_(arena), traffic_(traffic) {
     arena_.reset();
   }
 
@@ -56,12 +65,19 @@ class OpContext {
   int size() const { return static_cast<int>(ranks_->size()); }
   Dtype dtype() const { return static_cast<Dtype>(sig_.dtype); }
   ReduceOp op() const { return static_cast<ReduceOp>(sig_.redop); }
-  size_t elem() const { return comm_dtype_size(dtype()); }
+  // Compressed operations (sig.wire set) move encoded bytes: their counts are bytes.
+  size_t elem() const { return sig_.wire ? 1 : comm_dtype_size(dtype()); }
   // Host index (0..) of each rank of this context, as the communicator's topology says.
   const std::vector<int>& host_of() const { return *host_of_; }
 
   // `peer` is a rank of this communicator; `tag` names the message within the operation.
   Handle send(int peer, const void* buf, size_t bytes, uint32_t tag) {
+    if (traffic_) {
+      const size_t k = size_t(sig_.kind);
+      traffic_->sent[k].fetch_add(bytes, std::memory_order_relaxed);
+      if ((*host_of_)[peer] != (*host_of_)[rank_])
+        traffic_->inter_host[k].fetch_add(bytes, std::memory_order_relaxed);
+    }
     return t_.isend((*ranks_)[peer], MsgKey{comm_id_, seq_, tag_base_ + tag}, sig_, buf, bytes);
   }
   Handle recv(int peer, void* buf, size_t bytes, uint32_t tag) {
@@ -125,6 +141,7 @@ class OpContext {
   Deadline deadline_;
   OpLabel what_;
   ScratchArena& arena_;
+  TrafficCounters* traffic_;
 };
 
 }  // namespace moe::comm

@@ -1,5 +1,7 @@
 #include "comm/transport/message.h"
 
+#include "comm/compression.h"
+
 namespace moe::comm {
 
 std::string describe_sig(const OpSig& s, uint64_t seq) {
@@ -14,6 +16,7 @@ std::string describe_sig(const OpSig& s, uint64_t seq) {
   if (s.kind == OpKind::kAllReduce || s.kind == OpKind::kReduceScatter)
     out += std::string(", ") + reduce_op_name(static_cast<ReduceOp>(s.redop));
   if (s.kind == OpKind::kBroadcast) out += ", root " + std::to_string(s.root);
+  if (s.wire) out += std::string(", ") + wire_name(Wire(s.wire)) + " on the wire";
   return out + ")";
 }
 
@@ -40,7 +43,8 @@ std::string check_header(const MsgHeader& h, uint32_t allowed_flags) {
   if (h.offset > h.total || h.chunk_len > h.total - h.offset)
     return "chunk [" + std::to_string(h.offset) + ", +" + std::to_string(h.chunk_len) +
            ") outside a message of " + std::to_string(h.total) + " bytes";
-  if (h.redop > 3) return "unknown reduction " + std::to_string(h.redop);
+  if ((h.redop & 15) > 3) return "unknown reduction " + std::to_string(h.redop & 15);
+  if ((h.redop >> 4) > 3) return "unknown wire format " + std::to_string(h.redop >> 4);
   if (h.flags & ~allowed_flags) return "unknown flags " + std::to_string(h.flags);
   if (h.flags == (kFlagCmaOffer | kFlagCmaDone)) return "offer and done flags together";
   if (h.flags && (h.chunk_len || h.offset)) return "a single-copy record with a payload";

@@ -34,6 +34,7 @@ struct OpSig {
   uint8_t algo = 0;
   int32_t root = -1;
   uint64_t count = 0;  // elements as called; 0 where ranks legitimately differ (all_to_allv)
+  uint8_t wire = 0;    // Wire (compression.h): f32 values travel encoded; messages are bytes
   bool operator==(const OpSig&) const = default;
 };
 std::string describe_sig(const OpSig& s, uint64_t seq);  // "all_reduce #5 (1024 x float, sum)"
@@ -58,7 +59,7 @@ struct MsgHeader {
   uint32_t magic;
   uint8_t kind;   // OpKind
   uint8_t dtype;  // OpSig
-  uint8_t redop;
+  uint8_t redop;  // ReduceOp in the low 4 bits, the OpSig's wire format in the high 4
   uint8_t algo;
   uint32_t tag;  // which message of the algorithm (step, piece)
   int32_t root;
@@ -76,7 +77,8 @@ inline OpSig sig_of(const MsgHeader& h) {
   OpSig s;
   s.kind = static_cast<OpKind>(h.kind);
   s.dtype = h.dtype;
-  s.redop = h.redop;
+  s.redop = h.redop & 15;
+  s.wire = h.redop >> 4;
   s.algo = h.algo;
   s.root = h.root;
   s.count = h.op_count;
@@ -120,7 +122,7 @@ inline MsgHeader make_header(const MsgKey& key, const OpSig& sig, uint64_t n) {
   h.magic = kMsgMagic;
   h.kind = static_cast<uint8_t>(sig.kind);
   h.dtype = sig.dtype;
-  h.redop = sig.redop;
+  h.redop = uint8_t(sig.redop | sig.wire << 4);
   h.algo = sig.algo;
   h.root = sig.root;
   h.op_count = sig.count;

@@ -614,7 +614,7 @@ bool ShmTransport::read_offer(int slot, const MsgHeader& h, const Offer& o, Requ
   if (const char* src = mapped_source(slot, h, o)) {
     if (req.into_dst) {
       reduce_into(req.into_dst, req.into_a, src, h.total / comm_dtype_size(Dtype(h.dtype)),
-                  Dtype(h.dtype), ReduceOp(h.redop));
+                  Dtype(h.dtype), ReduceOp(h.redop & 15));
       req.reduced = true;
       ++stats_.mapped_reduces;
     } else {

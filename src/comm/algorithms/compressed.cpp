@@ -1,0 +1,148 @@
+// Compressed collectives: f32 values cross the links encoded (bf16, FP8 E4M3 or INT8 with a
+// scale per 128 values; compression.h) and are decoded, and reduced in f32, where they land.
+//
+// reduce_scatter is direct: rank r encodes block i of its input for rank i (i != r) and sends
+// it there; rank i decodes the n-1 blocks it gets and sums them with its own block, which
+// never leaves it and is not rounded. Every rank sends (n-1)/n of the buffer, as the ring
+// does, but each value is encoded once: re-encoding partial sums at every hop of a ring would
+// add n-1 roundings, and error feedback could not see them. The sum runs in rank order, so
+// the same inputs give the same bits on every run.
+//
+// all_reduce = that reduce_scatter over n near-equal segments, then each rank encodes its
+// reduced segment once and sends it to all; every rank, the segment's owner too, decodes the
+// same bytes, so all ranks end with identical values.
+//
+// all_to_allv encodes each rank's block on its own (scales never straddle two ranks' rows)
+// and keeps the block to itself exact.
+#include <cstring>
+#include <vector>
+
+#include "comm/algorithms/algorithms.h"
+
+namespace moe::comm {
+
+namespace {
+
+// Sums, in rank order, this rank's own f32 block (own) and the decoded blocks of the others.
+void sum_in_rank_order(int n, int r, Wire w, const float* own, const char* recv,
+                       const std::vector<size_t>& recv_displs, size_t count, float* out) {
+  for (int j = 0; j < n; ++j) {
+    if (j == r) {
+      if (j == 0) std::memcpy(out, own, 4 * count);
+      else for (size_t i = 0; i < count; ++i) out[i] += own[i];
+    } else {
+      wire_decode(w, recv + recv_displs[j], count, out, /*add=*/j > 0);
+    }
+  }
+}
+
+}  // namespace
+
+void compressed_reduce_scatter(OpContext& c, const float* in, float* out, size_t recv_count,
+                               const Compression& z) {
+  const int n = c.size(), r = c.rank();
+  const size_t wb = wire_bytes(z.wire, recv_count);
+  char* send = c.scratch(wb * n);
+  char* recv = c.scratch(wb * n);
+  float* own = reinterpret_cast<float*>(c.scratch(4 * recv_count));
+  std::vector<size_t> counts(n, wb), displs(n);
+  for (int i = 0; i < n; ++i) displs[i] = wb * i;
+  counts[r] = 0;
+  for (int i = 0; i < n; ++i) {
+    const size_t at = recv_count * i;
+    if (i != r) {
+      wire_encode(z.wire, in + at, recv_count, send + displs[i], z.residual ? z.residual + at : nullptr);
+      continue;
+    }
+    for (size_t k = 0; k < recv_count; ++k) {
+      own[k] = z.residual ? in[at + k] + z.residual[at + k] : in[at + k];
+      if (z.residual) z.residual[at + k] = 0;
+    }
+  }
+  pairwise_all_to_allv(c, send, counts.data(), displs.data(), recv, counts.data(), displs.data());
+  sum_in_rank_order(n, r, z.wire, own, recv, displs, recv_count, out);
+}
+
+void compressed_all_reduce(OpContext& c, const float* in, float* out, size_t count, ReduceOp op,
+                           const Compression& z) {
+  const int n = c.size(), r = c.rank();
+  std::vector<size_t> seg(n + 1);
+  for (int i = 0; i <= n; ++i) seg[i] = segment_begin(count, n, i);
+  const size_t mine = seg[r + 1] - seg[r];
+  // Phase 1: segment i of every rank's input, encoded, to rank i.
+  std::vector<size_t> sc(n), sd(n), rc(n), rd(n);
+  size_t st = 0, rt = 0;
+  for (int i = 0; i < n; ++i) {
+    sc[i] = i == r ? 0 : wire_bytes(z.wire, seg[i + 1] - seg[i]);
+    rc[i] = i == r ? 0 : wire_bytes(z.wire, mine);
+    sd[i] = st, rd[i] = rt;
+    st += sc[i], rt += rc[i];
+  }
+  char* send = c.scratch(st);
+  char* recv = c.scratch(rt);
+  float* own = reinterpret_cast<float*>(c.scratch(4 * mine));
+  float* sum = reinterpret_cast<float*>(c.scratch(4 * mine));
+  for (int i = 0; i < n; ++i) {
+    const size_t at = seg[i], len = seg[i + 1] - seg[i];
+    if (i != r) {
+      wire_encode(z.wire, in + at, len, send + sd[i], z.residual ? z.residual + at : nullptr);
+      continue;
+    }
+    for (size_t k = 0; k < len; ++k) {
+      own[k] = z.residual ? in[at + k] + z.residual[at + k] : in[at + k];
+      if (z.residual) z.residual[at + k] = 0;
+    }
+  }
+  pairwise_all_to_allv(c, send, sc.data(), sd.data(), recv, rc.data(), rd.data());
+  sum_in_rank_order(n, r, z.wire, own, recv, rd, mine, sum);
+  if (op == ReduceOp::kAvg)
+    for (size_t k = 0; k < mine; ++k) sum[k] /= float(n);
+  // Phase 2: each reduced segment, encoded once, to every rank (itself included).
+  const size_t wb_mine = wire_bytes(z.wire, mine);
+  char* enc = c.scratch(wb_mine);
+  wire_encode(z.wire, sum, mine, enc);
+  size_t total = 0;
+  for (int i = 0; i < n; ++i) {
+    sc[i] = wb_mine, sd[i] = 0;
+    rc[i] = wire_bytes(z.wire, seg[i + 1] - seg[i]);
+    rd[i] = total;
+    total += rc[i];
+  }
+  char* all = c.scratch(total);
+  OpContext gather = c.sub([n] {
+    std::vector<int> v(n);
+    for (int i = 0; i < n; ++i) v[i] = i;
+    return v;
+  }(), 1);
+  pairwise_all_to_allv(gather, enc, sc.data(), sd.data(), all, rc.data(), rd.data());
+  for (int i = 0; i < n; ++i) wire_decode(z.wire, all + rd[i], seg[i + 1] - seg[i], out + seg[i]);
+}
+
+void compressed_all_to_allv(OpContext& c, const float* in, const size_t* send_counts,
+                            const size_t* send_displs, float* out, const size_t* recv_counts,
+                            const size_t* recv_displs, Wire w, bool two_level) {
+  const int n = c.size(), r = c.rank();
+  check_self_block(r, send_counts, recv_counts);
+  std::vector<size_t> sc(n), sd(n), rc(n), rd(n);
+  size_t st = 0, rt = 0;
+  for (int i = 0; i < n; ++i) {
+    sc[i] = i == r ? 0 : wire_bytes(w, send_counts[i]);
+    rc[i] = i == r ? 0 : wire_bytes(w, recv_counts[i]);
+    sd[i] = st, rd[i] = rt;
+    st += sc[i], rt += rc[i];
+  }
+  char* send = c.scratch(st);
+  char* recv = c.scratch(rt);
+  for (int i = 0; i < n; ++i)
+    if (i != r) wire_encode(w, in + send_displs[i], send_counts[i], send + sd[i]);
+  if (two_level)
+    two_level_all_to_allv(c, send, sc.data(), sd.data(), recv, rc.data(), rd.data());
+  else
+    pairwise_all_to_allv(c, send, sc.data(), sd.data(), recv, rc.data(), rd.data());
+  if (send_counts[r])
+    copy_block(out + recv_displs[r], in + send_displs[r], 4 * send_counts[r]);
+  for (int i = 0; i < n; ++i)
+    if (i != r) wire_decode(w, recv + rd[i], recv_counts[i], out + recv_displs[i]);
+}
+
+}  // namespace moe::comm
