@@ -110,7 +110,7 @@ const float* ExpertDispatcher::dispatch(const ExpertExchange& ex, const float* s
   }
   timed(&seconds_, [&] {
     ep_group_->all_to_allv(sorted, send_counts_, send_displs_, staging_.data(), recv_counts_,
-                           recv_displs_, Dtype::kF32);
+                           recv_displs_, Dtype::kF32, dispatch_wire_);
   });
   offsets(ex, rank_major_, expert_major_);
   for (size_t i = 0; i < rank_major_.size(); ++i)
@@ -145,7 +145,7 @@ const float* ExpertDispatcher::combine(const ExpertExchange& ex, const float* lo
   }
   timed(&seconds_, [&] {
     ep_group_->all_to_allv(staging_.data(), send_counts_, send_displs_, sorted.data(), recv_counts_,
-                           recv_displs_, Dtype::kF32);
+                           recv_displs_, Dtype::kF32, combine_wire_);
   });
   return sorted.data();
 }

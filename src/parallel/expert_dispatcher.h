@@ -14,13 +14,14 @@
 #include <memory>
 #include <vector>
 
+#include "comm/compression.h"
 #include "model/token_dispatcher.h"
 
 namespace moe {
 
 namespace comm {
 class Communicator;
-}
+}  // namespace comm
 
 class ExpertDispatcher : public TokenDispatcher {
  public:
@@ -41,6 +42,14 @@ class ExpertDispatcher : public TokenDispatcher {
   const float* combine(const ExpertExchange& ex, const float* local, int64_t D,
                        std::vector<float>& sorted) override;
 
+  // How rows travel (comm/compression.h): dispatch (forward inputs, backward output
+  // gradients) and combine (forward outputs, backward input gradients). Rows a rank keeps for
+  // its own experts are never encoded. Scales cover 128 consecutive values: 1x128 tiles of each row
+  // when D is a multiple of 128, as in DeepSeek-V3.
+  void set_wire(comm::Wire dispatch, comm::Wire combine) {
+    dispatch_wire_ = dispatch, combine_wire_ = combine;
+  }
+
   double seconds() const { return seconds_; }  // in collectives since construction
   void clear_seconds() { seconds_ = 0; }
 
@@ -58,6 +67,7 @@ class ExpertDispatcher : public TokenDispatcher {
   std::vector<int64_t> rank_major_, expert_major_;
   std::vector<size_t> send_counts_, send_displs_, recv_counts_, recv_displs_;
   double seconds_ = 0;
+  comm::Wire dispatch_wire_ = comm::Wire::kAsIs, combine_wire_ = comm::Wire::kAsIs;
 };
 
 }  // namespace moe
