@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <functional>
 #include <vector>
@@ -18,7 +19,15 @@ namespace moe::plan {
 
 namespace {
 
+// CalibrateOptions::cpu_clock for this calibration (calibrate() sets it; one at a time).
+bool g_cpu_clock = false;
+
 double now() {
+  if (g_cpu_clock) {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+  }
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
@@ -85,6 +94,7 @@ double time_grouped(int64_t rows, int64_t E, int64_t in, int64_t out, int reps) 
 
 Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
   omp_set_num_threads(o.threads);
+  g_cpu_clock = o.cpu_clock;
   Calibration r;
   const int reps = 5;
   const int64_t N = o.batch * o.seq;
@@ -237,6 +247,22 @@ Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
       },
       o.reps);
   r.measured_step = r.measured_fwd_bwd + r.measured_adamw;
+  if (o.fit) {
+    r.fit_factor = (r.predicted.fwd + r.predicted.bwd) / r.measured_fwd_bwd;
+    for (double* e : {&c.eff.gemm, &c.eff.grouped_gemm, &c.eff.fp8_gemm, &c.eff.fp8_grouped_gemm,
+                      &c.eff.attention, &c.eff.memory})
+      *e = std::min(1.0, *e * r.fit_factor);
+    r.fitted = step_time(pm, c, job, l);
+  }
+  if (o.share != 1.0) {
+    c.peak_fp32 *= o.share;
+    c.peak_bf16 *= o.share;
+    c.memory_bandwidth *= o.share;
+    c.intra_bandwidth *= o.share;
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "; each device %.3g of them", o.share);
+    c.name += buf;
+  }
   return r;
 }
 

@@ -18,6 +18,17 @@ struct CalibrateOptions {
   int reps = 5;         // timed repetitions of the full step (best of), e.g. 5
   int64_t batch = 8;    // sequences
   int64_t seq = 512;    // tokens per sequence
+  // Fit: scale the compute efficiencies by predicted / measured forward+backward, so the cost
+  // model reproduces this model's measured step (what the kernel rates miss: routing,
+  // bookkeeping, small-shape overheads). For predicting runs of this model's shapes.
+  bool fit = false;
+  // Each device of the written cluster gets this share of the measured threads (ranks that
+  // oversubscribe the cores, e.g. 0.5 for 4 single-thread ranks on 2 cores): peaks, memory and
+  // shared-memory bandwidth scale by it. Applied after the comparison, which is at share 1.
+  double share = 1.0;
+  // Time by the process's CPU clock instead of the wall clock: on a busy machine a one-thread
+  // calibration then measures what a core does, not the share the scheduler gave it.
+  bool cpu_clock = false;
 };
 
 struct Calibration {
@@ -27,6 +38,8 @@ struct Calibration {
   double measured_fwd_bwd = 0;     // seconds, best of reps
   double measured_adamw = 0;       // seconds
   double measured_step = 0;        // fwd_bwd + adamw
+  double fit_factor = 1;           // with fit: the efficiencies' scale (predicted / measured)
+  Time fitted;                     // with fit: the prediction after it (share 1)
 };
 
 Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o);

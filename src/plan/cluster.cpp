@@ -37,7 +37,11 @@ const KeySpec kKeys[] = {
     {"network", "intra_bandwidth_gbs", "a number > 0 (GB/s per device per direction)"},
     {"network", "intra_latency_us", "a number >= 0 (microseconds)"},
     {"network", "inter_bandwidth_gbs", "a number > 0 (GB/s per device per direction)"},
+    {"network", "inter_link_gbit", "a number > 0 (Gbit/s per direction of the node's one "
+                                   "link, shared by its devices; instead of inter_bandwidth_gbs)"},
     {"network", "inter_latency_us", "a number >= 0 (microseconds)"},
+    {"network", "inter_cpu_ns_per_byte", "a number >= 0 (ns of a device's compute time per byte "
+                                         "it sends or receives across nodes; 0 = offloaded)"},
     {"efficiency", "gemm", "a fraction in (0, 1]"},
     {"efficiency", "grouped_gemm", "a fraction in (0, 1]"},
     {"efficiency", "fp8_gemm", "a fraction in (0, 1]"},
@@ -166,10 +170,23 @@ Cluster parse_cluster(const std::string& text, const std::string& origin) {
       get_num(root, origin, "network", "intra_bandwidth_gbs", true, 160, 0, true, kInf) * G;
   c.intra_latency = get_num(root, origin, "network", "intra_latency_us", false, 5, 0, false,
                             kInf) * 1e-6;
-  c.inter_bandwidth =
-      get_num(root, origin, "network", "inter_bandwidth_gbs", true, 50, 0, true, kInf) * G;
+  // Either each device's share directly, or one link per node that its devices share:
+  // share = link Gbit/s * 1e9 / 8 / devices per node (an emulated host's capped veth).
+  const toml::node* net = root.get("network");
+  const bool has_link = net && net->is_table() && net->as_table()->get("inter_link_gbit");
+  const bool has_share = net && net->is_table() && net->as_table()->get("inter_bandwidth_gbs");
+  MOE_CHECK(!(has_link && has_share), kOp, origin, ": [network] has both inter_bandwidth_gbs and "
+            "inter_link_gbit; keep one (the link is shared by the node's devices)");
+  if (has_link)
+    c.inter_bandwidth = get_num(root, origin, "network", "inter_link_gbit", true, 1, 0, true,
+                                kInf) * 1e9 / 8.0 / static_cast<double>(c.devices_per_node);
+  else
+    c.inter_bandwidth =
+        get_num(root, origin, "network", "inter_bandwidth_gbs", true, 50, 0, true, kInf) * G;
   c.inter_latency = get_num(root, origin, "network", "inter_latency_us", false, 10, 0, false,
                             kInf) * 1e-6;
+  c.inter_cpu_per_byte = get_num(root, origin, "network", "inter_cpu_ns_per_byte", false, 0, 0,
+                                 false, kInf) * 1e-9;
   Efficiency& e = c.eff;
   const Efficiency d;
   e.gemm = get_num(root, origin, "efficiency", "gemm", true, d.gemm, 0, true, 1);
@@ -211,7 +228,8 @@ std::string cluster_to_toml(const Cluster& c, const std::string& comment) {
      << "intra_bandwidth_gbs = " << c.intra_bandwidth / 1e9 << "\n"
      << "intra_latency_us = " << c.intra_latency * 1e6 << "\n"
      << "inter_bandwidth_gbs = " << c.inter_bandwidth / 1e9 << "\n"
-     << "inter_latency_us = " << c.inter_latency * 1e6 << "\n\n[efficiency]\n"
+     << "inter_latency_us = " << c.inter_latency * 1e6 << "\n"
+     << "inter_cpu_ns_per_byte = " << c.inter_cpu_per_byte * 1e9 << "\n\n[efficiency]\n"
      << "gemm = " << c.eff.gemm << "\n"
      << "grouped_gemm = " << c.eff.grouped_gemm << "\n"
      << "fp8_gemm = " << c.eff.fp8_gemm << "\n"

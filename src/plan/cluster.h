@@ -39,6 +39,10 @@ struct Cluster {
   double intra_latency = 0;       // seconds
   double inter_bandwidth = 0;     // bytes/s per device per direction across nodes (its NIC share)
   double inter_latency = 0;       // seconds
+  // Seconds of a device's own compute time per byte it sends or receives across nodes: CPU
+  // devices run the kernel's TCP stack on the cores that compute (e.g. 2.2e-9 for a rank on
+  // half a core of an emulated host); 0 for NICs that move data by DMA/RDMA.
+  double inter_cpu_per_byte = 0;
   Efficiency eff;
 
   double peak(Dtype d) const;     // FLOP/s for GEMMs in dtype d

@@ -2,17 +2,35 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
-
-#include "core/error.h"
 
 namespace moe::plan {
 
 namespace {
 
-constexpr const char* kOp = "plan";
-
 double act_elem_bytes(Dtype d) { return d == Dtype::kFp32 ? 4.0 : 2.0; }
+
+// Wire formats with kAuto resolved: gradients and combines in the activation dtype, dispatches
+// in fp8 for fp8 runs (DeepSeek-V3 sec. 3.3.1: fp8 dispatch, bf16 combine).
+double dispatch_bytes(const Layout& l) {
+  if (l.dispatch != Wire::kAuto) return wire_bytes(l.dispatch);
+  return l.dtype == Dtype::kFp8 ? wire_bytes(Wire::kFp8) : act_elem_bytes(l.dtype);
+}
+double combine_bytes(const Layout& l) {
+  return l.combine != Wire::kAuto ? wire_bytes(l.combine) : act_elem_bytes(l.dtype);
+}
+// The trainer reduce-scatters fp32 gradients by ring and encoded ones (bf16, int8) by direct
+// exchange (ParallelConfig::grad_comm_dtype).
+bool compressed_grads(const Layout& l) {
+  return l.grad_comm == Wire::kBf16 || l.grad_comm == Wire::kInt8;
+}
+double grad_bytes(const Layout& l) {
+  return l.grad_comm != Wire::kAuto ? wire_bytes(l.grad_comm) : act_elem_bytes(l.dtype);
+}
+
+// Bytes per parameter of the outer Nesterov step, memory-bound like AdamW: read the
+// pseudo-gradient, anchor and momentum, write momentum, anchor and parameters (fp32 each),
+// plus the pseudo-gradient written before the all-reduce.
+constexpr double kOuterStepBytesPerParam = 28.0;
 
 // Layers per stage if the partition is balanced (time) and on the fullest stage (memory).
 double layers_per_stage(const PlanModel& m, int64_t pp) {
@@ -23,138 +41,6 @@ int64_t max_layers_per_stage(const PlanModel& m, int64_t pp) {
 }
 
 }  // namespace
-
-const char* recompute_name(Recompute r) {
-  switch (r) {
-    case Recompute::kNone: return "none";
-    case Recompute::kSelective: return "sel";
-    case Recompute::kFull: return "full";
-  }
-  return "?";
-}
-
-const char* schedule_name(Schedule s) {
-  switch (s) {
-    case Schedule::k1F1B: return "1f1b";
-    case Schedule::kInterleaved: return "interleaved";
-    case Schedule::kDualPipe: return "dualpipe";
-  }
-  return "?";
-}
-
-std::string Layout::str() const {
-  std::ostringstream os;
-  os << "tp" << tp << " pp" << pp;
-  if (schedule == Schedule::kInterleaved) os << "x" << vpp;
-  os << " ep" << ep << " dp" << dp << " mb" << micro_batch << "x" << num_micro << " "
-     << schedule_name(schedule) << " " << recompute_name(recompute) << " zero" << zero << " "
-     << dtype_name(dtype);
-  if (node_limited) os << " nodelim";
-  return os.str();
-}
-
-Layout parse_layout(const std::string& spec) {
-  Layout l;
-  std::stringstream ss(spec);
-  std::string item;
-  const char* help = "; use e.g. tp=1,pp=16,ep=64,mb=1,sched=dualpipe,recompute=selective,"
-                     "zero=1,dtype=fp8,nodelimit=1";
-  while (std::getline(ss, item, ',')) {
-    if (item.empty()) continue;
-    const auto eq = item.find('=');
-    MOE_CHECK(eq != std::string::npos, kOp, "--layout item '", item, "' has no '='", help);
-    const std::string k = item.substr(0, eq), v = item.substr(eq + 1);
-    auto num = [&]() {
-      try {
-        size_t pos = 0;
-        const long long x = std::stoll(v, &pos);
-        if (pos == v.size() && x >= 0) return static_cast<int64_t>(x);
-      } catch (const std::exception&) {
-      }
-      MOE_FAIL(kOp, "--layout ", k, "=", v, ": expected a non-negative integer", help);
-    };
-    if (k == "tp") l.tp = num();
-    else if (k == "pp") l.pp = num();
-    else if (k == "vpp") l.vpp = num();
-    else if (k == "ep") l.ep = num();
-    else if (k == "mb") l.micro_batch = num();
-    else if (k == "zero") l.zero = static_cast<int>(num());
-    else if (k == "nodelimit") l.node_limited = num() != 0;
-    else if (k == "sched") {
-      if (v == "1f1b") l.schedule = Schedule::k1F1B;
-      else if (v == "interleaved") l.schedule = Schedule::kInterleaved;
-      else if (v == "dualpipe") l.schedule = Schedule::kDualPipe;
-      else MOE_FAIL(kOp, "--layout sched=", v, ": allowed 1f1b, interleaved, dualpipe");
-    } else if (k == "recompute") {
-      if (v == "none") l.recompute = Recompute::kNone;
-      else if (v == "selective" || v == "sel") l.recompute = Recompute::kSelective;
-      else if (v == "full") l.recompute = Recompute::kFull;
-      else MOE_FAIL(kOp, "--layout recompute=", v, ": allowed none, selective, full");
-    } else if (k == "dtype") {
-      if (v == "bf16") l.dtype = Dtype::kBf16;
-      else if (v == "fp8") l.dtype = Dtype::kFp8;
-      else if (v == "fp32") l.dtype = Dtype::kFp32;
-      else MOE_FAIL(kOp, "--layout dtype=", v, ": allowed bf16, fp8, fp32");
-    } else {
-      MOE_FAIL(kOp, "--layout: unknown item '", k, "'; allowed tp, pp, vpp, ep, mb, sched, "
-               "recompute, zero, dtype, nodelimit");
-    }
-  }
-  if (l.schedule != Schedule::kInterleaved) l.vpp = 1;
-  return l;
-}
-
-bool complete_layout(const PlanModel& m, const Cluster& c, const Job& job, Layout& l,
-                     std::string* why) {
-  auto fail = [&](const std::string& s) {
-    if (why) *why = s;
-    return false;
-  };
-  if (l.tp < 1 || l.pp < 1 || l.ep < 1 || l.micro_batch < 1 || l.vpp < 1)
-    return fail("sizes must be >= 1");
-  if (job.devices % (l.tp * l.pp) != 0) return fail("tp*pp does not divide the device count");
-  l.dp = job.devices / (l.tp * l.pp);
-  if ((l.tp * l.dp) % l.ep != 0) return fail("ep does not divide tp*dp");
-  if (m.cfg.n_routed_experts % l.ep != 0) return fail("ep does not divide n_routed_experts");
-  if (l.tp > c.devices_per_node) return fail("tp larger than a node");
-  if (m.cfg.num_attention_heads % l.tp != 0) return fail("tp does not divide the heads");
-  if (l.pp * l.vpp > num_compute_layers(m)) return fail("more pipeline stages than layers");
-  if (job.global_batch % (l.dp * l.micro_batch) != 0)
-    return fail("dp*micro_batch does not divide the global batch");
-  l.num_micro = job.global_batch / (l.dp * l.micro_batch);
-  if (l.schedule == Schedule::kDualPipe && (l.pp % 2 != 0 || l.pp < 2))
-    return fail("DualPipe needs an even pp >= 2");
-  // DualPipe feeds micro-batches from both ends; each direction needs pp of them to fill.
-  if (l.schedule == Schedule::kDualPipe && l.num_micro < 2 * l.pp)
-    return fail("DualPipe needs at least 2*pp micro-batches");
-  if (l.schedule == Schedule::kInterleaved && (l.pp < 2 || l.vpp < 2))
-    return fail("interleaved needs pp >= 2 and vpp >= 2");
-  if (l.schedule == Schedule::kInterleaved && l.num_micro % l.pp != 0)
-    return fail("interleaved needs num_micro divisible by pp");
-  if (l.dtype == Dtype::kFp8 && c.peak_fp8 <= 0) return fail("the device has no fp8");
-  if (l.zero < 0 || l.zero > 2) return fail("zero must be 0, 1 or 2");
-  if (l.node_limited && m.x.n_group <= 1) return fail("node-limited routing needs n_group > 1");
-  return true;
-}
-
-double ring_time(double bytes, int64_t n, double bandwidth, double latency) {
-  if (n <= 1) return 0.0;
-  const double f = static_cast<double>(n - 1) / static_cast<double>(n);
-  return f * bytes / bandwidth + static_cast<double>(n - 1) * latency;
-}
-
-int64_t nodes_spanned(int64_t size, int64_t stride, int64_t per_node) {
-  if (size <= 1) return 1;
-  if (stride >= per_node) return size;  // every member on its own node
-  const int64_t extent = size * stride;  // ranks from first to one past the last member
-  return std::max<int64_t>(1, (extent + per_node - 1) / per_node);
-}
-
-double expected_nodes_touched(int64_t k, int64_t g) {
-  if (g <= 1) return 1.0;
-  const double gd = static_cast<double>(g);
-  return gd * (1.0 - std::pow(1.0 - 1.0 / gd, static_cast<double>(k)));
-}
 
 double bubble_time(Schedule s, int64_t pp, int64_t vpp, double F, double B, double W) {
   if (pp <= 1) return 0.0;
@@ -262,8 +148,10 @@ Memory memory_per_device(const PlanModel& m, const Cluster& c, const Job& job, c
   mem.params_nonexpert = layers_ne + ends;
   mem.params_expert = Lmoe_s * static_cast<double>(cfg.n_routed_experts / l.ep) *
                       static_cast<double>(expert_params(m));
-  const StateBytes ne = state_bytes_per_param(l.dtype, l.zero, l.dp);
-  const StateBytes ex = state_bytes_per_param(l.dtype, l.zero, l.edp());
+  // ZeRO shards over the ranks that sync every step (one DiLoCo group, else the job).
+  const SyncGroups sg = sync_groups(c, l);
+  const StateBytes ne = state_bytes_per_param(l.dtype, l.zero, sg.dp);
+  const StateBytes ex = state_bytes_per_param(l.dtype, l.zero, sg.edp);
   const double held_ne = copies * layers_ne + ends, held_ex = copies * mem.params_expert;
   mem.weights = held_ne * ne.weights + held_ex * ex.weights;
   mem.grads = held_ne * ne.grads + held_ex * ex.grads;
@@ -284,45 +172,16 @@ Memory memory_per_device(const PlanModel& m, const Cluster& c, const Job& job, c
   const double K = static_cast<double>(cfg.num_experts_per_tok);
   mem.dispatch_buffers = has_moe ? 2.0 * tok / l.tp * K * D * a : 0.0;
   mem.logits = tok / l.tp * V * 4.0;
+  const double held = mem.params_nonexpert + mem.params_expert;
+  if (compressed_grads(l)) mem.comm_state += 4.0 * held;  // error-feedback residual, fp32
+  // DiLoCo's fp32 anchor and outer momentum, for the parameters the optimizer owns.
+  const double owned = l.zero >= 1 ? mem.params_nonexpert / sg.dp + mem.params_expert / sg.edp
+                                   : held;
+  if (l.diloco_h > 0) mem.comm_state += 8.0 * owned;
   mem.total = mem.weights + mem.grads + mem.optimizer + mem.activations + mem.dispatch_buffers +
-              mem.logits;
+              mem.logits + mem.comm_state;
   mem.capacity = kMemoryHeadroom * c.memory_bytes;
   return mem;
-}
-
-A2aBytes a2a_bytes(const PlanModel& m, const Cluster& c, const Layout& l, double tokens,
-                   double elem_bytes) {
-  A2aBytes b;
-  if (l.ep <= 1) return b;
-  const double D = static_cast<double>(m.cfg.hidden_size);
-  const int64_t K = m.cfg.num_experts_per_tok;
-  const int64_t G = nodes_spanned(l.ep, 1, c.devices_per_node);  // nodes of one ep group
-  const double per_node = static_cast<double>(l.ep) / static_cast<double>(G);
-  const double ep = static_cast<double>(l.ep);
-  const double row = D * elem_bytes;
-  if (!l.node_limited || G == 1) {
-    // Each of the K copies goes to a uniformly random expert: off-node with probability
-    // (ep - per_node)/ep, to another device of this node with (per_node - 1)/ep.
-    b.inter = tokens * K * (ep - per_node) / ep * row;
-    b.intra = tokens * K * (per_node - 1) / ep * row;
-    return b;
-  }
-  // Node-limited routing (DeepSeek-V3 sec. 2.1.2 and 3.2.2): a token reaches at most
-  // `cap` nodes, is sent once to each over the network and forwarded inside the node.
-  const int64_t ng = m.x.n_group, tg = m.x.topk_group;
-  const int64_t cap = std::min<int64_t>(G, (tg * G + ng - 1) / ng);
-  const double nodes = std::min(expected_nodes_touched(K, G), static_cast<double>(cap));
-  const double remote = nodes * static_cast<double>(G - 1) / static_cast<double>(G);
-  b.inter = tokens * remote * row;
-  b.intra = tokens * K * (per_node - 1) / per_node * row;
-  return b;
-}
-
-double a2a_time(const Cluster& c, const A2aBytes& b, bool crosses_nodes) {
-  const double t_inter = b.inter / (c.inter_bandwidth * c.eff.inter_comm);
-  const double t_intra = b.intra / (c.intra_bandwidth * c.eff.intra_comm);
-  if (b.inter <= 0 && b.intra <= 0) return 0.0;
-  return std::max(t_inter, t_intra) + (crosses_nodes ? c.inter_latency : c.intra_latency);
 }
 
 double elementwise_bytes_per_token_layer(const PlanModel& m, bool moe_layer, double a) {
@@ -403,17 +262,22 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
     t.tp_comm = layers_s * per_layer;
   }
   // Expert parallel: dispatch and combine forward, their transposes backward (and again
-  // forward under full recompute). fp8 runs send dispatches in fp8 with one fp32 scale per
-  // 128 values (DeepSeek-V3 sec. 3.3.1); combines stay bf16.
+  // forward under full recompute): per MoE layer, trips = 2 (3 with full recompute) times
+  //   a2a(dispatch_bytes) + a2a(combine_bytes).
+  // Forward dispatch and backward's gradient dispatch travel in the dispatch format (fp8 runs:
+  // fp8 with one fp32 scale per 128 values, DeepSeek-V3 sec. 3.3.1), combine and backward's
+  // return trip in the combine format (bf16 by default).
+  const double M = static_cast<double>(l.num_micro);
   if (l.ep > 1 && Lm > 0) {
     const double n = tok / static_cast<double>(l.tp);
     const bool crosses = nodes_spanned(l.ep, 1, dpn) > 1;
-    const double disp_b = fp8 ? 1.0 + 4.0 / 128.0 : a;
-    const double t_disp = a2a_time(c, a2a_bytes(m, c, l, n, disp_b), crosses);
-    const double t_comb = a2a_time(c, a2a_bytes(m, c, l, n, a), crosses);
-    const double per_layer = 2 * (t_disp + t_comb) +
-                             (l.recompute == Recompute::kFull ? t_disp + t_comb : 0.0);
-    t.a2a = per_layer * static_cast<double>(Lm) / static_cast<double>(l.pp);
+    const A2aBytes bd = a2a_bytes(m, c, l, n, dispatch_bytes(l));
+    const A2aBytes bc = a2a_bytes(m, c, l, n, combine_bytes(l));
+    const double t_disp = a2a_time(c, bd, crosses), t_comb = a2a_time(c, bc, crosses);
+    const double trips = l.recompute == Recompute::kFull ? 3.0 : 2.0;
+    const double layers = static_cast<double>(Lm) / static_cast<double>(l.pp);
+    t.a2a = trips * (t_disp + t_comb) * layers;
+    t.inter_a2a = M * trips * (bd.inter + bc.inter) * layers;
   }
   const double mb_compute = t.fwd + t.bwd + t.recompute;
   if (l.schedule == Schedule::kDualPipe) {
@@ -427,7 +291,6 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
   } else {
     t.a2a_exposed = t.a2a;
   }
-  const double M = static_cast<double>(l.num_micro);
   t.compute = M * (mb_compute + t.overlap_slowdown);
   // Pipeline bubble from per-micro-batch stage times (exposed communication travels with F/B).
   const double comm_f = (t.tp_comm + t.a2a_exposed) / 3.0;
@@ -441,42 +304,89 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
                             : c.intra_bandwidth * c.eff.intra_comm;
     const double p2p = tok / l.tp * D * a / bw + (inter ? c.inter_latency : c.intra_latency);
     t.pp_exposed = 2.0 * static_cast<double>(l.pp - 1) * p2p * static_cast<double>(l.vpp);
+    // Bytes: every micro-batch crosses each of the vpp*(pp-1) boundaries forward and back;
+    // per device on average 2 * vpp * (pp-1)/pp boundary tensors of (tok/tp, D).
+    if (inter)
+      t.inter_pp = M * 2.0 * static_cast<double>(l.vpp) * static_cast<double>(l.pp - 1) /
+                   static_cast<double>(l.pp) * tok / l.tp * D * a;
   }
   // Data parallel: gradients reduce-scattered and parameters all-gathered (ZeRO >= 1), or
-  // all-reduced (ZeRO-0), over dp ranks for non-expert and edp ranks for expert parameters.
-  // Overlap (Megatron --overlap-grad-reduce/--overlap-param-gather): the reduce-scatter
-  // hides under the last micro-batch's backward, the all-gather under the first forward.
+  // all-reduced (ZeRO-0), over dp ranks (stride tp) for non-expert and edp ranks (stride ep)
+  // for expert parameters, among the devices that sync every step (one DiLoCo group, else
+  // the job). Gradients in the auto format or fp32 go by ring, bf16/int8 encoded by direct
+  // exchange (network.h); parameters are all-gathered by ring in the activation dtype (the
+  // bf16 copy; fp32 on CPU). Overlap (Megatron --overlap-grad-reduce/--overlap-param-gather,
+  // the trainer's [parallel] overlap): the reduce-scatter hides under the last micro-batch's
+  // backward, the all-gather under the first forward; without it both follow the backward.
   {
+    const SyncGroups sg = sync_groups(c, l);
     const ParamCounts pc = count_params(m);
     const double p_ne = static_cast<double>(pc.non_expert) / (l.tp * l.pp);
     const double p_ex = static_cast<double>(pc.expert) / (l.ep * l.pp);
-    const double gb = a;  // gradients reduced in the activation dtype (bf16; fp32 on CPU)
-    const double wb = a;
-    auto bw_of = [&](int64_t size, int64_t stride, double* lat) {
-      const bool inter = nodes_spanned(size, stride, dpn) > 1;
-      *lat = inter ? c.inter_latency : c.intra_latency;
-      return inter ? c.inter_bandwidth * c.eff.inter_comm : c.intra_bandwidth * c.eff.intra_comm;
+    const GroupSpan g_ne = group_span(sg.dp, l.tp, dpn), g_ex = group_span(sg.edp, l.ep, dpn);
+    auto reduce = [&](double params, const GroupSpan& g) {
+      const double bytes = params * grad_bytes(l);
+      return compressed_grads(l) ? direct_exchange(c, bytes, g) : ring_collective(c, bytes, g);
     };
-    double lat_ne = 0, lat_ex = 0;
-    const double bw_ne = bw_of(l.dp, l.tp, &lat_ne);
-    const double bw_ex = bw_of(l.edp(), l.ep, &lat_ex);
-    const double rs = ring_time(p_ne * gb, l.dp, bw_ne, lat_ne) +
-                      ring_time(p_ex * gb, l.edp(), bw_ex, lat_ex);
-    const double ag = ring_time(p_ne * wb, l.dp, bw_ne, lat_ne) +
-                      ring_time(p_ex * wb, l.edp(), bw_ex, lat_ex);
+    const CommCost rs_ne = reduce(p_ne, g_ne), rs_ex = reduce(p_ex, g_ex);
+    const CommCost ag_ne = ring_collective(c, p_ne * a, g_ne);
+    const CommCost ag_ex = ring_collective(c, p_ex * a, g_ex);
+    const double rs = rs_ne.time + rs_ex.time, ag = ag_ne.time + ag_ex.time;
+    t.dp_rs = rs, t.dp_ag = ag;
+    t.dp_comm = rs + ag;
     // ZeRO-0 all-reduces (= reduce-scatter + all-gather of the gradients): same volume,
     // but the whole of it follows the last backward.
-    t.dp_comm = rs + ag;
-    t.dp_exposed = l.zero == 0 ? std::max(0.0, rs + ag - t.bwd)
-                               : std::max(0.0, rs - t.bwd) + std::max(0.0, ag - t.fwd);
+    if (!l.overlap) t.dp_exposed = rs + ag;
+    else if (l.zero == 0) t.dp_exposed = std::max(0.0, rs + ag - t.bwd);
+    else t.dp_exposed = std::max(0.0, rs - t.bwd) + std::max(0.0, ag - t.fwd);
+    t.inter_grad = rs_ne.inter_bytes + rs_ex.inter_bytes;
+    t.inter_param = ag_ne.inter_bytes + ag_ex.inter_bytes;
     // AdamW is memory-bound: read p, g, m, v and write p, m, v (fp32), plus the bf16 copy.
-    const double shard_ne = l.zero >= 1 ? p_ne / l.dp : p_ne;
-    const double shard_ex = l.zero >= 1 ? p_ex / l.edp() : p_ex;
+    const double shard_ne = l.zero >= 1 ? p_ne / sg.dp : p_ne;
+    const double shard_ex = l.zero >= 1 ? p_ex / sg.edp : p_ex;
     const double bytes_per_param = l.dtype == Dtype::kFp32 ? 28.0 : 30.0;
     t.optimizer = (shard_ne + shard_ex) * bytes_per_param / mem_rate;
+    // DiLoCo (Douillard et al. 2023, arXiv 2311.08105; src/parallel/diloco.h): every H steps
+    // each device all-reduces the pseudo-gradient (parameter delta) of the P parameters its
+    // optimizer owns (ZeRO >= 1: its shard, p_ne/dp + p_ex/edp of the group; ZeRO-0: all it
+    // holds) with the devices at its place in the other groups (groups ranks, stride = group
+    // size: one per node when groups are whole nodes), then takes the outer Nesterov step;
+    // the group's usual parameter all-gather spreads the result:
+    //   outer_sync = reduce-scatter + all-gather of P * wire_bytes(outer_comm)
+    //                (fp32: both by ring; int8: encoded, reduce-scatter by direct exchange)
+    //   outer_step = P * 28 bytes / memory rate;   per step: (outer_sync + outer_step) / H.
+    // Nothing overlaps it: every rank waits for the sync.
+    if (sg.groups > 1) {
+      const GroupSpan go = group_span(sg.groups, sg.devices, dpn);
+      const double P = shard_ne + shard_ex;
+      const double bytes = P * wire_bytes(l.outer_comm);
+      const CommCost ors = l.outer_comm == Wire::kFp32 ? ring_collective(c, bytes, go)
+                                                       : direct_exchange(c, bytes, go);
+      const CommCost oag = ring_collective(c, bytes, go);
+      const double H = static_cast<double>(l.diloco_h);
+      t.outer_sync = ors.time + oag.time;
+      t.outer_step = P * kOuterStepBytesPerParam / mem_rate;
+      t.outer_inter_bytes = ors.inter_bytes + oag.inter_bytes;
+      t.diloco = (t.outer_sync + t.outer_step) / H;
+      t.inter_diloco = t.outer_inter_bytes / H;
+    }
   }
   t.exposed_comm = M * (t.tp_comm + t.a2a_exposed) + t.dp_exposed + t.pp_exposed;
-  t.step = t.compute + t.bubble + t.exposed_comm + t.optimizer;
+  t.inter_bytes = t.inter_grad + t.inter_param + t.inter_a2a + t.inter_pp + t.inter_diloco;
+  // Network CPU work: on CPU devices every byte sent or received across nodes costs
+  // inter_cpu_per_byte of the device's compute time. While communication is exposed the cores
+  // would idle anyway; what hides under compute lengthens it:
+  //   net_cpu = cpu_per_byte * 2 (sent + received) * sum over overlapped traffic of
+  //             bytes * hidden time / total time        (gradient sync; all-to-all under DualPipe)
+  if (c.inter_cpu_per_byte > 0) {
+    auto hidden = [](double total, double exposed) {
+      return total > 0 ? std::max(0.0, total - exposed) / total : 0.0;
+    };
+    const double b = (t.inter_grad + t.inter_param) * hidden(t.dp_comm, t.dp_exposed) +
+                     t.inter_a2a * hidden(t.a2a, t.a2a_exposed);
+    t.net_cpu = c.inter_cpu_per_byte * 2.0 * b;
+  }
+  t.step = t.compute + t.bubble + t.exposed_comm + t.optimizer + t.diloco + t.net_cpu;
 
   const double devices = static_cast<double>(l.devices());
   const double tokens_step = static_cast<double>(job.global_batch * job.seq);

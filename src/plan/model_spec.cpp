@@ -30,6 +30,17 @@ PlanModel parse_plan_model(const std::string& json_text, const std::string& orig
   MOE_CHECK(!j.is_discarded() && j.is_object(), kOp, origin,
             " is not a JSON object of config keys; fix the syntax");
   PlanModel m;
+  // Node-limited routing may also be given as top-level keys (the trainer's [model] n_group and
+  // topk_group); they are taken out here so parse_config sees only the engine's keys, and a
+  // "plan" object below overrides them.
+  for (const char* k : {"n_group", "topk_group"}) {
+    if (!j.contains(k)) continue;
+    const auto& v = j.at(k);
+    MOE_CHECK(v.is_number_integer() && v.get<int64_t>() >= 1, kOp, origin, ": ", k, " is ",
+              v.dump().substr(0, 60), ", expected an integer >= 1, e.g. \"", k, "\": 2");
+    (std::string(k) == "n_group" ? m.x.n_group : m.x.topk_group) = v.get<int64_t>();
+    j.erase(k);
+  }
   if (j.contains("plan")) {
     const nlohmann::json p = j.at("plan");
     MOE_CHECK(p.is_object(), kOp, origin, ": \"plan\" must be an object, e.g. \"plan\": "
@@ -52,8 +63,8 @@ PlanModel parse_plan_model(const std::string& json_text, const std::string& orig
     m.x.qk_rope_head_dim = get_int(p, "qk_rope_head_dim", 0, origin);
     m.x.v_head_dim = get_int(p, "v_head_dim", 0, origin);
     m.x.num_nextn_predict_layers = get_int(p, "num_nextn_predict_layers", 0, origin);
-    m.x.n_group = get_int(p, "n_group", 1, origin);
-    m.x.topk_group = get_int(p, "topk_group", 1, origin);
+    m.x.n_group = get_int(p, "n_group", m.x.n_group, origin);
+    m.x.topk_group = get_int(p, "topk_group", m.x.topk_group, origin);
     j.erase("plan");
   }
   m.cfg = parse_config(j.dump(), origin);
@@ -63,18 +74,41 @@ PlanModel parse_plan_model(const std::string& json_text, const std::string& orig
               ": MLA (kv_lora_rank > 0) needs qk_nope_head_dim, qk_rope_head_dim and v_head_dim");
   MOE_CHECK(x.n_group >= 1 && m.cfg.n_routed_experts % x.n_group == 0 &&
                 x.topk_group >= 1 && x.topk_group <= x.n_group,
-            kOp, origin, ": \"plan\".n_group = ", x.n_group, " must divide n_routed_experts = ",
+            kOp, origin, ": n_group = ", x.n_group, " must divide n_routed_experts = ",
             m.cfg.n_routed_experts, " and topk_group = ", x.topk_group, " must be in [1, n_group]");
   return m;
 }
 
-PlanModel load_plan_model(const std::string& path) {
+std::string apply_model_set(const std::string& json_text, const std::string& set,
+                            const std::string& origin) {
+  if (set.empty()) return json_text;
+  nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  MOE_CHECK(!j.is_discarded() && j.is_object(), kOp, origin,
+            " is not a JSON object of config keys; fix the syntax");
+  std::stringstream ss(set);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    const auto eq = item.find('=');
+    MOE_CHECK(eq != std::string::npos && eq > 0, kOp, "--model-set item '", item,
+              "' is not key=value; use e.g. --model-set n_group=2,topk_group=1");
+    const std::string k = item.substr(0, eq), v = item.substr(eq + 1);
+    // A JSON literal (number, true/false) if it parses as one, else a string.
+    nlohmann::json jv = nlohmann::json::parse(v, nullptr, /*allow_exceptions=*/false);
+    if (jv.is_discarded() || jv.is_object() || jv.is_array()) jv = v;
+    j[k] = jv;
+  }
+  return j.dump();
+}
+
+PlanModel load_plan_model(const std::string& path, const std::string& set) {
   std::ifstream in(path, std::ios::binary);
   MOE_CHECK(in.good(), kOp, "cannot read model config ", path,
             "; pass a config.json such as configs/models/deepseek_v3.json");
   std::ostringstream ss;
   ss << in.rdbuf();
-  return parse_plan_model(ss.str(), path);
+  const std::string origin = set.empty() ? path : path + " + --model-set " + set;
+  return parse_plan_model(apply_model_set(ss.str(), set, origin), origin);
 }
 
 int64_t attn_params(const PlanModel& m) {

@@ -32,10 +32,15 @@ struct PlanModel {
   std::string name() const { return x.name.empty() ? std::string("model") : x.name; }
 };
 
-// Reads config.json; the "plan" object (if any) is taken out and the rest goes through the
-// engine's parse_config, so unknown keys are errors in both parts.
-PlanModel load_plan_model(const std::string& path);
+// Reads config.json; the "plan" object (if any) and top-level n_group/topk_group (the trainer's
+// node-limited routing keys) are taken out and the rest goes through the engine's
+// parse_config, so unknown keys are errors in both parts. `set` = "key=value,..." overrides
+// top-level keys first (moe plan --model-set), e.g. "n_group=2,topk_group=1".
+PlanModel load_plan_model(const std::string& path, const std::string& set = "");
 PlanModel parse_plan_model(const std::string& json_text, const std::string& origin);
+// json_text with the "key=value,..." items of `set` written over its top-level keys.
+std::string apply_model_set(const std::string& json_text, const std::string& set,
+                            const std::string& origin);
 
 // ---- Parameter counts (elements). Norm weights are counted; biases do not exist. ----------
 // GQA: q D*H*Dh, k and v D*Hkv*Dh each, o H*Dh*D.
