@@ -65,6 +65,8 @@ die() { echo "weak_scaling: FAIL: $*" >&2; exit 1; }
 ((rounds >= 1)) || die "--rounds must be at least 1"
 
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=emulated_hosts.sh
+source "$here/emulated_hosts.sh"
 root=$(cd "$here/../.." && pwd)
 cd "$root" || die "cannot enter $root"
 if [[ -z $moe ]]; then
@@ -108,25 +110,18 @@ mkdir -p "$raw" || die "cannot make $raw"
 raw=$(cd "$raw" && pwd)
 summaries=$raw/runs.jsonl
 : >"$summaries"
-pfx="wsb$$"        # namespace and link names carry our pid: concurrent runs do not collide
-sw="${pfx}sw" ns=() net_ok=0 net_reason="no emulated-host configuration asked for"
-subnet=10.214.0
+# namespace and link names carry our pid: concurrent runs do not collide
+emu_init "wsb$$" 10.214.0 "$max_hosts"
+net_ok=0 net_reason="no emulated-host configuration asked for"
 bg_pids=()
 
 cleanup() {
-  local rc=$? p n
+  local rc=$? p
   trap - EXIT
   trap "" INT TERM
   for p in "${bg_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for n in "${ns[@]}" "$sw"; do
-    [[ -e /var/run/netns/$n ]] || continue
-    for p in $(ip netns pids "$n" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-  done
+  emu_teardown   # anything still running inside our namespaces, then the namespaces
   for p in "${bg_pids[@]}"; do wait "$p" 2>/dev/null; done
-  for n in "${ns[@]}" "$sw"; do
-    [[ -e /var/run/netns/$n ]] && ip netns del "$n" 2>/dev/null
-  done
-  for ((h = 0; h < max_hosts; h++)); do ip link del "${pfx}a$h" 2>/dev/null; done
   rm -rf "$work"   # the run folders (and the raw figures unless --raw put them elsewhere)
   exit "$rc"
 }
@@ -134,40 +129,9 @@ trap cleanup EXIT
 trap 'echo "weak_scaling: interrupted" >&2; exit 130' INT
 trap 'echo "weak_scaling: terminated" >&2; exit 143' TERM
 
-# --- emulated hosts: namespaces, a bridge, tbf-capped veths -------------------------------
+# --- emulated hosts: namespaces, a bridge, tbf-capped veths (emulated_hosts.sh) -----------
 setup_net() {  # sets net_ok=1, or net_reason
-  local e h burst
-  [[ $(id -u) == 0 ]] || { net_reason="not root (network namespaces need CAP_NET_ADMIN + CAP_SYS_ADMIN)"; return; }
-  command -v ip >/dev/null || { net_reason="no 'ip' command (Debian: iproute2)"; return; }
-  command -v tc >/dev/null || { net_reason="no 'tc' command (Debian: iproute2)"; return; }
-  e=$(ip netns add "$sw" 2>&1) || { net_reason="cannot create a network namespace: $e"; return; }
-  e=$(ip netns exec "$sw" ip link set lo up 2>&1) || { net_reason="cannot enter a namespace: $e"; return; }
-  burst=$((rate_mbit * 1000000 / 8 / 100))   # 10 ms worth of bytes, at least 128 KiB
-  ((burst < 131072)) && burst=131072
-  local cmds=("ip -n $sw link add br0 type bridge" "ip -n $sw link set br0 up")
-  for ((h = 0; h < max_hosts; h++)); do
-    ns+=("${pfx}h$h")
-    cmds+=("ip netns add ${ns[h]}"
-           "ip link add ${pfx}a$h type veth peer name ${pfx}b$h"
-           "ip link set ${pfx}a$h netns ${ns[h]}"
-           "ip link set ${pfx}b$h netns $sw"
-           "ip -n ${ns[h]} link set ${pfx}a$h name eth0"
-           "ip -n $sw link set ${pfx}b$h name vh$h"
-           "ip -n $sw link set vh$h master br0"
-           "ip -n $sw link set vh$h up"
-           "ip -n ${ns[h]} link set lo up"
-           "ip -n ${ns[h]} addr add $subnet.$((h + 1))/24 dev eth0"
-           "ip -n ${ns[h]} link set eth0 up"
-           "ip netns exec ${ns[h]} tc qdisc add dev eth0 root handle 1: tbf rate ${rate_mbit}mbit burst $burst latency 200ms"
-           "ip netns exec $sw tc qdisc add dev vh$h root handle 1: tbf rate ${rate_mbit}mbit burst $burst latency 200ms")
-  done
-  local c
-  for c in "${cmds[@]}"; do
-    # shellcheck disable=SC2086
-    e=$($c 2>&1) || { net_reason="'$c' failed: $e"; return; }
-  done
-  net_ok=1
-  net_burst=$burst
+  if emu_setup "$rate_mbit"; then net_ok=1 net_burst=$emu_burst; else net_reason=$emu_reason; fi
 }
 
 # --- header --------------------------------------------------------------------------------
@@ -226,9 +190,9 @@ run_one() {  # run_one ROUND CONFIG
     local token
     token=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
     for ((h = 0; h < m; h++)); do
-      timeout -k 10 "$timeout_s" ip netns exec "${ns[h]}" env OMP_NUM_THREADS="$threads" \
+      timeout -k 10 "$timeout_s" ip netns exec "${emu_ns[h]}" env OMP_NUM_THREADS="$threads" \
         MOE_HOST_ID="host$h" MOE_JOB_TOKEN="$token" MOE_COMM_TIMEOUT=300 MOE_COMM_CONNECT_TIMEOUT=60 \
-        "$moe" launch --nnodes "$m" --node-rank "$h" --master-addr "$subnet.1" --master-port "$port" \
+        "$moe" launch --nnodes "$m" --node-rank "$h" --master-addr "$(emu_ip 0)" --master-port "$port" \
         --nproc-per-node "$k" -- "${train[@]}" >"$raw/$tag.host$h.log" 2>&1 &
       bg_pids+=($!)
     done
