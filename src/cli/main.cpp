@@ -92,7 +92,8 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
   if (const char* n = std::getenv("MOE_RESTART_COUNT")) rc.train.restart_count = std::atoll(n);
   const TrainConfig& tc = rc.train;
   // Under moe launch, torchrun, mpirun or srun with more than one rank: one job of dp x ep
-  // ranks. Every rank checks the layout and that all run the same config before any work.
+  // ranks (DiLoCo: groups of dp x ep ranks). Every rank checks the layout and that all run the
+  // same config before any work.
   std::shared_ptr<comm::Communicator> world;
   if (comm::detect_env().size > 1) world = comm::Communicator::from_env();
   Parallel par(world, rc.parallel, rc.model);
@@ -143,7 +144,8 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
   }
   const TrainResult r = train(model, data, tc, &par);
   if (r.interrupted) {
-    std::printf("interrupted: checkpoint written; continue with --resume\n");
+    std::printf(par.diloco() ? "interrupted: continue with --resume (from the newest checkpoint)\n"
+                             : "interrupted: checkpoint written; continue with --resume\n");
     return 130;
   }
   if (r.stopped) {

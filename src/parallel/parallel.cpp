@@ -61,16 +61,49 @@ Parallel::Parallel(std::shared_ptr<comm::Communicator> world, const ParallelConf
     : world_(std::move(world)), cfg_(cfg), model_cfg_(model) {
   world_size_ = world_ ? world_->size() : 1;
   rank_ = world_ ? world_->rank() : 0;
+  // DiLoCo: groups of G consecutive ranks, each training as the grid below.
+  group_ranks_ = world_size_;
+  MOE_CHECK(cfg.mode == "sync" || cfg.mode == "diloco", "parallel", "[parallel] mode = \"",
+            cfg.mode, "\" is not a mode; use \"sync\" or \"diloco\"");
+  if (cfg.mode == "diloco") {
+    MOE_CHECK(cfg.inner_steps >= 1, "parallel", "[parallel] inner_steps = ", cfg.inner_steps,
+              " must be at least 1");
+    MOE_CHECK(cfg.outer_comm_dtype == "fp32" || cfg.outer_comm_dtype == "int8", "parallel",
+              "[parallel] outer_comm_dtype = \"", cfg.outer_comm_dtype,
+              "\" is not a wire format for pseudo-gradients; use \"fp32\" or \"int8\"");
+    if (cfg.diloco_group > 0) {
+      MOE_CHECK(world_size_ % cfg.diloco_group == 0, "parallel", "the job has ", world_size_,
+                " ranks, not divisible by [parallel] diloco_group = ", cfg.diloco_group,
+                "; choose a divisor of ", world_size_, " (0 = the ranks of one host)");
+      group_ranks_ = int(cfg.diloco_group);
+    } else if (world_) {
+      // One group per host: every host must hold the same number of consecutive ranks.
+      group_ranks_ = world_->local_size();
+      const std::vector<int>& host = world_->host_of();
+      bool fits = world_size_ % group_ranks_ == 0;
+      for (int r = 0; fits && r < world_size_; ++r)
+        fits = host[size_t(r)] == host[size_t(r / group_ranks_ * group_ranks_)];
+      MOE_CHECK(fits, "parallel", "[parallel] diloco_group = 0 makes one group per host, but the ",
+                world_size_, " ranks are not ", world_size_ / std::max(1, group_ranks_),
+                " hosts of ", group_ranks_,
+                " consecutive ranks each; set diloco_group to the ranks per group");
+    }
+  }
+  group_rank_ = rank_ % group_ranks_;
+  const bool dl = cfg.mode == "diloco";
+  const std::string who = dl ? "a DiLoCo group has " + std::to_string(group_ranks_) +
+                                   (group_ranks_ == 1 ? " rank" : " ranks")
+                             : "the job has " + std::to_string(world_size_) + " ranks";
   MOE_CHECK(cfg.ep >= 1, "parallel", "[parallel] ep = ", cfg.ep, " must be at least 1");
   MOE_CHECK(cfg.dp >= 0, "parallel", "[parallel] dp = ", cfg.dp, " must be 0 (auto) or more");
-  MOE_CHECK(world_size_ % cfg.ep == 0, "parallel", "the job has ", world_size_,
-            " ranks, not divisible by [parallel] ep = ", cfg.ep,
-            "; start dp x ep ranks (e.g. moe launch --nproc-per-node ", cfg.ep, ")");
+  MOE_CHECK(group_ranks_ % cfg.ep == 0, "parallel", who,
+            ", not divisible by [parallel] ep = ", cfg.ep, "; start dp x ep ranks",
+            dl ? " per group" : "", " (e.g. moe launch --nproc-per-node ", cfg.ep, ")");
   ep_ = int(cfg.ep);
-  dp_ = cfg.dp > 0 ? int(cfg.dp) : world_size_ / ep_;
-  MOE_CHECK(int64_t(dp_) * ep_ == world_size_, "parallel", "[parallel] dp = ", dp_, " x ep = ", ep_,
-            " is ", int64_t(dp_) * ep_, " ranks but the job has ", world_size_,
-            "; set dp = 0 (auto) or start ", int64_t(dp_) * ep_, " ranks");
+  dp_ = cfg.dp > 0 ? int(cfg.dp) : group_ranks_ / ep_;
+  MOE_CHECK(int64_t(dp_) * ep_ == group_ranks_, "parallel", "[parallel] dp = ", dp_,
+            " x ep = ", ep_, " is ", int64_t(dp_) * ep_, " ranks but ", who,
+            "; set dp = 0 (auto) or start ", int64_t(dp_) * ep_, " ranks", dl ? " per group" : "");
   const int64_t E = model.n_routed_experts;
   bool has_moe = false;
   for (int64_t l = 0; l < model.num_hidden_layers; ++l) has_moe |= model.is_moe_layer(l);
@@ -82,17 +115,28 @@ Parallel::Parallel(std::shared_ptr<comm::Communicator> world, const ParallelConf
             " must be positive");
   if (world_size_ > 1) {
     // Collective over the world, in the same order on every rank.
-    ep_comm_ = world_->split(rank_ / ep_, rank_);   // ep consecutive ranks
-    edp_comm_ = world_->split(rank_ % ep_, rank_);  // the ranks holding the same experts
-    dispatcher_ = std::make_unique<ExpertDispatcher>(world_, ep_comm_, E);
+    train_ = world_;
+    if (group_ranks_ < world_size_) {
+      train_ = world_->split(rank_ / group_ranks_, rank_);  // G consecutive ranks
+      cross_ = world_->split(group_rank_, rank_);           // one rank of each group
+    }
+    if (sharded()) {
+      ep_comm_ = train_->split(group_rank_ / ep_, group_rank_);   // ep consecutive ranks
+      edp_comm_ = train_->split(group_rank_ % ep_, group_rank_);  // ranks holding the same experts
+      dispatcher_ = std::make_unique<ExpertDispatcher>(train_, ep_comm_, E);
+    }
   }
 }
 
 Parallel::~Parallel() = default;
 
 std::string Parallel::describe() const {
-  std::string s = std::to_string(world_size_) + (world_size_ == 1 ? " rank" : " ranks") + ": dp " +
-                  std::to_string(dp_) + " x ep " + std::to_string(ep_);
+  std::string s = std::to_string(world_size_) + (world_size_ == 1 ? " rank" : " ranks") + ": ";
+  if (diloco())
+    s += "DiLoCo, " + std::to_string(groups()) + (groups() == 1 ? " group of " : " groups of ") +
+         std::to_string(group_ranks_) + (group_ranks_ == 1 ? " rank" : " ranks") +
+         " (outer sync every " + std::to_string(cfg_.inner_steps) + " steps), each ";
+  s += "dp " + std::to_string(dp_) + " x ep " + std::to_string(ep_);
   if (ep_ > 1)
     s += " (" + std::to_string(model_cfg_.n_routed_experts / ep_) + " of " +
          std::to_string(model_cfg_.n_routed_experts) + " experts per rank)";
@@ -106,7 +150,7 @@ LayoutOptions Parallel::layout_options() const {
   o.expert_count = el;
   // Every region splits into equal chunks for the world (replicated) and for dp (experts);
   // 16 floats keep each chunk 64-byte aligned.
-  o.align = world_size_ > 1 ? 16 * int64_t(world_size_) : 1;
+  o.align = sharded() ? 16 * int64_t(group_ranks_) : 1;
   return o;
 }
 
@@ -115,7 +159,7 @@ void Parallel::attach(Model& model) {
   model_ = &model;
   owned_.clear();
   buckets_.clear();
-  if (!distributed()) {
+  if (!sharded()) {
     owned_.push_back({0, lay.total_numel});
     return;
   }
@@ -171,7 +215,7 @@ int64_t Parallel::local_batch(int64_t B) const {
 }
 
 comm::Communicator* Parallel::group(const Bucket& b) const {
-  return b.expert ? edp_comm_.get() : world_.get();
+  return b.expert ? edp_comm_.get() : train_.get();
 }
 
 void Parallel::launch(Model& model, Bucket& b) {
@@ -186,7 +230,7 @@ void Parallel::launch(Model& model, Bucket& b) {
 }
 
 void Parallel::arm_overlap(Model& model) {
-  if (!distributed() || !cfg_.overlap) return;
+  if (!sharded() || !cfg_.overlap) return;
   next_ = 0;
   model.set_grad_ready_hook([this, &model](int64_t layer) {
     while (next_ < buckets_.size() && buckets_[next_].ready >= layer)
@@ -196,7 +240,7 @@ void Parallel::arm_overlap(Model& model) {
 
 void Parallel::finish_grads(Model& model) {
   model.set_grad_ready_hook(nullptr);
-  if (!distributed()) return;
+  if (!sharded()) return;
   wait_params();  // the forward waited for every bucket already; this only clears the hook
   while (next_ < buckets_.size()) launch(model, buckets_[next_++]);
   next_ = 0;
@@ -207,16 +251,16 @@ void Parallel::finish_grads(Model& model) {
     times_.grad_wait += seconds_since(t0);
     b.work.reset();
   }
-  // The sum over ranks of per-rank means -> the mean over the global batch.
-  scale_shard_grads(1.0f / float(world_size_));
+  // The sum over ranks of per-rank means -> the mean over the group's part of the global batch.
+  scale_shard_grads(1.0f / float(group_ranks_));
 }
 
 float* Parallel::shard_grads() {
-  return distributed() ? shard_grads_.data() : model_->grads().data();
+  return sharded() ? shard_grads_.data() : model_->grads().data();
 }
 
 int64_t Parallel::shard_numel() const {
-  return distributed() ? int64_t(shard_grads_.size()) : int64_t(model_->grads().size());
+  return sharded() ? int64_t(shard_grads_.size()) : int64_t(model_->grads().size());
 }
 
 void Parallel::scale_shard_grads(float k) {
@@ -232,12 +276,12 @@ double Parallel::grad_norm_sq() {
   double s = 0;
 #pragma omp parallel for reduction(+ : s) schedule(static)
   for (int64_t i = 0; i < n; ++i) s += double(g[i]) * double(g[i]);
-  all_reduce_sum(&s, 1);
+  if (sharded()) train_->all_reduce(&s, &s, 1, Dtype::kF64, comm::ReduceOp::kSum);
   return s;
 }
 
 void Parallel::gather_params(Model& model) {
-  if (!distributed()) return;
+  if (!sharded()) return;
   wait_params();
   const auto t0 = std::chrono::steady_clock::now();
   float* p = model.params().data();
@@ -288,11 +332,11 @@ void Parallel::all_reduce_sum(int64_t* v, size_t n) {
 }
 
 void Parallel::reduce_load(Model& model) {
-  if (!distributed()) return;
+  if (!sharded()) return;
   std::vector<int64_t> flat;
   for (const auto& l : model.load()) flat.insert(flat.end(), l.begin(), l.end());
   if (flat.empty()) return;
-  all_reduce_sum(flat.data(), flat.size());
+  train_->all_reduce(flat.data(), flat.data(), flat.size(), Dtype::kI64, comm::ReduceOp::kSum);
   size_t at = 0;
   for (auto& l : model.load())
     for (auto& x : l) x = flat[at++];
@@ -325,12 +369,35 @@ FullTrainTensors Parallel::gather_full(const Model& model, const AdamW& opt) {
     std::memcpy(t.m.data() + f, opt.m().data() + s, sizeof(float) * size_t(n));
     std::memcpy(t.v.data() + f, opt.v().data() + s, sizeof(float) * size_t(n));
   });
-  if (distributed()) {
+  if (sharded()) {
     for (std::vector<float>* v : {&t.params, &t.m, &t.v})
-      world_->all_reduce(v->data(), v->data(), v->size(), Dtype::kF32, comm::ReduceOp::kSum);
-    if (rank_ != 0) t = FullTrainTensors{};
+      train_->all_reduce(v->data(), v->data(), v->size(), Dtype::kF32, comm::ReduceOp::kSum);
+    if (group_rank_ != 0) t = FullTrainTensors{};
   }
   return t;
+}
+
+std::vector<float> Parallel::gather_state(const std::vector<float>& packed) {
+  const ParamLayout full = make_layout(model_cfg_);
+  std::vector<float> out(size_t(full.total_numel), 0.0f);
+  for_each_piece(model_->layout(), full, owned_, [&](int64_t, int64_t s, int64_t f, int64_t n) {
+    std::memcpy(out.data() + f, packed.data() + s, sizeof(float) * size_t(n));
+  });
+  if (sharded()) {
+    train_->all_reduce(out.data(), out.data(), out.size(), Dtype::kF32, comm::ReduceOp::kSum);
+    if (group_rank_ != 0) out.clear();
+  }
+  return out;
+}
+
+void Parallel::load_state(const std::vector<float>& full, std::vector<float>& packed) const {
+  MOE_CHECK(int64_t(full.size()) == make_layout(model_cfg_).total_numel, "parallel", "a state of ",
+            full.size(), " values for a model of ", make_layout(model_cfg_).total_numel,
+            " parameters");
+  for_each_piece(model_->layout(), make_layout(model_cfg_), owned_,
+                 [&](int64_t, int64_t s, int64_t f, int64_t n) {
+                   std::memcpy(packed.data() + s, full.data() + f, sizeof(float) * size_t(n));
+                 });
 }
 
 void Parallel::load_full(const FullTrainTensors& t, Model& model, AdamW& opt) const {

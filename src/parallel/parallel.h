@@ -11,6 +11,12 @@
 // reads its own slice of each global micro-batch, so the job trains on the batches of one
 // process: same losses within rounding (tests/integration/test_parallel.cpp).
 //
+// DiLoCo ([parallel] mode = "diloco", diloco.h): the job's ranks form groups of G consecutive
+// ranks and each group is such a dp x ep grid of its own (its gradient buckets, dispatcher,
+// ZeRO-1 shards and all-gathers stay inside it). What every rank must agree on is reduced over
+// the whole job: all_reduce_sum/max, check_same, the loss and the stop flags. The ranks with
+// the same index in their groups hold the same layout and share the cross-group communicator.
+//
 // With one process (no communicator) every call is a no-op or a copy, so the trainer has one
 // code path.
 #pragma once
@@ -70,19 +76,32 @@ class ExpertDispatcher;  // expert_dispatcher.h
 class Parallel {
  public:
   // world: null or a 1-rank communicator for one process. Throws on a layout that does not fit
-  // (world not dp x ep, experts not divisible by ep, ...), naming the keys and the fix.
+  // (world not dp x ep, experts not divisible by ep, DiLoCo groups not dividing the world,
+  // ...), naming the keys and the fix.
   Parallel(std::shared_ptr<comm::Communicator> world, const ParallelConfig& cfg,
            const ModelConfig& model);
   ~Parallel();
 
   bool distributed() const { return world_size_ > 1; }
-  int rank() const { return rank_; }
-  int world_size() const { return world_size_; }
-  int dp() const { return dp_; }
+  int rank() const { return rank_; }              // in the job
+  int world_size() const { return world_size_; }  // the job's ranks
+  int dp() const { return dp_; }                  // inside a group (DiLoCo) or the job
   int ep() const { return ep_; }
-  int ep_rank() const { return rank_ % ep_; }
-  int dp_rank() const { return rank_ / ep_; }
+  int ep_rank() const { return group_rank_ % ep_; }
+  int dp_rank() const { return group_rank_ / ep_; }
   std::string describe() const;  // "4 ranks: dp 2 x ep 2 (experts 4 per rank)"
+  const ParallelConfig& config() const { return cfg_; }
+
+  // DiLoCo groups: `groups()` groups of `group_ranks()` consecutive ranks (sync mode: one group,
+  // the job). group_index() is this rank's group, group_rank() its index inside it.
+  bool diloco() const { return cfg_.mode == "diloco"; }
+  int groups() const { return world_size_ / group_ranks_; }
+  int group_ranks() const { return group_ranks_; }
+  int group_index() const { return rank_ / group_ranks_; }
+  int group_rank() const { return group_rank_; }
+  // The ranks with this rank's group_rank() in every group, ordered by group (null with one
+  // group): they hold the same parameters and optimizer shards.
+  const std::shared_ptr<comm::Communicator>& cross_group() const { return cross_; }
 
   // The part of the model this rank holds (its experts; regions padded for equal shards).
   LayoutOptions layout_options() const;
@@ -114,20 +133,26 @@ class Parallel {
   void gather_params(Model& model);
   void wait_params();
 
-  // Sums over the world, in place (no-ops alone).
+  // Sums over the whole job, in place (no-ops alone).
   void all_reduce_sum(double* v, size_t n);
   void all_reduce_sum(int64_t* v, size_t n);
   void all_reduce_max(double* v, size_t n);
-  // The routing loads of the step summed over the world, before the bias update.
+  // The routing loads of the step summed over the group (the job in sync mode), before the
+  // bias update.
   void reduce_load(Model& model);
   // Throws on every rank unless every rank passed the same text ("rank 3 runs config abc,
   // rank 0 runs def"): the resolved run config, so no rank trains another model.
   void check_same(const std::string& what, const std::string& text);
 
-  // Checkpoints: the logical state, complete on rank 0 (collective; others get empty vectors),
-  // and this rank's part of a logical state read from disk (no communication).
+  // Checkpoints: the logical state, complete on rank 0 of each group (collective over the group;
+  // others get empty vectors), and this rank's part of a logical state read from disk (no
+  // communication).
   FullTrainTensors gather_full(const Model& model, const AdamW& opt);
   void load_full(const FullTrainTensors& full, Model& model, AdamW& opt) const;
+  // The same for any state kept like the AdamW moments (owned() ranges back to back):
+  // [full total_numel] on rank 0 of each group (collective over the group), and back.
+  std::vector<float> gather_state(const std::vector<float>& packed);
+  void load_state(const std::vector<float>& full, std::vector<float>& packed) const;
 
   CommTimes take_comm_times();
   // Bytes of optimizer moments this rank keeps (ZeRO-1: about 1/dp of one process's).
@@ -145,11 +170,15 @@ class Parallel {
   };
   void launch(Model& model, Bucket& b);
   comm::Communicator* group(const Bucket& b) const;
-  int group_size(const Bucket& b) const { return b.expert ? dp_ : world_size_; }
-  int group_rank(const Bucket& b) const { return b.expert ? dp_rank() : rank_; }
+  int group_size(const Bucket& b) const { return b.expert ? dp_ : group_ranks_; }
+  int group_rank(const Bucket& b) const { return b.expert ? dp_rank() : group_rank_; }
+  bool sharded() const { return group_ranks_ > 1; }  // the group trains on several ranks
 
-  std::shared_ptr<comm::Communicator> world_, ep_comm_, edp_comm_;
+  // world_: the job. train_: the ranks that train as one dp x ep grid (the job, or this rank's
+  // DiLoCo group); ep_comm_ and edp_comm_ are split from it. cross_: see cross_group().
+  std::shared_ptr<comm::Communicator> world_, train_, ep_comm_, edp_comm_, cross_;
   int rank_ = 0, world_size_ = 1, dp_ = 1, ep_ = 1;
+  int group_ranks_ = 1, group_rank_ = 0;
   ParallelConfig cfg_;
   ModelConfig model_cfg_;
   std::unique_ptr<ExpertDispatcher> dispatcher_;

@@ -69,7 +69,8 @@ std::string save_train_checkpoint(const std::string& run_dir, const Model& model
 std::string save_train_checkpoint(const std::string& run_dir, const ModelConfig& cfg,
                                   const float* params, const float* m, const float* v,
                                   int64_t adam_step, const TrainState& st, int64_t keep,
-                                  const std::string& tokenizer_json) {
+                                  const std::string& tokenizer_json,
+                                  const std::vector<CheckpointFile>& extra) {
   const ParamLayout layout = make_layout(cfg);
   const fs::path root = fs::path(run_dir) / "checkpoints";
   std::error_code ec;
@@ -100,6 +101,10 @@ std::string save_train_checkpoint(const std::string& run_dir, const ModelConfig&
     const std::string text((std::istreambuf_iterator<char>(src)), std::istreambuf_iterator<char>());
     write_text(tmp / "tokenizer.json", text);
     names.push_back("tokenizer.json");
+  }
+  for (const CheckpointFile& e : extra) {
+    write_safetensors((tmp / e.name).string(), e.tensors, e.metadata);
+    names.push_back(e.name);
   }
 
   // Test hook: die by SIGKILL halfway through the Nth checkpoint write of this process.

@@ -5,6 +5,7 @@
 //     optimizer.safetensors             AdamW exp_avg and exp_avg_sq over the parameter arena
 //     train_state.json                  step, data offset, lr scale, guard history, counters
 //     tokenizer.json                    (BPE runs) the tokenizer the data was made with
+//     diloco.safetensors                (DiLoCo runs) outer momentum, other groups' moments
 //     MANIFEST.json                     size and CRC-32C of each file above; written last
 //
 // A checkpoint is built in a temporary folder, every file fsynced, then renamed into place and
@@ -13,9 +14,11 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "core/safetensors.h"
 #include "model/model.h"
 #include "train/optimizer.h"
 
@@ -50,12 +53,20 @@ std::vector<std::string> list_train_checkpoints(const std::string& run_dir,
 // Loads a checkpoint into model, optimizer and state; the model's config must match.
 void load_train_checkpoint(const std::string& dir, Model& model, AdamW& opt, TrainState* st);
 
+// One more safetensors file in a checkpoint (covered by its manifest), e.g. DiLoCo's outer state.
+struct CheckpointFile {
+  std::string name;  // e.g. "diloco.safetensors"
+  std::vector<TensorRef> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
 // The same two for the logical state of any layout of ranks: parameters and AdamW moments in
 // the full layout (make_layout(cfg)), e.g. gathered from the ranks of a distributed job.
 std::string save_train_checkpoint(const std::string& run_dir, const ModelConfig& cfg,
                                   const float* params, const float* m, const float* v,
                                   int64_t adam_step, const TrainState& st, int64_t keep,
-                                  const std::string& tokenizer_json = "");
+                                  const std::string& tokenizer_json = "",
+                                  const std::vector<CheckpointFile>& extra = {});
 void load_train_checkpoint(const std::string& dir, const ModelConfig& cfg,
                            std::vector<float>* params, std::vector<float>* m,
                            std::vector<float>* v, int64_t* adam_step, TrainState* st);

@@ -20,9 +20,11 @@
 #include "kernels/cpu/peak.h"
 #include "model/checkpoint.h"
 #include "model/flops.h"
+#include "parallel/diloco.h"
 #include "parallel/parallel.h"
 #include "train/guards.h"
 #include "train/metrics.h"
+#include "train/routing_log.h"
 #include "train/train_state.h"
 
 namespace moe {
@@ -147,74 +149,6 @@ nlohmann::json train_config_json(const TrainConfig& tc) {
           {"weight_decay", tc.adamw.weight_decay}};
 }
 
-// Adds per-layer routing statistics (same layers in the same order) into acc.
-void accumulate(std::vector<MoeLayerStats>& acc, const std::vector<MoeLayerStats>& s) {
-  if (acc.empty()) {
-    acc = s;
-    return;
-  }
-  for (size_t i = 0; i < s.size() && i < acc.size(); ++i) {
-    MoeLayerStats& a = acc[i];
-    for (size_t e = 0; e < a.load.size() && e < s[i].load.size(); ++e) a.load[e] += s[i].load[e];
-    a.tokens += s[i].tokens;
-    a.slots += s[i].slots;
-    a.dropped += s[i].dropped;
-    a.entropy_sum += s[i].entropy_sum;
-  }
-}
-
-// Routing statistics of the log interval summed over the job (collective).
-void reduce_window(Parallel& par, std::vector<MoeLayerStats>& window) {
-  if (!par.distributed() || window.empty()) return;
-  std::vector<int64_t> ints;
-  std::vector<double> entropy;
-  for (const MoeLayerStats& s : window) {
-    ints.insert(ints.end(), s.load.begin(), s.load.end());
-    ints.insert(ints.end(), {s.tokens, s.slots, s.dropped});
-    entropy.push_back(s.entropy_sum);
-  }
-  par.all_reduce_sum(ints.data(), ints.size());
-  par.all_reduce_sum(entropy.data(), entropy.size());
-  size_t at = 0;
-  for (size_t i = 0; i < window.size(); ++i) {
-    MoeLayerStats& s = window[i];
-    for (auto& x : s.load) x = ints[at++];
-    s.tokens = ints[at++], s.slots = ints[at++], s.dropped = ints[at++];
-    s.entropy_sum = entropy[i];
-  }
-}
-
-// Per MoE layer over the log interval: load balance (max/mean, min/mean of the per-expert
-// token counts), the router's mean score entropy, capacity drops and the balancing bias.
-void write_moe_records(MetricsLog& log, const Model& model, int64_t step,
-                       const std::vector<MoeLayerStats>& window, int64_t ep) {
-  for (const MoeLayerStats& s : window) {
-    const auto& ld = s.load;
-    double sum = 0, mx = 0, mn = HUGE_VAL;
-    for (int64_t v : ld) sum += double(v), mx = std::max(mx, double(v)), mn = std::min(mn, double(v));
-    const double mean = ld.empty() ? 0.0 : sum / double(ld.size());
-    const float* bias = model.params().data() + model.layout().layers[size_t(s.layer)].bias;
-    const std::vector<float> b(bias, bias + ld.size());
-    float bmin = 0, bmax = 0;
-    if (!b.empty()) bmin = *std::min_element(b.begin(), b.end()), bmax = *std::max_element(b.begin(), b.end());
-    // Tokens each expert-parallel rank computed (its experts' loads).
-    std::vector<int64_t> ep_load(size_t(ep), 0);
-    for (size_t e = 0; e < ld.size(); ++e) ep_load[e / (ld.size() / size_t(ep))] += ld[e];
-    log.write({{"kind", "moe"},
-               {"step", step},
-               {"layer", s.layer},
-               {"load", ld},
-               {"ep_load", ep_load},
-               {"max_over_mean", mean > 0 ? mx / mean : 0.0},
-               {"min_over_mean", mean > 0 ? mn / mean : 0.0},
-               {"router_entropy", s.router_entropy()},
-               {"dropped_frac", s.dropped_frac()},
-               {"bias", b},
-               {"bias_min", bmin},
-               {"bias_max", bmax}});
-  }
-}
-
 }  // namespace
 
 TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Parallel* par_in) {
@@ -242,14 +176,30 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
                          : "");
   Progress progress(lead ? tc.progress : "silent");
   TrainResult r;
-  // Loads a checkpoint into this rank's part of the model and optimizer.
+  // DiLoCo: groups of ranks train alone and meet every inner_steps steps (parallel/diloco.h).
+  // Checkpoints hold one model, so they are written at outer syncs only.
+  std::unique_ptr<DiLoCo> diloco;
+  if (par.diloco()) {
+    const int64_t H = par.config().inner_steps;
+    MOE_CHECK(tc.ckpt_every % H == 0, "train", "[checkpoint] every = ", tc.ckpt_every,
+              " is not a multiple of [parallel] inner_steps = ", H,
+              ": DiLoCo writes checkpoints only at outer syncs, where every group holds the same "
+              "parameters; use every = ", (tc.ckpt_every / H + 1) * H, " or another multiple of ",
+              H);
+    diloco = std::make_unique<DiLoCo>(par);
+  }
+  // Loads a checkpoint into this rank's part of the model and optimizer (and DiLoCo's state:
+  // this group's AdamW moments, the outer momentum); returns what DiLoCo loaded.
   auto restore = [&](const std::string& dir) {
     par.wait_params();
     FullTrainTensors full;
     int64_t adam_step = 0;
     load_train_checkpoint(dir, cfg, &full.params, &full.m, &full.v, &adam_step, &st);
+    const std::string outer = diloco ? diloco->load(dir, full) : "";
     par.load_full(full, model, opt);
     opt.set_steps(adam_step);
+    if (diloco) diloco->reset(model);
+    return outer;
   };
   // BPE runs keep the tokenizer beside the model (the run folder is also the final model
   // folder) and in every checkpoint, so `moe eval` and `moe generate` decode the same ids.
@@ -275,7 +225,8 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       metrics.event(-1, "resume", "skipped invalid checkpoint " + s);
     }
     if (!valid.empty()) {
-      restore(valid.front());
+      const std::string outer = restore(valid.front());
+      if (!outer.empty()) progress.message("resume: " + outer);
       MOE_CHECK(st.data_train_tokens < 0 || st.data_train_tokens == data.train_tokens(), "train",
                 "resume: ", valid.front(), " was trained on a stream of ", st.data_train_tokens,
                 " train tokens but ", data.name, " has ", data.train_tokens(),
@@ -290,27 +241,38 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       progress.message("resume: no valid checkpoint in " + tc.out_dir + "/checkpoints; starting fresh");
     }
   }
+  if (diloco) diloco->reset(model);  // theta_global: the parameters every group starts from
   // ZeRO-1: the AdamW moments each rank keeps (about 1/dp of one process's), for the log.
   std::vector<int64_t> opt_bytes(size_t(par.world_size()), 0);
   opt_bytes[size_t(par.rank())] = par.optimizer_bytes(opt);
   par.all_reduce_sum(opt_bytes.data(), opt_bytes.size());
   if (st.step == 0) {
     const ParamCounts pc = count_params(cfg);
-    metrics.write({{"kind", "run"},
-                   {"params", pc.total},
-                   {"active_params", pc.active},
-                   {"model", nlohmann::json::parse(config_to_json(cfg))},
-                   {"train", train_config_json(tc)},
-                   {"data", data.name},
-                   {"tokenizer", data.tokenizer_spec},
-                   {"train_tokens", data.train_tokens()},
-                   {"val_tokens", data.val_tokens()},
-                   {"ranks", par.world_size()},
-                   {"dp", par.dp()},
-                   {"ep", par.ep()},
-                   {"optimizer_bytes", opt_bytes},
-                   {"optimizer_bytes_one_process", 8 * make_layout(cfg).total_numel},
-                   {"started", iso_now()}});
+    nlohmann::json run = {{"kind", "run"},
+                          {"params", pc.total},
+                          {"active_params", pc.active},
+                          {"model", nlohmann::json::parse(config_to_json(cfg))},
+                          {"train", train_config_json(tc)},
+                          {"data", data.name},
+                          {"tokenizer", data.tokenizer_spec},
+                          {"train_tokens", data.train_tokens()},
+                          {"val_tokens", data.val_tokens()},
+                          {"ranks", par.world_size()},
+                          {"dp", par.dp()},
+                          {"ep", par.ep()},
+                          {"optimizer_bytes", opt_bytes},
+                          {"optimizer_bytes_one_process", 8 * make_layout(cfg).total_numel},
+                          {"mode", par.config().mode},
+                          {"started", iso_now()}};
+    if (diloco) {
+      run["inner_steps"] = diloco->inner_steps();
+      run["groups"] = par.groups();
+      run["group_ranks"] = par.group_ranks();
+      run["outer_lr"] = par.config().outer_lr;
+      run["outer_momentum"] = par.config().outer_momentum;
+      run["outer_comm_dtype"] = par.config().outer_comm_dtype;
+    }
+    metrics.write(run);
   }
 
   const double flops_per_token = train_flops_per_token(cfg, T);
@@ -328,6 +290,8 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
   double ce_window = 0, loss_last = 0, gnorm_last = 0;
   double step_seconds = 0;  // compute and communication of the steps of this log interval
   int64_t window_steps = 0;
+  double window_outer_s = 0;  // DiLoCo outer syncs of this log interval (largest over ranks)
+  int64_t window_outer = 0;
   std::vector<MoeLayerStats> window_moe, step_moe;  // routing statistics: log interval, step
 
   // Collective: every rank hands its part to rank 0, which writes the logical model.
@@ -338,20 +302,48 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
     st.elapsed_s = base_elapsed +
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     st.data_train_tokens = data.train_tokens();
-    const FullTrainTensors full = par.gather_full(model, opt);
+    const FullTrainTensors full = par.gather_full(model, opt);  // on each group's rank 0
+    DilocoCheckpoint outer;
+    if (diloco) outer = diloco->checkpoint_state(full);
     if (!lead) return;
+    std::vector<CheckpointFile> extra;
+    if (diloco) extra.push_back({DiLoCo::kFile, outer.tensors(), outer.metadata});
     const std::string dir =
         save_train_checkpoint(tc.out_dir, cfg, full.params.data(), full.m.data(), full.v.data(),
-                              opt.steps(), st, tc.ckpt_keep, tokenizer_json);
+                              opt.steps(), st, tc.ckpt_keep, tokenizer_json, extra);
     metrics.event(st.step, "checkpoint", dir);
     if (std::string(why) != "periodic") progress.message(std::string("checkpoint: ") + dir);
+  };
+  // DiLoCo's outer step after the inner step that brought the run to `done` steps (collective
+  // over the job; before the group's parameter all-gather spreads this rank's shard).
+  auto outer_sync = [&](int64_t done) {
+    if (!diloco || !diloco->due(done, tc.steps)) return false;
+    const OuterSyncStats s = diloco->sync(model, done);
+    window_outer_s += s.seconds;
+    ++window_outer;
+    metrics.write({{"kind", "diloco_sync"},
+                   {"step", done},
+                   {"seconds", s.seconds},
+                   {"comm_s", s.comm_seconds},
+                   {"bytes_per_rank", s.bytes},
+                   {"sent_bytes_per_rank", s.sent_bytes},
+                   {"inter_host_bytes_per_rank", s.inter_host_bytes},
+                   {"groups", par.groups()},
+                   {"pseudo_grad_norm", s.delta_norm},
+                   {"update_norm", s.update_norm}});
+    return true;
   };
   auto validate = [&]() {
     if (tc.eval_tokens <= 0 || data.val_tokens() < T + 1) return -1.0;
     par.wait_params();
     int64_t n = 0;
+    // DiLoCo: every rank evaluates its slice of the windows with its group's parameters; right
+    // after an outer sync (and at the end) they are one model's, between syncs the mean mixes
+    // the groups' models (each group 1/groups of the windows). "synced" says which.
     const double ce = evaluate(model, data, T, B, tc.eval_tokens, &n, &par);
-    metrics.write({{"kind", "val"}, {"step", st.step}, {"loss", ce}, {"ppl", std::exp(ce)}});
+    nlohmann::json rec = {{"kind", "val"}, {"step", st.step}, {"loss", ce}, {"ppl", std::exp(ce)}};
+    if (diloco) rec["synced"] = diloco->due(st.step, tc.steps);
+    metrics.write(rec);
     std::string line = fmt("held-out: ce %.4f nats/token over %lld tokens", ce,
                            static_cast<long long>(n));
     if (data.entropy_floor >= 0)
@@ -379,27 +371,33 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       sum.dropped += s.dropped;
       accumulate(step_moe, model.moe_stats());
     }
-    par.finish_grads(model);  // this rank's shard of the gradient, averaged over the job
-    // The loss over the whole job, and whether any rank was asked to stop: every rank must
-    // take the same decisions below, or the collectives of the next step would not match.
-    double job[4] = {sum.loss, sum.ce, double(sum.dropped), double(g_stop_signal != 0)};
-    par.all_reduce_sum(job, 4);
+    par.finish_grads(model);  // this rank's shard of the gradient, averaged over the group
+    const double gsq = par.grad_norm_sq();  // (the group: the job, or its DiLoCo group)
+    // The loss over the whole job, whether any rank was asked to stop, and the groups' gradient
+    // norms: every rank must take the same decisions below, or the collectives of the next step
+    // would not match.
+    double job[5] = {sum.loss, sum.ce, double(sum.dropped), double(g_stop_signal != 0), gsq};
+    par.all_reduce_sum(job, 5);
     sum.loss = job[0] / par.world_size(), sum.ce = job[1] / par.world_size();
     sum.dropped = int64_t(job[2]);
     const bool stop_requested = job[3] > 0;
-    double gnorm = std::sqrt(par.grad_norm_sq());
+    // Clipping takes the group's norm; the guards and the log take the root mean square over the
+    // groups (the same value in sync mode).
+    const double gnorm_group = std::sqrt(gsq);
+    double gnorm = par.groups() > 1 ? std::sqrt(job[4] / par.world_size()) : gnorm_group;
     const double observed = faults.apply(step, sum.loss, &gnorm);
     std::string why;
     const Verdict verdict = guard.check(step, observed, gnorm, &why);
     r.losses.push_back(observed);
 
     if (verdict == Verdict::kAccept) {
-      if (tc.grad_clip > 0 && gnorm > tc.grad_clip)
-        par.scale_shard_grads(static_cast<float>(tc.grad_clip / gnorm));
+      if (tc.grad_clip > 0 && gnorm_group > tc.grad_clip)
+        par.scale_shard_grads(static_cast<float>(tc.grad_clip / gnorm_group));
       accumulate(window_moe, step_moe);
-      par.reduce_load(model);  // the balancing bias moves by the loads of the whole job
+      par.reduce_load(model);  // the balancing bias moves by the loads of the group (job)
       model.update_balance_biases();  // (before the all-gather below writes the parameters)
       opt.step(model.params().data(), par.shard_grads(), lr_at(tc, step) * st.lr_scale);
+      outer_sync(step + 1);      // DiLoCo, every inner_steps steps
       par.gather_params(model);  // ZeRO-1: every rank gets the shards the others updated
       ce_window += sum.ce;
       ++window_steps;
@@ -422,6 +420,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       } else {
         ++st.step;  // nothing to return to: drop this step and go on at a lower lr
         progress.message("guard: " + why + ": no checkpoint to roll back to; lowering lr");
+        if (outer_sync(st.step)) par.gather_params(model);
       }
       guard.clear_spikes();
       st.lr_scale = now.lr_scale * tc.guard.rollback_lr_factor;
@@ -437,6 +436,7 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       ++st.step;
       ++st.skipped;
       ++r.skipped;
+      if (outer_sync(st.step)) par.gather_params(model);
     }
 
     // The whole step: forward, backward, gradient sync, optimizer, parameter all-gather.
@@ -472,28 +472,36 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       if (par.distributed())
         line += fmt(" (%d ranks) | comm %.0f%%", par.world_size(),
                     waits[3] > 0 ? 100 * comm_s / waits[3] : 0.0);
+      if (window_outer > 0) line += fmt(" | outer sync %.3fs", window_outer_s / window_outer);
       line += fmt(" | MFU %.1f%% | ETA %s", 100 * mfu, duration_str(eta).c_str());
       progress.update(line, true);
-      metrics.write({{"kind", "train"},
-                     {"step", st.step},
-                     {"loss", loss_last},
-                     {"ce", r.final_train_ce},
-                     {"lr", lr},
-                     {"grad_norm", gnorm_last},
-                     {"tokens_per_s", tps},
-                     {"ranks", par.world_size()},
-                     // per step, the largest over the ranks
-                     {"step_s", waits[3] / double(window_steps)},
-                     {"comm_exposed_s", comm_s / double(window_steps)},
-                     {"grad_wait_s", waits[0] / double(window_steps)},
-                     {"param_gather_s", waits[1] / double(window_steps)},
-                     {"dispatch_s", waits[2] / double(window_steps)},
-                     {"mfu", mfu},
-                     {"tokens", st.tokens},
-                     {"time_s", st.elapsed_s + elapsed}});
+      nlohmann::json rec = {{"kind", "train"},
+                            {"step", st.step},
+                            {"loss", loss_last},
+                            {"ce", r.final_train_ce},
+                            {"lr", lr},
+                            {"grad_norm", gnorm_last},
+                            {"tokens_per_s", tps},
+                            {"ranks", par.world_size()},
+                            // per step, the largest over the ranks
+                            {"step_s", waits[3] / double(window_steps)},
+                            {"comm_exposed_s", comm_s / double(window_steps)},
+                            {"grad_wait_s", waits[0] / double(window_steps)},
+                            {"param_gather_s", waits[1] / double(window_steps)},
+                            {"dispatch_s", waits[2] / double(window_steps)},
+                            {"mfu", mfu},
+                            {"tokens", st.tokens},
+                            {"time_s", st.elapsed_s + elapsed}};
+      if (diloco) {  // the outer syncs of the interval (diloco_sync records give each)
+        rec["outer_syncs"] = window_outer;
+        rec["outer_sync_s"] = window_outer_s;
+      }
+      metrics.write(rec);
       write_moe_records(metrics, model, st.step, window_moe, par.ep());
       window_moe.clear();
       step_seconds = 0;
+      window_outer_s = 0;
+      window_outer = 0;
       t_log = now;
       ce_window = 0;
       window_steps = 0;
@@ -509,8 +517,11 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       progress.message("sample at step " + std::to_string(st.step) + ": " +
                        data.decode(generate(model, data.sample_prompt, go)));
     }
+    // DiLoCo: the groups hold one model right after an outer sync only, so stop_after stops at
+    // the first sync from there (checkpoint.every is a multiple of inner_steps).
+    const bool at_sync = !diloco || diloco->due(st.step, tc.steps);
     if (tc.ckpt_every > 0 && st.step % tc.ckpt_every == 0 && !last) checkpoint("periodic");
-    if (tc.stop_after > 0 && st.step - first_step >= tc.stop_after && !last) {
+    if (tc.stop_after > 0 && st.step - first_step >= tc.stop_after && !last && at_sync) {
       progress.finish();
       checkpoint("stop_after");
       r.stopped = true;
@@ -519,7 +530,14 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
     if (stop_requested) {
       progress.finish();
       metrics.event(st.step, "interrupted", fmt("signal %d", int(g_stop_signal)));
-      checkpoint("interrupted");
+      // Between DiLoCo syncs the groups' models differ: no checkpoint; --resume continues from
+      // the newest one (at most checkpoint.every steps back), as after a crash.
+      if (at_sync)
+        checkpoint("interrupted");
+      else
+        progress.message(fmt("interrupted between DiLoCo outer syncs (step %lld): no checkpoint "
+                             "written; --resume continues from the newest one",
+                             static_cast<long long>(st.step)));
       r.interrupted = true;
       break;
     }
