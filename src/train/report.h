@@ -79,4 +79,22 @@ std::string render_report(const std::string& run_dir);
 // Returns the path written.
 std::string write_report(const std::string& run_dir, const std::string& out_path = "");
 
+// `moe report A B ...`: the runs' validation-loss curves on one chart (svg) and their training
+// cross-entropy averaged over `window` steps on another (train_svg), and per run its last
+// validation loss and the relative gap to the first run's. Throws naming a folder without
+// metrics or validation records.
+struct RunComparison {
+  struct Row {
+    std::string label;
+    int64_t step = 0;     // of the last validation record
+    double val_loss = 0;
+    double gap = 0;       // (val_loss - first run's) / first run's
+  };
+  std::vector<Row> rows;
+  std::string svg, train_svg;  // standalone SVG documents
+};
+RunComparison compare_runs(const std::vector<std::string>& run_dirs,
+                           const std::vector<std::string>& labels, int64_t window = 50);
+std::string format_comparison(const RunComparison& c);  // the table, one line per run
+
 }  // namespace moe

@@ -479,3 +479,45 @@ TEST(Svg, EscapeMakesAnyTextSafeXml) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+// Two runs compared: the gap is each run's last validation loss against the first run's (a
+// resumed run's repeated step counts once, its last record winning), both SVGs parse as XML
+// and carry one curve per run, and a run without validation records is named.
+TEST(ReportCompare, GapsToTheFirstRunAndOneCurvePerRun) {
+  const std::string a = temp_dir("cmp_a"), b = temp_dir("cmp_b"), c = temp_dir("cmp_c");
+  spit(a + "/metrics.jsonl",
+       "{\"kind\":\"train\",\"step\":1,\"ce\":3.0}\n{\"kind\":\"train\",\"step\":2,\"ce\":2.0}\n"
+       "{\"kind\":\"val\",\"step\":2,\"loss\":2.00}\n");
+  spit(b + "/metrics.jsonl",
+       "{\"kind\":\"train\",\"step\":1,\"ce\":3.1}\n{\"kind\":\"train\",\"step\":2,\"ce\":2.1}\n"
+       "{\"kind\":\"val\",\"step\":2,\"loss\":2.50}\n{\"kind\":\"val\",\"step\":2,\"loss\":2.02}\n");
+  spit(c + "/metrics.jsonl", "{\"kind\":\"train\",\"step\":1,\"ce\":3.0}\n");
+  const RunComparison r = compare_runs({a, b}, {"fp32", "int8"}, 1);
+  ASSERT_EQ(r.rows.size(), 2u);
+  EXPECT_EQ(r.rows[1].label, "int8");
+  EXPECT_EQ(r.rows[1].step, 2);
+  EXPECT_NEAR(r.rows[1].gap, 0.01, 1e-12);
+  EXPECT_EQ(r.rows[0].gap, 0.0);
+  EXPECT_NE(format_comparison(r).find("+1.00%"), std::string::npos) << format_comparison(r);
+  for (const std::string* svg : {&r.svg, &r.train_svg}) {
+    const std::string f = a + "/c.svg";
+    spit(f, *svg);
+    EXPECT_EQ(python_check(f, "t = ET.parse(sys.argv[1]).getroot()\n"
+                              "s = ET.tostring(t, encoding='unicode')\n"
+                              "assert 'fp32' in s and 'int8' in s, s[:200]"),
+              0);
+  }
+  try {
+    compare_runs({a, c}, {}, 1);
+    FAIL() << "a run without validation records compared";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no validation record"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(compare_runs({a, b}, {"only one"}, 1), Error);
+}
+
+}  // namespace
+}  // namespace moe
