@@ -124,8 +124,18 @@ Parallel::Parallel(std::shared_ptr<comm::Communicator> world, const ParallelConf
       ep_comm_ = train_->split(group_rank_ / ep_, group_rank_);   // ep consecutive ranks
       edp_comm_ = train_->split(group_rank_ % ep_, group_rank_);  // ranks holding the same experts
       dispatcher_ = std::make_unique<ExpertDispatcher>(train_, ep_comm_, E);
+      dispatcher_->set_wire(comm::parse_wire(cfg.dispatch_dtype, "[parallel] dispatch_dtype"),
+                            comm::parse_wire(cfg.combine_dtype, "[parallel] combine_dtype"));
     }
   }
+  const comm::Wire gw = comm::parse_wire(cfg.grad_comm_dtype, "[parallel] grad_comm_dtype");
+  MOE_CHECK(gw != comm::Wire::kFP8, "parallel", "[parallel] grad_comm_dtype = \"fp8\": gradients ",
+            "travel as fp32, bf16 or int8 (fp8 is for dispatch_dtype)");
+  MOE_CHECK(comm::parse_wire(cfg.combine_dtype) != comm::Wire::kFP8 &&
+                comm::parse_wire(cfg.combine_dtype) != comm::Wire::kInt8,
+            "parallel", "[parallel] combine_dtype = \"", cfg.combine_dtype,
+            "\": expert outputs travel as fp32 or bf16");
+  grad_wire_ = uint8_t(gw);
 }
 
 Parallel::~Parallel() = default;
@@ -225,8 +235,19 @@ void Parallel::launch(Model& model, Bucket& b) {
     std::memcpy(shard_grads_.data() + b.shard, g, sizeof(float) * size_t(b.size));
     return;
   }
+  comm::Compression z{comm::Wire(grad_wire_), nullptr};
+  if (z.wire != comm::Wire::kAsIs && cfg_.error_feedback) {
+    if (b.residual.size() != size_t(b.size)) b.residual.assign(size_t(b.size), 0.0f);
+    // A skipped non-finite step must not poison every later one.
+    for (float& e : b.residual)
+      if (!std::isfinite(e)) {
+        std::fill(b.residual.begin(), b.residual.end(), 0.0f);
+        break;
+      }
+    z.residual = b.residual.data();
+  }
   b.work = group(b)->reduce_scatter_async(g, shard_grads_.data() + b.shard, size_t(b.size / P),
-                                          Dtype::kF32, comm::ReduceOp::kSum);
+                                          Dtype::kF32, comm::ReduceOp::kSum, z);
 }
 
 void Parallel::arm_overlap(Model& model) {
@@ -425,6 +446,32 @@ CommTimes Parallel::take_comm_times() {
     dispatcher_->clear_seconds();
   }
   times_ = CommTimes{};
+  return t;
+}
+
+Traffic Parallel::take_traffic() {
+  Traffic t;
+  if (!world_ || world_size_ == 1) return t;
+  const comm::Communicator::Traffic now = world_->traffic();
+  constexpr size_t K = size_t(comm::OpKind::kCount);
+  std::vector<double> cur(2 * K);
+  for (size_t k = 0; k < K; ++k) cur[k] = double(now.sent[k]), cur[K + k] = double(now.inter_host[k]);
+  if (traffic_last_.empty()) traffic_last_.assign(2 * K, 0.0);
+  auto delta = [&](size_t i) { return cur[i] - traffic_last_[i]; };
+  for (size_t k = 0; k < K; ++k) {
+    t.sent += delta(k);
+    const double d = delta(K + k);
+    t.inter_host += d;
+    switch (comm::OpKind(k)) {
+      case comm::OpKind::kReduceScatter: t.reduce_scatter += d; break;
+      case comm::OpKind::kAllGather: t.all_gather += d; break;
+      case comm::OpKind::kAllToAll:
+      case comm::OpKind::kAllToAllv: t.all_to_all += d; break;
+      case comm::OpKind::kAllReduce: t.all_reduce += d; break;
+      default: t.other += d;
+    }
+  }
+  traffic_last_ = cur;
   return t;
 }
 

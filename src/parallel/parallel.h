@@ -71,6 +71,14 @@ struct CommTimes {
   double dispatch = 0;      // expert-parallel all-to-alls and load exchanges in forward/backward
 };
 
+// Bytes this process sent (all its communicators), per step since the last take_traffic():
+// in all, and to ranks on other hosts, by collective kind.
+struct Traffic {
+  double sent = 0, inter_host = 0;                // bytes
+  double reduce_scatter = 0, all_gather = 0;      // to other hosts
+  double all_to_all = 0, all_reduce = 0, other = 0;
+};
+
 class ExpertDispatcher;  // expert_dispatcher.h
 
 class Parallel {
@@ -155,6 +163,7 @@ class Parallel {
   void load_state(const std::vector<float>& full, std::vector<float>& packed) const;
 
   CommTimes take_comm_times();
+  Traffic take_traffic();
   // Bytes of optimizer moments this rank keeps (ZeRO-1: about 1/dp of one process's).
   int64_t optimizer_bytes(const AdamW& opt) const {
     return int64_t(opt.m().size() + opt.v().size()) * 4;
@@ -167,6 +176,9 @@ class Parallel {
     int64_t shard = 0;            // where this rank's chunk starts in the shard buffer
     bool expert = false;          // reduced over the expert-data-parallel group
     std::shared_ptr<comm::Work> work;
+    // Error feedback of compressed gradients: what this rank's encoding lost last step, for
+    // each value of the bucket ([size]; empty without compression or feedback).
+    std::vector<float> residual;
   };
   void launch(Model& model, Bucket& b);
   comm::Communicator* group(const Bucket& b) const;
@@ -192,6 +204,8 @@ class Parallel {
   std::vector<ArenaRange> owned_;
   std::vector<float> shard_grads_, shard_params_;
   CommTimes times_;
+  uint8_t grad_wire_ = 0;  // comm::Wire of the gradient reduce-scatters
+  std::vector<double> traffic_last_;  // the counters at the last take_traffic()
 };
 
 }  // namespace moe

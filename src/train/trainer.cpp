@@ -456,6 +456,12 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
       const CommTimes ct = par.take_comm_times();
       double waits[4] = {ct.grad_wait, ct.param_gather, ct.dispatch, step_seconds};
       par.all_reduce_max(waits, 4);
+      // Bytes on the wire, summed over the ranks (net: to other hosts), per step.
+      const Traffic tr = par.take_traffic();
+      double bytes[6] = {tr.sent, tr.inter_host, tr.reduce_scatter, tr.all_gather, tr.all_to_all,
+                         tr.all_reduce};
+      par.all_reduce_sum(bytes, 6);
+      for (double& b : bytes) b /= double(window_steps);
       const double comm_s = waits[0] + waits[1] + waits[2];
       reduce_window(par, window_moe);
       const double elapsed = std::chrono::duration<double>(now - t_start).count();
@@ -492,6 +498,14 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
                             {"mfu", mfu},
                             {"tokens", st.tokens},
                             {"time_s", st.elapsed_s + elapsed}};
+      if (par.distributed()) {
+        rec["sent_bytes"] = bytes[0];
+        rec["net_bytes"] = bytes[1];
+        rec["net_bytes_reduce_scatter"] = bytes[2];
+        rec["net_bytes_all_gather"] = bytes[3];
+        rec["net_bytes_all_to_all"] = bytes[4];
+        rec["net_bytes_all_reduce"] = bytes[5];
+      }
       if (diloco) {  // the outer syncs of the interval (diloco_sync records give each)
         rec["outer_syncs"] = window_outer;
         rec["outer_sync_s"] = window_outer_s;
