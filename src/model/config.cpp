@@ -52,6 +52,8 @@ const std::vector<Field>& fields() {
       int_f("n_routed_experts", &ModelConfig::n_routed_experts),
       int_f("n_shared_experts", &ModelConfig::n_shared_experts),
       int_f("num_experts_per_tok", &ModelConfig::num_experts_per_tok),
+      int_f("n_group", &ModelConfig::n_group),
+      int_f("topk_group", &ModelConfig::topk_group),
       int_f("first_k_dense_replace", &ModelConfig::first_k_dense_replace),
       str_f("scoring_func", &ModelConfig::scoring_func),
       bool_f("norm_topk_prob", &ModelConfig::norm_topk_prob),
@@ -142,6 +144,26 @@ void set_field(ModelConfig& c, const Field& f, const nlohmann::json& v, const st
            kind_name(f.kind), "; e.g. \"", f.key, "\": ", example.dump());
 }
 
+// "1, 2, 4, 8" (the first few and the largest when there are many).
+std::string divisors_of(int64_t n) {
+  std::vector<int64_t> d;
+  for (int64_t g = 1; g * g <= n; ++g)
+    if (n % g == 0) {
+      d.push_back(g);
+      if (g != n / g) d.push_back(n / g);
+    }
+  std::sort(d.begin(), d.end());
+  std::string s;
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (i == 10 && d.size() > 12) {
+      s += ", ..., " + std::to_string(d.back());
+      break;
+    }
+    s += (i ? ", " : "") + std::to_string(d[i]);
+  }
+  return s;
+}
+
 }  // namespace
 
 void ModelConfig::validate() const {
@@ -178,6 +200,23 @@ void ModelConfig::validate() const {
             "top-k larger than the expert count: num_experts_per_tok = ", num_experts_per_tok,
             " > n_routed_experts = ", n_routed_experts,
             "; lower num_experts_per_tok or add experts", fix);
+  // Group-limited routing.
+  MOE_CHECK(n_group >= 1 && n_group <= n_routed_experts, kOp, "n_group = ", n_group,
+            " must be in [1, n_routed_experts = ", n_routed_experts,
+            "] (1 = no group limit); set \"n_group\" to a divisor of n_routed_experts", fix);
+  MOE_CHECK(n_routed_experts % n_group == 0, kOp, "n_group = ", n_group,
+            " does not divide n_routed_experts = ", n_routed_experts,
+            " (the experts form n_group equal groups); choose n_group among ",
+            divisors_of(n_routed_experts), fix);
+  MOE_CHECK(topk_group >= 1 && topk_group <= n_group, kOp, "topk_group = ", topk_group,
+            " must be in [1, n_group = ", n_group,
+            "] (the groups one token may use; topk_group = n_group: no limit)", fix);
+  const int64_t reachable = topk_group * (n_routed_experts / n_group);
+  MOE_CHECK(num_experts_per_tok <= reachable, kOp, "num_experts_per_tok = ", num_experts_per_tok,
+            " > topk_group * (n_routed_experts / n_group) = ", topk_group, " * (",
+            n_routed_experts, " / ", n_group, ") = ", reachable,
+            ", the experts a token may reach; raise topk_group or lower num_experts_per_tok",
+            fix);
   MOE_CHECK(first_k_dense_replace >= 0 && first_k_dense_replace <= num_hidden_layers, kOp,
             "first_k_dense_replace = ", first_k_dense_replace, " must be in [0, num_hidden_layers = ",
             num_hidden_layers, "]", fix);

@@ -19,6 +19,10 @@ struct ModelConfig {
   int64_t n_routed_experts = 8;         // E
   int64_t n_shared_experts = 1;         // S, shared width S*Fe (0 = none)
   int64_t num_experts_per_tok = 2;      // K
+  // Group-limited routing (DeepSeek-V3 "node-limited"): the E experts form n_group equal
+  // consecutive groups and each token takes its K only from its best topk_group groups.
+  int64_t n_group = 1;                  // e.g. 8; divides E; 1 = no group limit
+  int64_t topk_group = 1;               // e.g. 4; in [1, n_group], K <= topk_group * E/n_group
   int64_t first_k_dense_replace = 1;    // layers [0, this) use the dense FFN
   std::string scoring_func = "softmax"; // "softmax" or "sigmoid"
   bool norm_topk_prob = false;          // renormalize the K gate weights to sum to 1

@@ -40,6 +40,14 @@ cpu::RouterSpec router_spec(const ModelConfig& cfg, const char* op) {
                                             : cpu::ScoringFunc::kSoftmax;
   s.norm_topk_prob = cfg.norm_topk_prob;
   s.routed_scaling_factor = cfg.routed_scaling_factor;
+  s.n_group = cfg.n_group;
+  s.topk_group = cfg.topk_group;
+  // The kernel relies on these (ModelConfig::validate explains how to fix them).
+  MOE_CHECK(s.n_group >= 1 && s.E % s.n_group == 0 && s.topk_group >= 1 &&
+                s.topk_group <= s.n_group && s.K <= s.topk_group * (s.E / s.n_group),
+            op, "group-limited routing needs n_group | n_routed_experts, 1 <= topk_group <= ",
+            "n_group and num_experts_per_tok <= topk_group * n_routed_experts / n_group; got ",
+            "n_group=", s.n_group, " topk_group=", s.topk_group, " E=", s.E, " K=", s.K);
   return s;
 }
 

@@ -41,8 +41,14 @@ PRESETS = {
     "capacity": dict(_SMALL, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
                      first_k_dense_replace=0, scoring_func="softmax", capacity_factor=1.0,
                      aux_loss_alpha=0.01),
+    # (d) DeepSeek-V3 group-limited routing: sigmoid top-4 of 16 in 4 groups of 4, each token
+    #     within its best 2 groups; every layer MoE, balancing bias (use with --bias).
+    "groups": dict(_SMALL, n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2,
+                   n_shared_experts=1, first_k_dense_replace=0, scoring_func="sigmoid",
+                   norm_topk_prob=True, routed_scaling_factor=2.5, bias_update_rate=0.001),
 }
-PRESET_BIAS = {"mixtral": None, "deepseek": "normal:0.05", "capacity": None}
+PRESET_BIAS = {"mixtral": None, "deepseek": "normal:0.05", "capacity": None,
+               "groups": "normal:0.05"}
 
 
 def parse_value(text):

@@ -113,6 +113,8 @@ CONFIG_DEFAULTS = {
     "n_routed_experts": 8,
     "n_shared_experts": 1,
     "num_experts_per_tok": 2,
+    "n_group": 1,
+    "topk_group": 1,
     "first_k_dense_replace": 1,
     "scoring_func": "softmax",
     "norm_topk_prob": False,
@@ -163,6 +165,12 @@ def make_config(overrides=None, origin="config"):
          or 1 <= c["num_experts_per_tok"] <= c["n_routed_experts"],
          "num_experts_per_tok must be in [1, n_routed_experts]"),
         (c["n_shared_experts"] >= 0, "n_shared_experts must be >= 0"),
+        (c["n_group"] >= 1 and c["n_routed_experts"] % c["n_group"] == 0,
+         "n_group must divide n_routed_experts"),
+        (1 <= c["topk_group"] <= c["n_group"], "topk_group must be in [1, n_group]"),
+        (c["num_experts_per_tok"]
+         <= c["topk_group"] * (c["n_routed_experts"] // max(1, c["n_group"])),
+         "num_experts_per_tok must be <= topk_group * n_routed_experts / n_group"),
         (c["capacity_factor"] >= 0, "capacity_factor must be >= 0"),
     ]
     for ok, msg in checks:
@@ -333,12 +341,28 @@ class MoE(nn.Module):
 
     def route(self, x):
         """x (N, D) -> z (N, E) logits, s (N, E) scores, idx (N, K) experts by descending
-        s + bias (ties to the lower index), g (N, K) gate weights."""
+        s + bias (ties to the lower index), g (N, K) gate weights.
+
+        Group-limited routing (n_group > 1, DeepSeek-V3 / HF get_topk_indices): the E experts
+        form n_group consecutive groups of E/n_group; a group's score is the sum of its two
+        largest s + bias (its only one if E/n_group = 1); the topk_group best groups (ties to
+        the lower group index) are kept and the other experts are excluded (-inf, where HF
+        masks with 0.0) before the top-K."""
         cfg = self.cfg
         z = F.linear(x, self.gate.weight)
         s = z.softmax(dim=-1) if cfg["scoring_func"] == "softmax" else torch.sigmoid(z)
         with torch.no_grad():  # the selection is not differentiated
-            choice = s + self.gate.e_score_correction_bias
+            choice = s + self.gate.e_score_correction_bias                    # (N, E)
+            G, TG = cfg["n_group"], cfg["topk_group"]
+            if G > 1 and TG < G:
+                N, Eg = choice.shape[0], self.E // G
+                grouped = choice.reshape(N, G, Eg)                            # (N, G, E/G)
+                top2 = grouped.topk(min(2, Eg), dim=-1).values                # (N, G, 1|2)
+                gscore = top2[..., 0] + top2[..., 1] if Eg > 1 else top2[..., 0]  # (N, G)
+                gsel = torch.sort(gscore, dim=-1, descending=True, stable=True).indices[:, :TG]
+                keep = torch.zeros(N, G, dtype=torch.bool).scatter_(1, gsel, True)
+                keep = keep.repeat_interleave(Eg, dim=1)                      # (N, E)
+                choice = choice.masked_fill(~keep, float("-inf"))
             idx = torch.sort(choice, dim=-1, descending=True, stable=True).indices[:, :self.K]
         g = s.gather(1, idx)                                                  # (N, K)
         if cfg["norm_topk_prob"]:

@@ -11,9 +11,9 @@
    MoE parameter (float64).
 3. Gradients of the whole loss against central finite differences in float64, on coordinates
    of every parameter tensor (skipping any whose perturbation changes the routing).
-4. reference.py end to end on the three fixtures of make_fixture.py (Mixtral-like, DeepSeek-like,
-   capacity 1.0 with drops): the output file's names and shapes, step_losses[0] == loss, the
-   balancing-bias rule, and float32 against float64 runs.
+4. reference.py end to end on the fixtures of make_fixture.py (Mixtral-like, DeepSeek-like,
+   capacity 1.0 with drops, group-limited routing): the output file's names and shapes,
+   step_losses[0] == loss, the balancing-bias rule, and float32 against float64 runs.
 """
 
 import argparse
@@ -78,7 +78,13 @@ def naive_moe(moe, x, B, T):
         z = W @ x[n]                                                    # (E)
         s = torch.softmax(z, 0) if cfg["scoring_func"] == "softmax" else torch.sigmoid(z)
         choice = (s + bias).tolist()
-        sel = sorted(range(E), key=lambda e: (-choice[e], e))[:K]
+        # Group limit: groups of E/G consecutive experts, scored by their two largest choices;
+        # only the best topk_group groups (ties to the lower group) may be chosen from.
+        G, Eg = cfg["n_group"], E // cfg["n_group"]
+        top2 = [sorted(choice[g * Eg:(g + 1) * Eg], reverse=True)[:2] for g in range(G)]
+        groups = sorted(range(G), key=lambda g: (-sum(top2[g]), g))[:cfg["topk_group"]]
+        allowed = [e for e in range(E) if e // Eg in groups] if G > 1 else range(E)
+        sel = sorted(allowed, key=lambda e: (-choice[e], e))[:K]
         denom = sum(s[e] for e in sel) if cfg["norm_topk_prob"] else 1.0
         y = moe.shared_experts(x[n]) if moe.shared_experts is not None else torch.zeros_like(x[n])
         for e in sel:
@@ -142,6 +148,17 @@ def check_moe_layer(name, cfg, seed):
 
     yf, tf, lf, df, gf = run(fast)
     yn, tn, ln, dn, gn = run(lambda xx: naive_moe(moe, xx.reshape(B * T, D), B, T))
+    if cfg["n_group"] > 1:  # the comparison below can fail only if the limit changes choices
+        with torch.no_grad():
+            idx_lim = moe.route(x.reshape(B * T, D))[2]
+            moe.cfg = dict(cfg, n_group=1, topk_group=1)
+            idx_free = moe.route(x.reshape(B * T, D))[2]
+            moe.cfg = cfg
+        changed = int((idx_lim != idx_free).any(dim=1).sum())
+        Eg = cfg["n_routed_experts"] // cfg["n_group"]
+        check(changed > 0 if Eg > 1 else changed == 0,
+              f"the group limit changes {changed} of {B * T} selections "
+              f"({'some' if Eg > 1 else 'none with one expert per group'} expected)")
     check(lf == ln and df == dn, f"loads {lf} and dropped {df} equal (naive {ln}, {dn})")
     err_y = float((yf - yn).abs().max())
     check(err_y < 1e-12, f"outputs equal (max diff {err_y:.2e})")
@@ -384,6 +401,10 @@ def main():
         configs["mixtral+big_aux"] = moe_ref.make_config(dict(
             make_fixture.PRESETS["mixtral"], aux_loss_alpha=1.0, seq_aux_alpha=1.0,
             z_loss_coef=0.5, norm_topk_prob=True, capacity_factor=1.25))
+        # One expert per group (a group's score is its only choice), the limit at its tightest.
+        configs["groups+single"] = moe_ref.make_config(dict(
+            make_fixture.PRESETS["groups"], n_group=16, topk_group=4, aux_loss_alpha=1.0,
+            seq_aux_alpha=1.0))
         configs["capacity"]["capacity_factor"] = 1.0
         for name in make_fixture.PRESETS:
             check_dense_parts(name, configs[name], seed=4)

@@ -101,6 +101,23 @@ Case capacity_drop() {
   return {"capacity_drop", c, 0.0f};
 }
 
+// DeepSeek-V3 group-limited routing: 16 experts in 4 groups of 4, each token's top-4 from
+// its best 2 groups (by the sum of each group's top-2 s + b), with a moving balancing bias.
+Case group_limited() {
+  ModelConfig c = base_config();
+  c.n_routed_experts = 16;
+  c.num_experts_per_tok = 4;
+  c.n_group = 4;
+  c.topk_group = 2;
+  c.n_shared_experts = 1;
+  c.first_k_dense_replace = 0;
+  c.scoring_func = "sigmoid";
+  c.norm_topk_prob = true;
+  c.routed_scaling_factor = 2.5;
+  c.bias_update_rate = 0.001;
+  return {"group_limited", c, 0.05f};
+}
+
 class Parity : public ::testing::TestWithParam<Case> {};
 
 TEST_P(Parity, MatchesPyTorch) {
@@ -191,7 +208,8 @@ TEST_P(Parity, MatchesPyTorch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, Parity,
-                         ::testing::Values(mixtral_like(), deepseek_like(), capacity_drop()),
+                         ::testing::Values(mixtral_like(), deepseek_like(), capacity_drop(),
+                                           group_limited()),
                          [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
 }  // namespace

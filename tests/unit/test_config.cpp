@@ -21,7 +21,8 @@ bool same(const ModelConfig& a, const ModelConfig& b) {
          a.intermediate_size == b.intermediate_size &&
          a.moe_intermediate_size == b.moe_intermediate_size &&
          a.n_routed_experts == b.n_routed_experts && a.n_shared_experts == b.n_shared_experts &&
-         a.num_experts_per_tok == b.num_experts_per_tok &&
+         a.num_experts_per_tok == b.num_experts_per_tok && a.n_group == b.n_group &&
+         a.topk_group == b.topk_group &&
          a.first_k_dense_replace == b.first_k_dense_replace && a.scoring_func == b.scoring_func &&
          a.norm_topk_prob == b.norm_topk_prob &&
          a.routed_scaling_factor == b.routed_scaling_factor && a.rms_norm_eps == b.rms_norm_eps &&
@@ -76,6 +77,8 @@ TEST(Config, RoundTrip) {
   c.n_routed_experts = 16;
   c.n_shared_experts = 0;
   c.num_experts_per_tok = 4;
+  c.n_group = 4;
+  c.topk_group = 2;
   c.first_k_dense_replace = 0;
   c.scoring_func = "sigmoid";
   c.norm_topk_prob = true;
@@ -102,8 +105,10 @@ TEST(Config, RoundTrip) {
 
 TEST(Config, SerializesEveryKey) {
   const auto j = nlohmann::json::parse(config_to_json(ModelConfig{}));
-  EXPECT_EQ(j.size(), 26u);
+  EXPECT_EQ(j.size(), 28u);
   EXPECT_EQ(j.at("model_type"), "moe_cpp");
+  EXPECT_EQ(j.at("n_group"), 1);
+  EXPECT_EQ(j.at("topk_group"), 1);
   EXPECT_EQ(j.at("head_dim"), 32);
   EXPECT_EQ(j.at("scoring_func"), "softmax");
 }
@@ -173,6 +178,49 @@ TEST(Config, ValidationErrorsNameTheKey) {
   EXPECT_TRUE(error_with("num_experts_per_tok", 8).empty());
   EXPECT_TRUE(error_with("n_shared_experts", 0).empty());
   EXPECT_TRUE(error_with("capacity_factor", 0).empty());
+}
+
+// Group-limited routing: {"n_routed_experts": 16, "num_experts_per_tok": 4} plus `extra`.
+std::string group_error(const nlohmann::json& extra) {
+  nlohmann::json j = nlohmann::json::parse(config_to_json(ModelConfig{}));
+  j["n_routed_experts"] = 16;
+  j["num_experts_per_tok"] = 4;
+  j.update(extra);
+  return parse_error(j.dump());
+}
+
+TEST(Config, GroupLimitedRouting) {
+  // HF DeepseekV3Config keys; absent means n_group = 1 (no limit), as in older config.json.
+  const ModelConfig d = parse_config("{}", "x");
+  EXPECT_EQ(d.n_group, 1);
+  EXPECT_EQ(d.topk_group, 1);
+  const ModelConfig c = parse_config(
+      R"({"n_routed_experts": 16, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2})", "x");
+  EXPECT_EQ(c.n_group, 4);
+  EXPECT_EQ(c.topk_group, 2);
+  // Allowed boundaries: K = topk_group * E/n_group; one expert per group; topk_group = n_group.
+  EXPECT_TRUE(group_error({{"n_group", 4}, {"topk_group", 1}}).empty());
+  EXPECT_TRUE(group_error({{"n_group", 16}, {"topk_group", 4}}).empty());
+  EXPECT_TRUE(group_error({{"n_group", 8}, {"topk_group", 8}}).empty());
+
+  EXPECT_MSG(group_error({{"n_group", 3}, {"topk_group", 1}}), "test.json", "n_group = 3",
+             "does not divide n_routed_experts = 16", "choose n_group among 1, 2, 4, 8, 16");
+  EXPECT_MSG(group_error({{"n_group", 0}}), "n_group = 0", "must be in [1, n_routed_experts");
+  EXPECT_MSG(group_error({{"n_group", -2}}), "n_group = -2");
+  EXPECT_MSG(group_error({{"n_group", 32}}), "n_group = 32", "n_routed_experts = 16");
+  EXPECT_MSG(group_error({{"n_group", 4}, {"topk_group", 5}}), "topk_group = 5",
+             "must be in [1, n_group = 4]");
+  EXPECT_MSG(group_error({{"n_group", 4}, {"topk_group", 0}}), "topk_group = 0");
+  EXPECT_MSG(group_error({{"topk_group", 2}}), "topk_group = 2", "n_group = 1");
+  EXPECT_MSG(group_error({{"n_group", 8}, {"topk_group", 1}}), "num_experts_per_tok = 4",
+             "topk_group * (n_routed_experts / n_group) = 1 * (16 / 8) = 2",
+             "raise topk_group or lower num_experts_per_tok");
+  EXPECT_MSG(error_with("n_group", "4"), "'n_group'", "expected an integer");
+  EXPECT_MSG(error_with("topk_group", 1.5), "'topk_group'", "expected an integer");
+  // validate() on a struct, as the trainer does for built-in configs.
+  ModelConfig v;
+  v.n_group = 3;
+  EXPECT_THROW(v.validate(), Error);
 }
 
 TEST(Config, ValidateCatchesNaN) {

@@ -32,29 +32,81 @@ inline float logsumexp(const float* z, int64_t E) {
   return m + std::log(sum);
 }
 
+// Group-limited routing. A group's score is the sum of its two largest keys s + b (the
+// larger first, as torch's topk(2).sum()); NaN reads as -inf so that groups are totally ordered
+// by (score descending, index ascending).
+inline float group_score(const float* s, const float* bias, int64_t first, int64_t Eg) {
+  float a = -INFINITY, b = -INFINITY;  // largest, second largest
+  for (int64_t e = first; e < first + Eg; ++e) {
+    const float k = s[e] + (bias ? bias[e] : 0.0f);
+    if (k > a) {
+      b = a, a = k;
+    } else if (k > b) {
+      b = k;
+    }
+  }
+  const float g = Eg == 1 ? a : a + b;
+  return g == g ? g : -INFINITY;
+}
+
+// The topk_group-th best group: a group is kept iff it is not ranked after this one.
+struct GroupCut {
+  float score;
+  int64_t group;
+  bool keeps(float gs, int64_t g) const { return gs > score || (gs == score && g <= group); }
+};
+
+// topk_group rounds of "best group ranked after the previous cut": O(topk_group * E) and no
+// scratch memory (kernels do not allocate).
+inline GroupCut group_cut(const float* s, const float* bias, int64_t G, int64_t Eg,
+                          int64_t topk_group) {
+  GroupCut cut{INFINITY, -1};  // before every group
+  for (int64_t r = 0; r < topk_group; ++r) {
+    GroupCut best{0.0f, -1};
+    for (int64_t g = 0; g < G; ++g) {
+      const float gs = group_score(s, bias, g * Eg, Eg);
+      if (cut.keeps(gs, g)) continue;                                  // taken in an earlier round
+      if (best.group < 0 || gs > best.score) best = GroupCut{gs, g};  // ties: lower g
+    }
+    cut = best;
+  }
+  return cut;
+}
+
 }  // namespace
 
 void router_forward(float* scores, int32_t* topk_idx, float* topk_w, const float* logits,
                     const float* bias, int64_t N, const RouterSpec& spec) {
   const int64_t E = spec.E, K = spec.K;
   const float scale = float(spec.routed_scaling_factor);
+  // topk_group >= n_group keeps every group: the same selection as no limit.
+  const int64_t G = spec.n_group, Eg = G > 0 ? E / G : E;
+  const bool group_limited = G > 1 && spec.topk_group < G;
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     float* s = scores + n * E;
     int32_t* idx = topk_idx + n * K;
     scores_of(s, logits + n * E, E, spec.scoring);
-    // Insertion into a list sorted by descending key (s + b); an equal key goes after the
-    // entries already there, so ties keep the lower expert index.
+    // Insertion into a list sorted by descending key (s + b), experts offered in ascending
+    // order; an equal key goes after the entries already there, so ties keep the lower index.
     auto key = [&](int64_t e) { return s[e] + (bias ? bias[e] : 0.0f); };
     int64_t filled = 0;
-    for (int64_t e = 0; e < E; ++e) {
+    auto offer = [&](int64_t e) {
       const float ke = key(e);
       int64_t pos = filled;
       while (pos > 0 && ke > key(idx[pos - 1])) --pos;
-      if (pos >= K) continue;
+      if (pos >= K) return;
       for (int64_t j = (filled < K ? filled : K - 1); j > pos; --j) idx[j] = idx[j - 1];
       idx[pos] = int32_t(e);
       if (filled < K) ++filled;
+    };
+    if (group_limited) {  // only the experts of the topk_group best groups (>= K of them)
+      const GroupCut cut = group_cut(s, bias, G, Eg, spec.topk_group);
+      for (int64_t g = 0; g < G; ++g)
+        if (cut.keeps(group_score(s, bias, g * Eg, Eg), g))
+          for (int64_t e = g * Eg; e < (g + 1) * Eg; ++e) offer(e);
+    } else {
+      for (int64_t e = 0; e < E; ++e) offer(e);
     }
     float* g = topk_w + n * K;
     float denom = 0.0f;

@@ -19,6 +19,11 @@ struct RouterSpec {
   ScoringFunc scoring = ScoringFunc::kSoftmax;
   bool norm_topk_prob = false;          // divide the K gates by the sum of their scores
   double routed_scaling_factor = 1.0;   // e.g. 2.5
+  // Group-limited routing (DeepSeek-V3): experts [g*E/G, (g+1)*E/G) form group g of G =
+  // n_group; a token picks its K experts only inside its best topk_group groups.
+  // Needs G | E, 1 <= topk_group <= G and K <= topk_group * E/G; n_group = 1: no limit.
+  int64_t n_group = 1;                  // G, e.g. 8
+  int64_t topk_group = 1;               // e.g. 4
 };
 
 // Coefficients of the auxiliary terms. In backward they already include the gradient scale.
@@ -40,6 +45,10 @@ struct RouterLosses {  // coefficients applied
 // topk_idx (N, K): the K largest s + b per token, by descending s + b (computed in fp32), ties
 // to the lower expert index. bias (E) may be null (zeros). topk_w (N, K): g_k = s[e_k],
 // divided by sum_k s[e_k] if norm_topk_prob, times routed_scaling_factor.
+// With n_group > 1 (and topk_group < n_group) the K are taken only from the token's best
+// topk_group groups; the experts of the other groups are excluded (never selected). A group's
+// score is the sum of its two largest s + b (fp32, the larger first; its only one if E/G = 1;
+// NaN counts as -inf); groups rank by descending score, ties to the lower group index.
 void router_forward(float* scores, int32_t* topk_idx, float* topk_w, const float* logits,
                     const float* bias, int64_t N, const RouterSpec& spec);
 

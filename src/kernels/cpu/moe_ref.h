@@ -42,14 +42,37 @@ void router_forward_ref(T* scores, int32_t* topk_idx, T* topk_w, const T* logits
   for (int64_t n = 0; n < N; ++n) {
     T* s = scores + n * E;
     ref_detail::scores_of(s, logits + n * E, E, spec.scoring);
-    // Selection: K rounds of "largest unchosen s + b", strict > keeps the lower index on ties.
+    auto key_of = [&](int64_t e) { return s[e] + (bias ? bias[e] : T(0)); };
+    // Group limit: experts outside the topk_group best groups start out taken (excluded).
     std::vector<bool> taken(E, false);
+    if (spec.n_group > 1) {
+      const int64_t G = spec.n_group, Eg = E / G;
+      std::vector<T> gscore(G);
+      for (int64_t g = 0; g < G; ++g) {  // top-1 plus top-2 of the group, two argmax scans
+        int64_t i1 = -1, i2 = -1;
+        for (int64_t e = g * Eg; e < (g + 1) * Eg; ++e)
+          if (i1 < 0 || key_of(e) > key_of(i1)) i1 = e;
+        for (int64_t e = g * Eg; e < (g + 1) * Eg; ++e)
+          if (e != i1 && (i2 < 0 || key_of(e) > key_of(i2))) i2 = e;
+        const T v = i2 < 0 ? key_of(i1) : key_of(i1) + key_of(i2);
+        gscore[g] = std::isnan(v) ? -INFINITY : v;
+      }
+      std::vector<bool> kept(G, false);
+      for (int64_t r = 0; r < spec.topk_group && r < G; ++r) {  // strict >: lower g on ties
+        int64_t best = -1;
+        for (int64_t g = 0; g < G; ++g)
+          if (!kept[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
+        kept[best] = true;
+      }
+      for (int64_t e = 0; e < E; ++e) taken[e] = e / Eg >= G || !kept[e / Eg];
+    }
+    // Selection: K rounds of "largest unchosen s + b", strict > keeps the lower index on ties.
     for (int64_t k = 0; k < K; ++k) {
       int64_t best = -1;
       T best_key = 0;
       for (int64_t e = 0; e < E; ++e) {
         if (taken[e]) continue;
-        T key = s[e] + (bias ? bias[e] : T(0));
+        T key = key_of(e);
         if (best < 0 || key > best_key) best = e, best_key = key;
       }
       taken[best] = true;
