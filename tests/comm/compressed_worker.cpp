@@ -64,10 +64,21 @@ void reduce_scatter_check(Communicator& c, Wire w, size_t rc) {
   c.reduce_scatter(xs[r].data(), out.data(), rc, Dtype::kF32, ReduceOp::kSum, {w, nullptr});
   const auto after = c.traffic();
   const size_t k = size_t(OpKind::kReduceScatter);
-  expect(after.sent[k] - before.sent[k] == (n - 1) * wire_bytes(w, rc),
+  // Flat: n-1 encoded blocks. Two-level (H hosts of L ranks): (L-1) x H f32 blocks inside the
+  // host and H-1 encoded ones across.
+  const int H = c.num_hosts(), L = c.local_size();
+  const bool two = H > 1 && L > 1 && H * L == n;
+  const size_t want_sent = two ? size_t(L - 1) * H * rc * 4 + (H - 1) * wire_bytes(w, rc)
+                               : (n - 1) * wire_bytes(w, rc);
+  const size_t want_inter = two ? (H - 1) * wire_bytes(w, rc) : size_t(n - L) * wire_bytes(w, rc);
+  expect(after.sent[k] - before.sent[k] == want_sent,
          std::string("reduce_scatter ") + wire_name(w) + " sent " +
              std::to_string(after.sent[k] - before.sent[k]) + " bytes, want " +
-             std::to_string((n - 1) * wire_bytes(w, rc)));
+             std::to_string(want_sent));
+  expect(after.inter_host[k] - before.inter_host[k] == want_inter,
+         std::string("reduce_scatter ") + wire_name(w) + " sent " +
+             std::to_string(after.inter_host[k] - before.inter_host[k]) +
+             " bytes to other hosts, want " + std::to_string(want_inter));
   double worst = 0;
   for (size_t i = 0; i < rc; ++i) {
     const size_t at = size_t(r) * rc + i;
@@ -189,11 +200,14 @@ void error_feedback_check(Communicator& c) {
     for (size_t i = 0; i < rc; ++i) got_plain[i] += out[i];
     for (size_t i = 0; i < rc; ++i)
       for (int j = 0; j < n; ++j) exact[i] += x_of(j, size_t(r) * rc + i, s);
-    // Each residual is one rounding: at most (largest |x + residual| of its block) / 254.
+    // Each residual is one rounding: at most (largest |x + residual| of its block) / 254,
+    // where two-level reduce_scatter encodes sums of the host's L ranks.
     for (size_t i = 0; i < N; ++i) worst_step = std::max(worst_step, double(std::fabs(res[i])));
   }
-  expect(worst_step <= 1.3 / 254 * (1 + 1e-5),
-         "error feedback: a residual of " + std::to_string(worst_step) + " > 1.3/254");
+  const int L = c.num_hosts() > 1 ? c.local_size() : 1;
+  expect(worst_step <= L * 1.3 / 254 * (1 + 1e-5),
+         "error feedback: a residual of " + std::to_string(worst_step) + " > " +
+             std::to_string(L) + " x 1.3/254");
   // What the others still hold for this rank's block.
   std::vector<float> all(N * n);
   c.all_gather(res.data(), all.data(), N, Dtype::kF32);

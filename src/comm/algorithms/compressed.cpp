@@ -8,6 +8,16 @@
 // add n-1 roundings, and error feedback could not see them. The sum runs in rank order, so
 // the same inputs give the same bits on every run.
 //
+// Across hosts with several ranks each (the same number L on each of H hosts) it is two-level,
+// so what crosses the network is encoded once per pair of hosts, not once per pair of ranks:
+//   1. inside each host, exactly (f32 over shared memory): local rank l gets the host's sum of
+//      the H blocks that belong to the ranks with local index l on every host;
+//   2. across hosts, among the ranks with the same local index: each sends the encoded host
+//      sum of the block of its peer on host h there (error feedback applies to these), and
+//      adds the H-1 decoded sums it gets to its own host's, in host order.
+// Each rank then sends (H-1) encoded blocks off its host instead of (n - L) of them (2 hosts
+// x 2 ranks: half), and rounding happens once per host instead of once per rank.
+//
 // all_reduce = that reduce_scatter over n near-equal segments, then each rank encodes its
 // reduced segment once and sends it to all; every rank, the segment's owner too, decodes the
 // same bytes, so all ranks end with identical values.
@@ -38,9 +48,79 @@ void sum_in_rank_order(int n, int r, Wire w, const float* own, const char* recv,
 
 }  // namespace
 
+namespace {
+
+// The hosts of a context as lists of its ranks (hosts in order of their first rank), if every
+// host has the same number of ranks; else empty.
+std::vector<std::vector<int>> uniform_hosts(const OpContext& c) {
+  std::vector<std::vector<int>> hosts;
+  std::vector<int> seen;
+  for (int q = 0; q < c.size(); ++q) {
+    const int h = c.host_of()[q];
+    if (size_t(h) >= seen.size()) seen.resize(size_t(h) + 1, -1);
+    if (seen[h] < 0) seen[h] = int(hosts.size()), hosts.emplace_back();
+    hosts[seen[h]].push_back(q);
+  }
+  for (const auto& h : hosts)
+    if (h.size() != hosts[0].size()) return {};
+  return hosts;
+}
+
+void two_level_reduce_scatter(OpContext& c, const std::vector<std::vector<int>>& hosts,
+                              const float* in, float* out, size_t rc, const Compression& z) {
+  const int r = c.rank(), H = int(hosts.size()), L = int(hosts[0].size());
+  int me = 0, l = 0;
+  for (int h = 0; h < H; ++h)
+    for (int i = 0; i < L; ++i)
+      if (hosts[h][i] == r) me = h, l = i;
+  // 1. Inside the host: local rank i gets, for every host h, block hosts[h][i] (f32 bytes).
+  const size_t part = size_t(H) * rc * 4;  // H blocks of f32
+  char* send = c.scratch(part * L);
+  char* recv = c.scratch(part * L);
+  std::vector<size_t> sc(L, part), sd(L), rcv(L, part);
+  for (int i = 0; i < L; ++i) {
+    sd[i] = part * i;
+    for (int h = 0; h < H; ++h)
+      std::memcpy(send + sd[i] + size_t(h) * rc * 4, in + size_t(hosts[h][i]) * rc, rc * 4);
+  }
+  OpContext local = c.sub(hosts[me], 1);
+  pairwise_all_to_allv(local, send, sc.data(), sd.data(), recv, rcv.data(), sd.data());
+  float* sum = reinterpret_cast<float*>(c.scratch(part));  // [H][rc] this host's sums
+  for (int i = 0; i < L; ++i) {
+    const float* p = reinterpret_cast<const float*>(recv + sd[i]);
+    if (i == 0) std::memcpy(sum, p, part);
+    else for (size_t k = 0; k < size_t(H) * rc; ++k) sum[k] += p[k];
+  }
+  // 2. Across hosts, among the ranks with local index l: host sums, encoded.
+  std::vector<int> peers(H);
+  for (int h = 0; h < H; ++h) peers[h] = hosts[h][l];
+  const size_t wb = wire_bytes(z.wire, rc);
+  char* esend = c.scratch(wb * H);
+  char* erecv = c.scratch(wb * H);
+  std::vector<size_t> ec(H, wb), ed(H);
+  for (int h = 0; h < H; ++h) ed[h] = wb * h;
+  ec[me] = 0;
+  for (int h = 0; h < H; ++h) {
+    float* res = z.residual ? z.residual + size_t(peers[h]) * rc : nullptr;
+    if (h != me) {
+      wire_encode(z.wire, sum + size_t(h) * rc, rc, esend + ed[h], res);
+    } else if (res) {  // the own host's sum is not encoded: its residual is spent here
+      for (size_t k = 0; k < rc; ++k) sum[size_t(h) * rc + k] += res[k], res[k] = 0;
+    }
+  }
+  OpContext cross = c.sub(peers, 2);
+  pairwise_all_to_allv(cross, esend, ec.data(), ed.data(), erecv, ec.data(), ed.data());
+  sum_in_rank_order(H, me, z.wire, sum + size_t(me) * rc, erecv, ed, rc, out);
+}
+
+}  // namespace
+
 void compressed_reduce_scatter(OpContext& c, const float* in, float* out, size_t recv_count,
                                const Compression& z) {
   const int n = c.size(), r = c.rank();
+  const std::vector<std::vector<int>> hosts = uniform_hosts(c);
+  if (hosts.size() > 1 && hosts[0].size() > 1)
+    return two_level_reduce_scatter(c, hosts, in, out, recv_count, z);
   const size_t wb = wire_bytes(z.wire, recv_count);
   char* send = c.scratch(wb * n);
   char* recv = c.scratch(wb * n);
