@@ -26,12 +26,12 @@
 # weighs what it cost); per mode and rate, the median over --rounds rounds; "speedup" is the
 # median over rounds of (tok/s / plain's tok/s at the same rate in the same round).
 #
-# Bytes: the switch ports' counters (frames each host sent over its link; TCP/IP headers and
-# ACKs included) read the moment rank 0 writes each step's record (emulated_hosts.sh's
-# emu_sampler), differenced over the measured steps: "to other hosts /rank" = the hosts' link
-# bytes / 4 ranks / step, "links" = both hosts' link bytes per step. When the trainer's train
-# records carry byte counters (any field whose name has "bytes"), their per-step means over the
-# measured steps are printed beside them as the cross-check.
+# Bytes, two independent counts: the switch ports' counters (frames each host sent over its link;
+# TCP/IP headers and ACKs included) read the moment rank 0 writes each step's record
+# (emulated_hosts.sh's emu_sampler), differenced over the measured steps ("links": both hosts'
+# bytes per step; "to other hosts /rank": / 4 ranks), and the trainer's own counters in its
+# train records (every field whose name has "bytes": net_bytes to other hosts, sent_bytes in
+# all, net_bytes_<collective>; payload, summed over the ranks), averaged over the same steps.
 #
 # usage: bench/parallel/slow_links.sh [--moe PATH] [--rounds 3] [--steps 12] [--warmup 2]
 #          [--inner-steps 50] [--periods 1] [--threads 1] [--rates 1000,100]
@@ -69,7 +69,7 @@ while (($#)); do
     --data) data=$2; shift 2 ;;
     --batch) batch=$2; shift 2 ;;
     --seq-len) seq_len=$2; shift 2 ;;
-    -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
     *) echo "slow_links: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
 done
@@ -325,8 +325,9 @@ if "failed" in res:
 else:
     mb = lambda v: "-" if v is None else f"{v / 1e6:.2f} MB"
     extra = ""
-    if "trainer_bytes_per_step" in res:
-        extra = "  trainer: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in res["trainer_bytes_per_step"].items())
+    t = res.get("trainer_bytes_per_step", {})
+    if "net_bytes" in t:
+        extra = f"  (trainer: {t['net_bytes'] / ranks / 1e6:.2f} MB/rank/step to other hosts)"
     busy = f"  (busiest link {100 * res['link_util']:.0f}% busy)" if "link_util" in res else ""
     if mode == "diloco":
         extra += "  outer sync " + ", ".join(f"{v:.2f} s" for v in res["outer_sync_s"])
@@ -361,7 +362,7 @@ def med(v):
 def f(v, fmt, scale=1):
     return "-" if v is None else format(v * scale, fmt)
 def layout(m):
-    return {"diloco": "2 groups (hosts) x ep2", "nodelimited": "ep4, 2 groups, 1/token"}.get(m, "ep4 (dp1)")
+    return {"diloco": "2 groups (hosts) x ep2", "nodelimited": "ep4, topk_group 1 of 2"}.get(m, "ep4 (dp1)")
 ratio = {}
 for rate in rates:
     for m in order:
@@ -372,10 +373,17 @@ for rate in rates:
             if p: v.append(x["tokens_per_s"] / p[0]["tokens_per_s"])
         ratio[rate, m] = v
 tkeys = sorted({k for x in ok for k in x.get("trainer_bytes_per_step", {})})
+def tb(x, k):  # the trainer's per-step bytes (summed over ranks)
+    return x.get("trainer_bytes_per_step", {}).get(k)
+ranks = 4
 print()
-print("## Medians over rounds (tok/s: tokens of the measured steps / their wall time; bytes: link counters per step)")
-hdr = ["mode", "Mbit/s", "layout", "tok/s job", "vs plain", "wall/step s", "to other hosts MB/rank/step",
-       "links MB/step", "link busy"] + [f"trainer {k} MB" for k in tkeys] + ["runs"]
+print("## Medians over rounds")
+print("tok/s: tokens of the measured steps / their wall time. Bytes per step: 'links' from the switch ports'")
+print("counters (frames: TCP/IP headers and ACKs included), 'trainer' from the train records (payload; the")
+print("trainer sums its ranks: net_bytes to other hosts, sent_bytes in all, shared memory included).")
+hdr = ["mode", "Mbit/s", "layout", "tok/s job", "vs plain", "wall/step s",
+       "to other hosts MB/rank (links)", "to other hosts MB/rank (trainer)", "sent in all MB/step (trainer)",
+       "links MB/step", "link busy", "runs"]
 print("| " + " | ".join(hdr) + " |")
 print("|" + " --- |" * len(hdr))
 for rate in rates:
@@ -390,9 +398,11 @@ for rate in rates:
         g = lambda k: med([x.get(k) for x in rs])
         row = [m, str(rate), layout(m), f(g("tokens_per_s"), ".0f"),
                "1.00" if m == "plain" else f(med(ratio[rate, m]), ".2f"), f(g("wall_step_s"), ".3f"),
-               f(g("inter_host_bytes_per_rank_step"), ".3f", 1e-6), f(g("link_bytes_per_step"), ".3f", 1e-6),
+               f(g("inter_host_bytes_per_rank_step"), ".3f", 1e-6),
+               f(med([tb(x, "net_bytes") for x in rs]), ".3f", 1e-6 / ranks),
+               f(med([tb(x, "sent_bytes") for x in rs]), ".3f", 1e-6),
+               f(g("link_bytes_per_step"), ".3f", 1e-6),
                f(g("link_util"), ".0f", 100) + ("%" if g("link_util") is not None else "")]
-        row += [f(med([x.get("trainer_bytes_per_step", {}).get(k) for x in rs]), ".3f", 1e-6) for k in tkeys]
         row.append(f"{len(rs)}/{len(rs) + len(bad)}")
         print("| " + " | ".join(row) + " |")
 # A compression mode whose bytes match plain's: its keys had no effect in this binary.
@@ -403,6 +413,16 @@ for rate in rates:
         if pb and mb and mb > 0.9 * pb:
             print(f"note: {m} at {rate} Mbit/s sends {mb / pb:.2f}x plain's bytes per step: "
                   "its compression is not in effect in this binary")
+if tkeys:
+    print()
+    print("## The trainer's byte counters per step, MB per rank (its sums / 4 ranks; medians over rounds)")
+    print("%-11s %6s " % ("mode", "Mbit/s") + " ".join("%14s" % k.replace("net_bytes_", "net:") for k in tkeys))
+    for rate in rates:
+        for m in order:
+            rs = [x for x in ok if x["rate_mbit"] == rate and x["mode"] == m]
+            if rs:
+                print("%-11s %6d " % (m, rate) + " ".join(
+                    "%14s" % f(med([tb(x, k) for x in rs]), ".3f", 1e-6 / ranks) for k in tkeys))
 print()
 print("## Per round: tok/s (speedup vs plain of the same round and rate)")
 for rate in rates:
