@@ -116,6 +116,13 @@ void Model::set_dispatcher(TokenDispatcher* d) {
 
 void Model::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
 
+const std::vector<int32_t>& Model::routed_experts(int64_t layer) const {
+  static const std::vector<int32_t> kNone;
+  if (!acts_ || layer < 0 || size_t(layer) >= acts_->layers.size() || !cfg_.is_moe_layer(layer))
+    return kNone;
+  return acts_->layers[size_t(layer)].moe.plan.topk_idx;
+}
+
 void Model::reset_load() {
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
     load_[l].assign(cfg_.is_moe_layer(l) ? cfg_.n_routed_experts : 0, 0);

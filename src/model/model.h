@@ -79,6 +79,9 @@ class Model {
   // One entry per MoE layer, from the last forward pass (forward or forward_backward); empty
   // before the first one. Costs one pass over the (N, E) router scores per layer.
   const std::vector<MoeLayerStats>& moe_stats() const { return moe_stats_; }
+  // The experts each token of the last forward chose in MoE layer `layer` (global ids, kept
+  // or dropped): (N, K) in the first N*K entries; empty for a dense layer or before a forward.
+  const std::vector<int32_t>& routed_experts(int64_t layer) const;
 
   // How MoE layers reach the experts (null: all on this process). Must hold the experts of
   // layout(): expert_first() and experts_local() agree with it.

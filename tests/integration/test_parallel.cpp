@@ -273,6 +273,19 @@ TEST(ParallelDispatch, RankIdRowsGoAndComeBackAndIdleExpertsWork) {
   }
 }
 
+// Node-limited routing over two fake hosts of two ranks (MOE_HOST_ID): n_group = 2 hosts,
+// topk_group = 1, every token's top-3 experts on one host (dispatch_worker's node_limited).
+TEST(ParallelDispatch, NodeLimitedTokensReachOneHost) {
+  const auto [code, out] =
+      run_command(std::string(kEnv) + MOE_BINARY + " launch --nproc-per-node 4 -- /bin/sh -c "
+                  "'MOE_HOST_ID=h$((MOE_RANK / 2)) exec " MOE_DISPATCH_WORKER "'");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("node_limited: tokens per host"), std::string::npos) << out;
+  for (int r = 0; r < 4; ++r)
+    EXPECT_NE(out.find("dispatch_worker rank " + std::to_string(r) + ": ok"), std::string::npos)
+        << out;
+}
+
 // Across hosts: two `moe launch --nnodes 2` on this machine, each told it is another host
 // (MOE_HOST_ID), so ranks of different "hosts" talk over TCP: the same bits as one node of 4
 // ranks over shared memory (the same sums in the same order, only the wire differs).

@@ -9,6 +9,9 @@
 //   zero-tokens  the router's balancing bias sends every token to experts 0 and 1 (rank 0's):
 //                the other ranks' experts get no row, and forward + backward on EP ranks gives
 //                the loss and expert gradients that one process computes on the global batch
+//   node-limited with several hosts (MOE_HOST_ID): n_group = hosts, topk_group = 1, top-3 of
+//                2 experts per rank: every token's experts are on one host
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -124,6 +127,47 @@ void zero_tokens(const std::shared_ptr<comm::Communicator>& world) {
   for (size_t e = 2; e < load.size(); ++e) check(load[e] == 0, "expert " + std::to_string(e));
 }
 
+// Node-limited routing (n_group = the hosts of the EP group, topk_group = 1; expert
+// parallel over every rank): every token's experts, as routed in a real forward, lie on the
+// experts of one host, and the job's tokens do use both hosts. Skipped on one host.
+void node_limited(const std::shared_ptr<comm::Communicator>& world) {
+  const int n = world->size(), r = world->rank(), H = world->num_hosts();
+  if (H < 2) return;
+  ModelConfig cfg = zero_token_config(2 * n);
+  cfg.num_experts_per_tok = 3, cfg.n_group = H, cfg.topk_group = 1;
+  cfg.aux_loss_alpha = 0;
+  const int64_t B = 2 * n, T = 8;
+  std::vector<int32_t> tokens(size_t(B * (T + 1)));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 13 + 5) % 64);
+  ParallelConfig pc;
+  pc.ep = n;
+  Parallel par(world, pc, cfg);
+  Model ep(cfg, par.layout_options());
+  ep.init_weights(9);
+  par.attach(ep);
+  ep.forward(tokens.data() + 2 * r * (T + 1), 2, T);
+  // Expert e lives on EP rank e / 2, which is world rank e / 2 here.
+  const std::vector<int32_t>& sel = ep.routed_experts(1);
+  check(sel.size() >= size_t(2 * T * 3), "routed experts of layer 1: " + std::to_string(sel.size()));
+  std::vector<int64_t> per_host(size_t(H), 0);
+  for (size_t t = 0; t < size_t(2 * T) && t * 3 < sel.size(); ++t) {
+    std::vector<int> hosts;
+    for (int k = 0; k < 3; ++k) {
+      const int h = world->host_of()[size_t(sel[t * 3 + k] / 2)];
+      if (std::find(hosts.begin(), hosts.end(), h) == hosts.end()) hosts.push_back(h);
+    }
+    check(hosts.size() == 1, "token " + std::to_string(t) + " of rank " + std::to_string(r) +
+                                 " reaches " + std::to_string(hosts.size()) + " hosts");
+    ++per_host[size_t(hosts[0])];
+  }
+  par.all_reduce_sum(per_host.data(), per_host.size());
+  for (int h = 0; h < H; ++h)
+    check(per_host[size_t(h)] > 0, "no token chose host " + std::to_string(h) + "'s experts");
+  if (r == 0)
+    std::printf("node_limited: tokens per host %lld, %lld\n", static_cast<long long>(per_host[0]),
+                static_cast<long long>(per_host[1]));
+}
+
 }  // namespace
 
 int main() {
@@ -131,6 +175,7 @@ int main() {
     auto world = comm::Communicator::from_env();
     round_trip(world);
     zero_tokens(world);
+    node_limited(world);
     std::printf("dispatch_worker rank %d: %s\n", world->rank(),
                 failure.empty() ? "ok" : ("FAIL " + failure).c_str());
     return failure.empty() ? 0 : 1;
