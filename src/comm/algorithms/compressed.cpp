@@ -66,6 +66,39 @@ std::vector<std::vector<int>> uniform_hosts(const OpContext& c) {
   return hosts;
 }
 
+// Segment i = [seg[i], seg[i+1]) of every rank's input goes to rank i, encoded (with the
+// residual); rank r sums its own segment, exact, with the n-1 decoded ones, in rank order.
+void direct_reduce(OpContext& c, const float* in, const std::vector<size_t>& seg, float* out,
+                   const Compression& z) {
+  const int n = c.size(), r = c.rank();
+  const size_t mine = seg[r + 1] - seg[r];
+  std::vector<size_t> sc(n), sd(n), rc(n), rd(n);
+  size_t st = 0, rt = 0;
+  for (int i = 0; i < n; ++i) {
+    sc[i] = i == r ? 0 : wire_bytes(z.wire, seg[i + 1] - seg[i]);
+    rc[i] = i == r ? 0 : wire_bytes(z.wire, mine);
+    sd[i] = st, rd[i] = rt;
+    st += sc[i], rt += rc[i];
+  }
+  char* send = c.scratch(st);
+  char* recv = c.scratch(rt);
+  float* own = reinterpret_cast<float*>(c.scratch(4 * mine));
+  for (int i = 0; i < n; ++i) {
+    const size_t at = seg[i], len = seg[i + 1] - seg[i];
+    float* res = z.residual ? z.residual + at : nullptr;
+    if (i != r) {
+      wire_encode(z.wire, in + at, len, send + sd[i], res);
+      continue;
+    }
+    for (size_t k = 0; k < len; ++k) {  // not encoded: its residual is spent here
+      own[k] = res ? in[at + k] + res[k] : in[at + k];
+      if (res) res[k] = 0;
+    }
+  }
+  pairwise_all_to_allv(c, send, sc.data(), sd.data(), recv, rc.data(), rd.data());
+  sum_in_rank_order(n, r, z.wire, own, recv, rd, mine, out);
+}
+
 void two_level_reduce_scatter(OpContext& c, const std::vector<std::vector<int>>& hosts,
                               const float* in, float* out, size_t rc, const Compression& z) {
   const int r = c.rank(), H = int(hosts.size()), L = int(hosts[0].size());
@@ -117,30 +150,13 @@ void two_level_reduce_scatter(OpContext& c, const std::vector<std::vector<int>>&
 
 void compressed_reduce_scatter(OpContext& c, const float* in, float* out, size_t recv_count,
                                const Compression& z) {
-  const int n = c.size(), r = c.rank();
+  const int n = c.size();
   const std::vector<std::vector<int>> hosts = uniform_hosts(c);
   if (hosts.size() > 1 && hosts[0].size() > 1)
     return two_level_reduce_scatter(c, hosts, in, out, recv_count, z);
-  const size_t wb = wire_bytes(z.wire, recv_count);
-  char* send = c.scratch(wb * n);
-  char* recv = c.scratch(wb * n);
-  float* own = reinterpret_cast<float*>(c.scratch(4 * recv_count));
-  std::vector<size_t> counts(n, wb), displs(n);
-  for (int i = 0; i < n; ++i) displs[i] = wb * i;
-  counts[r] = 0;
-  for (int i = 0; i < n; ++i) {
-    const size_t at = recv_count * i;
-    if (i != r) {
-      wire_encode(z.wire, in + at, recv_count, send + displs[i], z.residual ? z.residual + at : nullptr);
-      continue;
-    }
-    for (size_t k = 0; k < recv_count; ++k) {
-      own[k] = z.residual ? in[at + k] + z.residual[at + k] : in[at + k];
-      if (z.residual) z.residual[at + k] = 0;
-    }
-  }
-  pairwise_all_to_allv(c, send, counts.data(), displs.data(), recv, counts.data(), displs.data());
-  sum_in_rank_order(n, r, z.wire, own, recv, displs, recv_count, out);
+  std::vector<size_t> seg(n + 1);
+  for (int i = 0; i <= n; ++i) seg[i] = recv_count * size_t(i);
+  direct_reduce(c, in, seg, out, z);
 }
 
 void compressed_all_reduce(OpContext& c, const float* in, float* out, size_t count, ReduceOp op,
@@ -149,34 +165,12 @@ void compressed_all_reduce(OpContext& c, const float* in, float* out, size_t cou
   std::vector<size_t> seg(n + 1);
   for (int i = 0; i <= n; ++i) seg[i] = segment_begin(count, n, i);
   const size_t mine = seg[r + 1] - seg[r];
-  // Phase 1: segment i of every rank's input, encoded, to rank i.
-  std::vector<size_t> sc(n), sd(n), rc(n), rd(n);
-  size_t st = 0, rt = 0;
-  for (int i = 0; i < n; ++i) {
-    sc[i] = i == r ? 0 : wire_bytes(z.wire, seg[i + 1] - seg[i]);
-    rc[i] = i == r ? 0 : wire_bytes(z.wire, mine);
-    sd[i] = st, rd[i] = rt;
-    st += sc[i], rt += rc[i];
-  }
-  char* send = c.scratch(st);
-  char* recv = c.scratch(rt);
-  float* own = reinterpret_cast<float*>(c.scratch(4 * mine));
+  // Phase 1: segment i of every rank's input, encoded, to rank i, which sums them.
   float* sum = reinterpret_cast<float*>(c.scratch(4 * mine));
-  for (int i = 0; i < n; ++i) {
-    const size_t at = seg[i], len = seg[i + 1] - seg[i];
-    if (i != r) {
-      wire_encode(z.wire, in + at, len, send + sd[i], z.residual ? z.residual + at : nullptr);
-      continue;
-    }
-    for (size_t k = 0; k < len; ++k) {
-      own[k] = z.residual ? in[at + k] + z.residual[at + k] : in[at + k];
-      if (z.residual) z.residual[at + k] = 0;
-    }
-  }
-  pairwise_all_to_allv(c, send, sc.data(), sd.data(), recv, rc.data(), rd.data());
-  sum_in_rank_order(n, r, z.wire, own, recv, rd, mine, sum);
+  direct_reduce(c, in, seg, sum, z);
   if (op == ReduceOp::kAvg)
     for (size_t k = 0; k < mine; ++k) sum[k] /= float(n);
+  std::vector<size_t> sc(n), sd(n), rc(n), rd(n);
   // Phase 2: each reduced segment, encoded once, to every rank (itself included).
   const size_t wb_mine = wire_bytes(z.wire, mine);
   char* enc = c.scratch(wb_mine);
