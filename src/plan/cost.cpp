@@ -18,8 +18,9 @@ double dispatch_bytes(const Layout& l) {
 double combine_bytes(const Layout& l) {
   return l.combine != Wire::kAuto ? wire_bytes(l.combine) : act_elem_bytes(l.dtype);
 }
-// The trainer reduce-scatters fp32 gradients by ring and encoded ones (bf16, int8) by direct
-// exchange (ParallelConfig::grad_comm_dtype).
+// The trainer reduce-scatters fp32 gradients by ring and encoded ones (bf16, int8) by its
+// compressed reduce-scatter (ParallelConfig::grad_comm_dtype; network.h: a direct exchange,
+// two-level across nodes holding several of the group's ranks each).
 bool compressed_grads(const Layout& l) {
   return l.grad_comm == Wire::kBf16 || l.grad_comm == Wire::kInt8;
 }
@@ -313,8 +314,10 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
   // Data parallel: gradients reduce-scattered and parameters all-gathered (ZeRO >= 1), or
   // all-reduced (ZeRO-0), over dp ranks (stride tp) for non-expert and edp ranks (stride ep)
   // for expert parameters, among the devices that sync every step (one DiLoCo group, else
-  // the job). Gradients in the auto format or fp32 go by ring, bf16/int8 encoded by direct
-  // exchange (network.h); parameters are all-gathered by ring in the activation dtype (the
+  // the job). Gradients in the auto format or fp32 go by ring, bf16/int8 encoded by the
+  // compressed reduce-scatter (network.h: direct exchange; two-level, exact f32 inside the node
+  // and (H-1)/n of the encoded buffer per device across, when every node holds L > 1 of the
+  // group's ranks); parameters are all-gathered by ring in the activation dtype (the
   // bf16 copy; fp32 on CPU). Overlap (Megatron --overlap-grad-reduce/--overlap-param-gather,
   // the trainer's [parallel] overlap): the reduce-scatter hides under the last micro-batch's
   // backward, the all-gather under the first forward; without it both follow the backward.
@@ -325,8 +328,8 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
     const double p_ex = static_cast<double>(pc.expert) / (l.ep * l.pp);
     const GroupSpan g_ne = group_span(sg.dp, l.tp, dpn), g_ex = group_span(sg.edp, l.ep, dpn);
     auto reduce = [&](double params, const GroupSpan& g) {
-      const double bytes = params * grad_bytes(l);
-      return compressed_grads(l) ? direct_exchange(c, bytes, g) : ring_collective(c, bytes, g);
+      return compressed_grads(l) ? compressed_reduce_scatter(c, params, grad_bytes(l), g)
+                                 : ring_collective(c, params * grad_bytes(l), g);
     };
     const CommCost rs_ne = reduce(p_ne, g_ne), rs_ex = reduce(p_ex, g_ex);
     const CommCost ag_ne = ring_collective(c, p_ne * a, g_ne);
@@ -353,7 +356,8 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
     // size: one per node when groups are whole nodes), then takes the outer Nesterov step;
     // the group's usual parameter all-gather spreads the result:
     //   outer_sync = reduce-scatter + all-gather of P * wire_bytes(outer_comm)
-    //                (fp32: both by ring; int8: encoded, reduce-scatter by direct exchange)
+    //                (fp32: both by ring; int8: encoded, reduce-scatter by direct exchange:
+    //                the trainer's compressed all_reduce, whose first phase stays flat)
     //   outer_step = P * 28 bytes / memory rate;   per step: (outer_sync + outer_step) / H.
     // Nothing overlaps it: every rank waits for the sync.
     if (sg.groups > 1) {

@@ -29,6 +29,21 @@ GroupSpan group_span(int64_t n, int64_t stride, int64_t devices_per_node) {
   g.n = std::max<int64_t>(1, n);
   g.nodes = nodes_spanned(g.n, stride, devices_per_node);
   g.per_node = static_cast<double>(g.n) / static_cast<double>(g.nodes);
+  // Members fill nodes in order (member k on node k * stride / devices_per_node): even if
+  // every run of members on one node is as long as the first.
+  if (g.nodes > 1 && stride < devices_per_node) {
+    int64_t first = 0, run = 0, node = 0;
+    for (int64_t k = 0; k < g.n && g.even; ++k) {
+      const int64_t at = k * stride / devices_per_node;
+      if (at != node) {
+        if (first == 0) first = run;
+        else if (run != first) g.even = false;
+        node = at, run = 0;
+      }
+      ++run;
+    }
+    if (g.even && run != first) g.even = false;
+  }
   return g;
 }
 
@@ -60,6 +75,21 @@ CommCost direct_exchange(const Cluster& c, double bytes, const GroupSpan& g) {
   const double t_inter = r.inter_bytes / (c.inter_bandwidth * c.eff.inter_comm);
   const double t_intra = r.intra_bytes / (c.intra_bandwidth * c.eff.intra_comm);
   r.time = std::max(t_inter, t_intra) + (g.nodes > 1 ? c.inter_latency : c.intra_latency);
+  return r;
+}
+
+CommCost compressed_reduce_scatter(const Cluster& c, double values, double wire,
+                                   const GroupSpan& g) {
+  const double L = g.per_node;
+  if (g.n <= 1 || values <= 0 || g.nodes <= 1 || !g.even || L <= 1)
+    return direct_exchange(c, wire * values, g);
+  // Two-level (network.h): intra = (L-1)/L * 4V in f32, inter = (H-1)/n * wV encoded.
+  CommCost r;
+  const double n = static_cast<double>(g.n), H = static_cast<double>(g.nodes);
+  r.intra_bytes = (L - 1.0) * H * (values / n) * 4.0;
+  r.inter_bytes = (H - 1.0) * wire * (values / n);
+  r.time = r.intra_bytes / (c.intra_bandwidth * c.eff.intra_comm) + c.intra_latency +
+           r.inter_bytes / (c.inter_bandwidth * c.eff.inter_comm) + c.inter_latency;
   return r;
 }
 

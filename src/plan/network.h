@@ -26,10 +26,11 @@ int64_t nodes_spanned(int64_t size, int64_t stride, int64_t per_node);
 double expected_nodes_touched(int64_t k, int64_t g);
 
 // Where a communication group sits: n ranks spaced `stride` apart over `nodes` nodes,
-// per_node = n / nodes of them on each.
+// per_node = n / nodes of them on each (on average; `even` if every node holds as many).
 struct GroupSpan {
   int64_t n = 1, nodes = 1;
   double per_node = 1;
+  bool even = true;
 };
 GroupSpan group_span(int64_t n, int64_t stride, int64_t devices_per_node);
 
@@ -54,6 +55,20 @@ CommCost ring_collective(const Cluster& c, double bytes, const GroupSpan& g);
 // Same total volume as the ring, but every block for another node crosses on its own, so a
 // node sends r * (n - r)/n * S off-node against the ring's (n-1)/n * S.
 CommCost direct_exchange(const Cluster& c, double bytes, const GroupSpan& g);
+
+// The trainer's compressed reduce-scatter of V f32 values encoded at w bytes a value (bf16 2,
+// int8 1 + 4/128; comm/algorithms/compressed.cpp). On H > 1 nodes holding the same number
+// L > 1 of the group's ranks each (n = H * L) it is two-level, blocks b = V/n values:
+//   1. inside the node, exact f32: each rank sends each of its L-1 node peers H blocks,
+//      intra = (L-1) * H * b * 4 = (L-1)/L * 4V bytes;
+//   2. across nodes, among the ranks with the same local index: each rank sends H-1 encoded
+//      host sums, inter = (H-1) * w * b = (H-1)/n * wV bytes (the flat exchange: (n-L)/n * wV,
+//      L times as much);
+//   time = intra / (intra_bw * eff_intra) + intra latency
+//        + inter / (inter_bw * eff_inter) + inter latency   (stage 2 waits for stage 1's sums).
+// One rank per node, uneven nodes or one node: direct_exchange(c, w * V, g).
+CommCost compressed_reduce_scatter(const Cluster& c, double values, double wire,
+                                   const GroupSpan& g);
 
 // ---- Expert-parallel all-to-all -----------------------------------------------------------
 struct A2aBytes {

@@ -109,7 +109,11 @@ std::string explain_text(const PlanModel& m, const Cluster& c, const Job& job, c
     const bool enc = l.grad_comm == Wire::kBf16 || l.grad_comm == Wire::kInt8;
     s += f("  dp sync: gradient reduce-scatter %.4f s (%s, %s) + parameter all-gather %.4f s "
            "(ring); dp %lld ranks on %lld node(s), edp %lld; %s\n",
-           t.dp_rs, wire_name(l.grad_comm), enc ? "direct exchange" : "ring", t.dp_ag,
+           t.dp_rs, wire_name(l.grad_comm),
+           !enc ? "ring"
+           : g.nodes > 1 && g.even && g.per_node > 1 ? "two-level: f32 in the node, encoded across"
+                                                      : "direct exchange",
+           t.dp_ag,
            static_cast<long long>(sg.dp), static_cast<long long>(g.nodes),
            static_cast<long long>(sg.edp),
            l.overlap ? "overlapped with backward / next forward" : "not overlapped");

@@ -1,6 +1,7 @@
 // Slow-link terms of the cost model (issue 16) against values worked out by hand: wire formats,
-// ring and direct-exchange collectives across nodes, compressed gradients, all-to-all formats,
-// DiLoCo, the per-node link of a cluster file, trainer run configs, and the parse errors.
+// ring, direct-exchange and two-level collectives across nodes, compressed gradients,
+// all-to-all formats, DiLoCo, the per-node link of a cluster file, trainer run configs, and
+// the parse errors.
 // Tiny model and toy cluster: plan_fixtures.h (2 devices per node, intra 100 B/s, inter 10 B/s
 // per device, no latency; 1440 non-expert + 768 expert parameters).
 #include <gtest/gtest.h>
@@ -121,22 +122,73 @@ TEST(PlanSlowLinks, NetworkCpuSlowsTheComputeItHidesUnder) {
   EXPECT_DOUBLE_EQ(step_time(m, c, job, l).net_cpu, 0.0);
 }
 
-TEST(PlanSlowLinks, CompressedGradientsByDirectExchange) {
-  // int8: 1440 * 1.03125 = 1485 and 768 * 1.03125 = 792 bytes; half of each leaves the node
-  // (742.5 and 396 B) at 10 B/s: 74.25 + 39.6 s. Parameters stay bf16 by ring (165.6 s).
+TEST(PlanSlowLinks, GroupSpanSaysIfNodesHoldEqualShares) {
+  EXPECT_TRUE(group_span(4, 1, 2).even);   // 2 + 2
+  EXPECT_TRUE(group_span(4, 2, 2).even);   // one per node
+  EXPECT_TRUE(group_span(8, 2, 8).even);   // members 0, 2, ..., 14: 4 + 4
+  EXPECT_TRUE(group_span(2, 1, 2).even);   // one node
+  EXPECT_FALSE(group_span(3, 1, 2).even);  // 2 + 1
+  EXPECT_FALSE(group_span(6, 1, 4).even);  // 4 + 2, though 3 a node on average
+  EXPECT_FALSE(group_span(3, 3, 4).even);  // members 0, 3, 6: 2 + 1
+}
+
+TEST(PlanSlowLinks, CompressedReduceScatterIsTwoLevelAcrossEqualNodes) {
+  const Cluster c = toy_cluster();
+  // 1000 values at 1 byte, 4 ranks on 2 nodes of 2 (H = L = 2), blocks of 250 values:
+  //   1. in f32 inside the node, (L-1) * H * 250 * 4 = 2000 B at 100 B/s: 20 s;
+  //   2. across, (H-1) * 250 = 250 B at 10 B/s: 25 s; the flat exchange sent 500 B.
+  CommCost r = compressed_reduce_scatter(c, 1000, 1.0, group_span(4, 1, 2));
+  EXPECT_DOUBLE_EQ(r.intra_bytes, 2000.0);
+  EXPECT_DOUBLE_EQ(r.inter_bytes, 250.0);
+  EXPECT_DOUBLE_EQ(r.time, 45.0);
+  // The stages follow each other, each paying its latency.
+  Cluster d = c;
+  d.intra_latency = 1, d.inter_latency = 2;
+  EXPECT_DOUBLE_EQ(compressed_reduce_scatter(d, 1000, 1.0, group_span(4, 1, 2)).time, 48.0);
+  // 8 ranks on 2 nodes of 4, bf16: blocks of 125 values; 3 * 2 * 125 * 4 = 3000 B inside
+  // (30 s), 125 * 2 = 250 B across (25 s): a quarter of the flat exchange's (8-4)/8 * 2000.
+  r = compressed_reduce_scatter(c, 1000, 2.0, group_span(8, 1, 4));
+  EXPECT_DOUBLE_EQ(r.intra_bytes, 3000.0);
+  EXPECT_DOUBLE_EQ(r.inter_bytes, 250.0);
+  EXPECT_DOUBLE_EQ(r.time, 55.0);
+  // One rank per node: the flat exchange, 3/4 of 1000 B off-node at 10 B/s.
+  r = compressed_reduce_scatter(c, 1000, 1.0, group_span(4, 2, 2));
+  EXPECT_DOUBLE_EQ(r.inter_bytes, 750.0);
+  EXPECT_DOUBLE_EQ(r.intra_bytes, 0.0);
+  EXPECT_DOUBLE_EQ(r.time, 75.0);
+  // Unequal nodes (2 + 1): flat, (3 - 1.5)/3 of it off-node, 0.5/3 to node peers.
+  r = compressed_reduce_scatter(c, 1000, 1.0, group_span(3, 1, 2));
+  EXPECT_DOUBLE_EQ(r.inter_bytes, 500.0);
+  EXPECT_DOUBLE_EQ(r.time, 50.0);
+  // One node: flat, 1/2 of it to the neighbour at 100 B/s.
+  r = compressed_reduce_scatter(c, 1000, 1.0, group_span(2, 1, 2));
+  EXPECT_DOUBLE_EQ(r.intra_bytes, 500.0);
+  EXPECT_DOUBLE_EQ(r.time, 5.0);
+}
+
+TEST(PlanSlowLinks, CompressedGradientsTwoLevel) {
+  // dp = edp = 4 on 2 nodes of 2: two-level. int8, non-expert 1440 parameters in blocks of
+  // 360: f32 2 * 360 * 4 = 2880 B inside (28.8 s), then 360 * 1.03125 = 371.25 B across
+  // (37.125 s); expert 768 in blocks of 192: 1536 B (15.36 s), then 198 B (19.8 s).
+  // Parameters stay bf16 by ring (165.6 s).
   Time t = time_of("ep=1,mb=1,dtype=bf16,gradcomm=int8", 4);
-  EXPECT_NEAR(t.dp_rs, 113.85, 1e-9);
-  EXPECT_NEAR(t.inter_grad, 1138.5, 1e-9);
+  EXPECT_NEAR(t.dp_rs, 28.8 + 37.125 + 15.36 + 19.8, 1e-9);
+  EXPECT_NEAR(t.inter_grad, 371.25 + 198.0, 1e-9);  // half the flat exchange's 1138.5
   EXPECT_NEAR(t.dp_ag, 165.6, 1e-9);
   EXPECT_NEAR(t.inter_param, 1656.0, 1e-9);
-  // bf16 by direct exchange: 2880/2 = 1440 and 1536/2 = 768 B off-node: 144 + 76.8 s, slower
-  // than the bf16 ring (165.6 s) with 2 devices per node sharing the link.
+  // bf16: 720 and 384 B across (72 + 38.4 s) after the same f32 stage: 154.56 s, now faster
+  // than the bf16 ring (165.6 s); the flat exchange took 220.8 s.
   t = time_of("ep=1,mb=1,dtype=bf16,gradcomm=bf16", 4);
-  EXPECT_NEAR(t.dp_rs, 220.8, 1e-9);
-  EXPECT_NEAR(t.inter_grad, 2208.0, 1e-9);
+  EXPECT_NEAR(t.dp_rs, 28.8 + 72.0 + 15.36 + 38.4, 1e-9);
+  EXPECT_NEAR(t.inter_grad, 1104.0, 1e-9);
   // fp32 gradients by ring in a bf16 run: edges 3/4 * 5760 and 3/4 * 3072 over 20 B/s.
   t = time_of("ep=1,mb=1,dtype=bf16,gradcomm=fp32", 4);
   EXPECT_NEAR(t.dp_rs, 216.0 + 115.2, 1e-9);
+  // ep = 2: edp = 2 ranks spaced 2 apart, one per node: expert gradients (768 / 2 = 384
+  // values, 396 B) by the flat exchange, half off-node: 198 B, 19.8 s.
+  t = time_of("ep=2,mb=1,dtype=bf16,gradcomm=int8", 4);
+  EXPECT_NEAR(t.dp_rs, 28.8 + 37.125 + 19.8, 1e-9);
+  EXPECT_NEAR(t.inter_grad, 371.25 + 198.0, 1e-9);
 }
 
 TEST(PlanSlowLinks, AllToAllWireFormats) {
@@ -204,6 +256,12 @@ TEST(PlanSlowLinks, DiLoCoSyncsGroupsEveryHSteps) {
   EXPECT_NEAR(t.outer_inter_bytes, 1138.5, 1e-9);
   EXPECT_NEAR(t.inter_diloco, 1138.5 / 50, 1e-9);
   // ZeRO-0: the optimizer owns all 2208 parameters: 8832 B, 441.6 s each way.
+  // The outer int8 sync is the trainer's compressed all_reduce, flat even where two-level
+  // would apply: groups of one device, 4 ranks on 2 nodes; 2208 * 1.03125 = 2277 B, half of
+  // it off-node (113.85 s), then the ring all-gather, 3/4 * 2277 over 20 B/s (85.3875 s).
+  t = time_of("ep=1,mb=1,dtype=bf16,diloco=10,dilocogroup=1,outercomm=int8", 4);
+  EXPECT_NEAR(t.outer_sync, 113.85 + 85.3875, 1e-9);
+  EXPECT_NEAR(t.outer_inter_bytes, 1138.5 + 853.875, 1e-9);
   t = time_of("ep=1,mb=1,dtype=bf16,zero=0,diloco=10", 4);
   EXPECT_NEAR(t.outer_sync, 883.2, 1e-9);
   // Groups of one device (the whole model is the shard): the outer ring spans 4 ranks on 2
