@@ -8,12 +8,30 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <string>
 #include <utility>
 
 #include "run_binary.h"
 
 namespace moe::testing {
+
+// A fresh folder for one distributed test, removed at the end: /tmp/moe_<prefix>_<name>_<pid>.
+struct DistTempDir {
+  std::filesystem::path path;
+  DistTempDir(const std::string& prefix, const std::string& name) {
+    path = std::filesystem::temp_directory_path() /
+           ("moe_" + prefix + "_" + name + "_" + std::to_string(getpid()));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~DistTempDir() { std::filesystem::remove_all(path); }
+  std::string operator/(const std::string& s) const { return (path / s).string(); }
+};
+
+// One thread per rank (2 cores; ranks oversubscribe them), bounded in time.
+inline constexpr const char* kDistEnv =
+    "OMP_NUM_THREADS=1 MOE_COMM_TIMEOUT=60 MOE_COMM_CONNECT_TIMEOUT=30 timeout 300 ";
 
 // A port nobody listens on now (bound to 0 and released), for the store of one test run.
 inline int free_port() {

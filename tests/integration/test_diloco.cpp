@@ -26,6 +26,7 @@
 #include "core/safetensors.h"
 #include "model/checkpoint.h"
 #include "parallel/diloco.h"
+#include "launchers.h"
 #include "run_binary.h"
 
 namespace moe {
@@ -39,19 +40,11 @@ std::string config_path(const std::string& name) {
   return std::string(MOE_SOURCE_DIR) + "/tests/configs/" + name + ".toml";
 }
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / ("moe_diloco_" + name + "_" + std::to_string(getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& s) const { return (path / s).string(); }
+struct TempDir : moe::testing::DistTempDir {
+  explicit TempDir(const std::string& name) : DistTempDir("diloco", name) {}
 };
 
-// One thread per rank (2 cores; 4 ranks oversubscribe them), bounded in time.
-const char* kEnv = "OMP_NUM_THREADS=1 MOE_COMM_TIMEOUT=60 MOE_COMM_CONNECT_TIMEOUT=30 timeout 300 ";
+const char* const kEnv = moe::testing::kDistEnv;
 
 // `moe train --config CONFIG` into dir on `ranks` ranks started by moe launch.
 std::pair<int, std::string> train(const std::string& config, const std::string& dir, int ranks,

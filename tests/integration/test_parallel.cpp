@@ -30,20 +30,11 @@ std::string config_path(const std::string& model) {
   return std::string(MOE_SOURCE_DIR) + "/tests/configs/dist_" + model + ".toml";
 }
 
-// A fresh folder for one test, removed at the end.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / ("moe_parallel_" + name + "_" + std::to_string(getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& s) const { return (path / s).string(); }
+struct TempDir : moe::testing::DistTempDir {
+  explicit TempDir(const std::string& name) : DistTempDir("parallel", name) {}
 };
 
-// One thread per rank (2 cores; ranks oversubscribe them), bounded in time.
-const char* kEnv = "OMP_NUM_THREADS=1 MOE_COMM_TIMEOUT=60 MOE_COMM_CONNECT_TIMEOUT=30 timeout 300 ";
+const char* const kEnv = moe::testing::kDistEnv;
 
 // `moe train` of `model` into `dir` on dp x ep ranks started by moe launch (one process, no
 // launcher, when both are 1).
