@@ -34,13 +34,15 @@
 # all, net_bytes_<collective>; payload, summed over the ranks), averaged over the same steps.
 #
 # usage: bench/parallel/slow_links.sh [--moe PATH] [--rounds 3] [--steps 12] [--warmup 2]
-#          [--inner-steps 50] [--periods 1] [--threads 1] [--rates 1000,100]
+#          [--inner-steps 50] [--diloco-ep 2] [--periods 1] [--threads 1] [--rates 1000,100]
 #          [--modes plain,compressed,nodelimited,diloco] [--timeout 900] [--raw DIR]
 #          [--config configs/small.toml] [--data PATH|builtin] [--batch B] [--seq-len T]
 #   --moe PATH   the moe binary (default: build-bench/moe, else build/moe)
 #   --raw DIR    keep every run's metrics.jsonl, run.toml, logs, link samples and the per-run
 #                summaries (runs.jsonl) in DIR
 #   --timeout S  seconds per run before it is stopped (and counted as failed)
+#   --diloco-ep N  expert parallelism inside each DiLoCo group of 2 ranks (2: the experts split,
+#                all-to-alls over shared memory; 1: dp 2, no all-to-all)
 # A mode this binary does not have (an unknown key, no outer syncs in a diloco run, no group
 # limit in the run record) fails with the reason and the others go on. Needs root, ip and tc
 # with tbf (otherwise it says why and exits 77). Everything it starts (ranks, launchers, the
@@ -48,7 +50,7 @@
 # SIGTERM. Times are wall-clock on a shared machine: 4 ranks on 2 cores are oversubscribed.
 set -uo pipefail
 
-rounds=3 steps=12 warmup=2 inner=50 periods=1 threads=1 timeout_s=900
+rounds=3 steps=12 warmup=2 inner=50 diloco_ep=2 periods=1 threads=1 timeout_s=900
 rates=1000,100 modes=plain,compressed,nodelimited,diloco
 moe= raw= config=configs/small.toml data= batch= seq_len=
 cmdline="$0 $*"
@@ -59,6 +61,7 @@ while (($#)); do
     --steps) steps=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --inner-steps) inner=$2; shift 2 ;;
+    --diloco-ep) diloco_ep=$2; shift 2 ;;
     --periods) periods=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --rates) rates=$2; shift 2 ;;
@@ -180,7 +183,7 @@ mode_args() {  # mode -> the trainer's extra keys (one per line, for mapfile)
     compressed) printf '%s\n' --parallel.ep 4 --parallel.dp 1 "${compress[@]}" ;;
     nodelimited) printf '%s\n' --parallel.ep 4 --parallel.dp 1 "${compress[@]}" \
                    --model.n_group 2 --model.topk_group 1 ;;
-    diloco) printf '%s\n' --parallel.mode diloco --parallel.inner_steps "$inner" --parallel.ep 2 ;;
+    diloco) printf '%s\n' --parallel.mode diloco --parallel.inner_steps "$inner" --parallel.ep "$diloco_ep" ;;
   esac
 }
 port=29700
@@ -351,7 +354,7 @@ for ((r = 1; r <= rounds; r++)); do
 done
 
 # --- summary -------------------------------------------------------------------------------
-"$py" - "$summaries" "$rates" "${mode_list[@]}" <<'PY'
+MOE_BENCH_DILOCO_EP=$diloco_ep "$py" - "$summaries" "$rates" "${mode_list[@]}" <<'PY'
 import json, statistics as st, sys
 path, rates, order = sys.argv[1], [int(r) for r in sys.argv[2].split(",")], sys.argv[3:]
 runs = [json.loads(l) for l in open(path)]
@@ -362,7 +365,10 @@ def med(v):
 def f(v, fmt, scale=1):
     return "-" if v is None else format(v * scale, fmt)
 def layout(m):
-    return {"diloco": "2 groups (hosts) x ep2", "nodelimited": "ep4, topk_group 1 of 2"}.get(m, "ep4 (dp1)")
+    import os
+    e = int(os.environ.get("MOE_BENCH_DILOCO_EP", "2"))
+    return {"diloco": f"2 groups (hosts) x dp{2 // e} ep{e}",
+            "nodelimited": "ep4, topk_group 1 of 2"}.get(m, "ep4 (dp1)")
 ratio = {}
 for rate in rates:
     for m in order:
