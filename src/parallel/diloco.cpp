@@ -1,5 +1,6 @@
 #include "parallel/diloco.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -59,7 +60,20 @@ void DiLoCo::pack(const float* params, std::vector<float>& out) const {
   }
 }
 
-void DiLoCo::reset(const Model& model) { pack(model.params().data(), theta_); }
+void DiLoCo::reset(const Model& model) {
+  pack(model.params().data(), theta_);
+  averaged_.clear();
+  int64_t at = 0;
+  for (const ArenaRange& r : par_.owned()) {
+    for (const ParamSpec& s : model.layout().specs) {
+      if (s.name.find("e_score_correction_bias") == std::string::npos) continue;
+      const int64_t a = std::max(s.offset, r.offset);
+      const int64_t b = std::min(s.offset + s.numel, r.offset + r.numel);
+      if (a < b) averaged_.emplace_back(at + (a - r.offset), at + (b - r.offset));
+    }
+    at += r.numel;
+  }
+}
 
 void DiLoCo::dump(const std::string& path,
                   const std::vector<std::pair<std::string, const std::vector<float>*>>& t) {
@@ -108,7 +122,12 @@ OuterSyncStats DiLoCo::sync(Model& model, int64_t step) {
     for (int64_t i = 0; i < n; ++i) delta_[i] /= float(G);
   }
 
+  std::vector<float> kept;  // the balancing biases' theta_global, before the outer step
+  for (const auto& [b, e] : averaged_) kept.insert(kept.end(), theta_.begin() + b, theta_.begin() + e);
   outer_nesterov_step(theta_.data(), momentum_.data(), delta_.data(), n, lr_, mu_);
+  size_t k = 0;
+  for (const auto& [b, e] : averaged_)  // the mean of the groups' biases, no momentum
+    for (int64_t i = b; i < e; ++i) theta_[i] = kept[k++] - delta_[i], momentum_[i] = 0;
 
   // Every group continues from theta_global (this rank's shard; the all-gather follows).
   int64_t at = 0;

@@ -98,6 +98,11 @@ class DiLoCo {
   float lr_ = 0, mu_ = 0;
   bool int8_ = false;                            // outer_comm_dtype
   std::vector<float> theta_, momentum_, delta_;  // this rank's owned ranges back to back
+  // Packed ranges [begin, end) of the balancing biases (e_score_correction_bias): not trained
+  // by gradients (a buffer in Hugging Face's DeepSeek-V3), so the outer step averages them
+  // instead of applying Nesterov momentum, which would carry a correction on for many syncs
+  // after the loads it answered were balanced.
+  std::vector<std::pair<int64_t, int64_t>> averaged_;
   std::string dump_dir_;  // MOE_TEST_DILOCO_DUMP: tests read each sync's inputs and outputs
 };
 
