@@ -2,6 +2,7 @@
 // averaged over windows), the first run the baseline, and a table of each run's last
 // validation loss and its gap to the baseline's. Made for A/B comparisons such as compressed
 // gradients against fp32 (README, "Training over slow networks").
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -84,11 +85,14 @@ RunComparison compare_runs(const std::vector<std::string>& run_dirs,
 }
 
 std::string format_comparison(const RunComparison& c) {
-  std::string s = "run                       last val step   val loss   gap to " +
-                  c.rows.front().label + "\n";
+  int w = 3;  // the label column fits the longest label
+  for (const auto& r : c.rows) w = std::max(w, int(r.label.size()));
+  char line[512];
+  std::snprintf(line, sizeof line, "%-*s %14s %10s   gap to %s\n", w, "run", "last val step",
+                "val loss", c.rows.front().label.c_str());
+  std::string s = line;
   for (const auto& r : c.rows) {
-    char line[256];
-    std::snprintf(line, sizeof line, "%-25s %13lld %10.4f %+10.2f%%\n", r.label.c_str(),
+    std::snprintf(line, sizeof line, "%-*s %14lld %10.4f %+10.2f%%\n", w, r.label.c_str(),
                   static_cast<long long>(r.step), r.val_loss, 100 * r.gap);
     s += line;
   }
