@@ -113,6 +113,15 @@ Parallel::Parallel(std::shared_ptr<comm::Communicator> world, const ParallelConf
             " is not divisible by [parallel] ep = ", ep_, "; choose ep among the divisors of ", E);
   MOE_CHECK(cfg.bucket_mb > 0, "parallel", "[parallel] bucket_mb = ", cfg.bucket_mb,
             " must be positive");
+  // Wire formats, checked before any collective so a bad value fails on every rank alike.
+  const comm::Wire grad_wire = comm::parse_wire(cfg.grad_comm_dtype, "[parallel] grad_comm_dtype");
+  const comm::Wire dispatch_wire = comm::parse_wire(cfg.dispatch_dtype, "[parallel] dispatch_dtype");
+  const comm::Wire combine_wire = comm::parse_wire(cfg.combine_dtype, "[parallel] combine_dtype");
+  MOE_CHECK(grad_wire != comm::Wire::kFP8, "parallel", "[parallel] grad_comm_dtype = \"fp8\": ",
+            "gradients travel as fp32, bf16 or int8 (fp8 is for dispatch_dtype)");
+  MOE_CHECK(combine_wire == comm::Wire::kAsIs || combine_wire == comm::Wire::kBF16, "parallel",
+            "[parallel] combine_dtype = \"", cfg.combine_dtype,
+            "\": expert outputs travel as fp32 or bf16");
   if (world_size_ > 1) {
     // Collective over the world, in the same order on every rank.
     train_ = world_;
@@ -124,18 +133,10 @@ Parallel::Parallel(std::shared_ptr<comm::Communicator> world, const ParallelConf
       ep_comm_ = train_->split(group_rank_ / ep_, group_rank_);   // ep consecutive ranks
       edp_comm_ = train_->split(group_rank_ % ep_, group_rank_);  // ranks holding the same experts
       dispatcher_ = std::make_unique<ExpertDispatcher>(train_, ep_comm_, E);
-      dispatcher_->set_wire(comm::parse_wire(cfg.dispatch_dtype, "[parallel] dispatch_dtype"),
-                            comm::parse_wire(cfg.combine_dtype, "[parallel] combine_dtype"));
+      dispatcher_->set_wire(dispatch_wire, combine_wire);
     }
   }
-  const comm::Wire gw = comm::parse_wire(cfg.grad_comm_dtype, "[parallel] grad_comm_dtype");
-  MOE_CHECK(gw != comm::Wire::kFP8, "parallel", "[parallel] grad_comm_dtype = \"fp8\": gradients ",
-            "travel as fp32, bf16 or int8 (fp8 is for dispatch_dtype)");
-  MOE_CHECK(comm::parse_wire(cfg.combine_dtype) != comm::Wire::kFP8 &&
-                comm::parse_wire(cfg.combine_dtype) != comm::Wire::kInt8,
-            "parallel", "[parallel] combine_dtype = \"", cfg.combine_dtype,
-            "\": expert outputs travel as fp32 or bf16");
-  grad_wire_ = uint8_t(gw);
+  grad_wire_ = uint8_t(grad_wire);
 }
 
 Parallel::~Parallel() = default;
