@@ -14,11 +14,13 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "data/corpus.h"
 #include "data/shards.h"
 #include "data/tokenizer.h"
 #include "data/tokenizers.h"
 #include "infer/generate.h"
+#include "kernels/cpu/quantize.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "comm/communicator.h"
@@ -111,6 +113,12 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
   check_vocab(rc.model, data, vocab_where);
   Model model(rc.model, par.layout_options());
   model.init_weights(rc.train.seed);
+  model.set_compute_dtype(parse_compute_dtype(tc.dtype, "[train] dtype"));
+  if (model.compute_dtype() != ComputeDtype::kF32 && !cpu::bf16_native() && lead)
+    log::warn(std::string("[train] dtype = ") + tc.dtype +
+              ": this CPU has no AVX-512 BF16 dot product (or MOE_NO_AVX512_BF16 is set); the "
+              "bf16 GEMMs fall back to f32 arithmetic on the same bf16 values: the same "
+              "numerics, no speed-up");
   par.attach(model);
   const ParamCounts pc = count_params(rc.model);
   if (!lead) {
@@ -128,10 +136,12 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
                 static_cast<long long>(data.vocab_size),
                 static_cast<long long>(rc.model.vocab_size - data.vocab_size));
   if (data.entropy_floor >= 0) std::printf(", entropy floor %.4f nats/byte", data.entropy_floor);
-  std::printf("\nsteps %lld, batch %lld x seq %lld x accum %lld, lr %.1e (%s), run folder %s\n",
+  std::printf("\nsteps %lld, batch %lld x seq %lld x accum %lld, lr %.1e (%s), GEMMs in %s, run "
+              "folder %s\n",
               static_cast<long long>(tc.steps), static_cast<long long>(tc.batch),
               static_cast<long long>(tc.seq_len), static_cast<long long>(tc.accum), tc.lr,
-              tc.schedule.c_str(), tc.out_dir.empty() ? "(none)" : tc.out_dir.c_str());
+              tc.schedule.c_str(), compute_dtype_name(model.compute_dtype()),
+              tc.out_dir.empty() ? "(none)" : tc.out_dir.c_str());
   if (par.distributed())
     std::printf("parallel: %s, %lld sequences per rank per micro-batch, %s\n",
                 par.describe().c_str(), static_cast<long long>(par.local_batch(tc.batch)),

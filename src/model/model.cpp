@@ -62,6 +62,32 @@ double router_entropy_sum(const float* scores, int64_t N, int64_t E) {
   }
   return total;
 }
+// The linear weights of each part, for Gemms::cast_weights: index 0 the embedding (none), 1 + l
+// layer l, L + 1 the head. Every *_proj.weight and lm_head; the router (mlp.gate) stays f32.
+std::vector<std::vector<WeightMatrix>> weight_matrices(const ParamLayout& layout, int64_t L) {
+  std::vector<std::vector<WeightMatrix>> parts(size_t(L + 2));
+  auto ends_with = [](const std::string& s, const char* tail) {
+    const size_t n = std::strlen(tail);
+    return s.size() >= n && s.compare(s.size() - n, n, tail) == 0;
+  };
+  bool head = false;
+  for (const ParamSpec& s : layout.specs) {
+    if (s.shape.size() != 2) continue;
+    if (s.name == "lm_head.weight") {
+      parts[size_t(L + 1)].push_back({s.offset, s.shape[0], s.shape[1], true});
+      head = true;
+    } else if (ends_with(s.name, "_proj.weight") && s.layer >= 0) {
+      parts[size_t(s.layer + 1)].push_back({s.offset, s.shape[0], s.shape[1], false});
+    }
+  }
+  if (!head) {  // tied: the head is the embedding table [V, D]
+    const ParamSpec* e = layout.find("model.embed_tokens.weight");
+    MOE_CHECK(e && e->shape.size() == 2, "model", "no embedding table in the layout");
+    parts[size_t(L + 1)].push_back({e->offset, e->shape[0], e->shape[1], true});
+  }
+  return parts;
+}
+
 // out = a + b (the residual connection)
 void add(float* out, const float* a, const float* b, int64_t n) {
 #pragma omp parallel for simd schedule(static)
@@ -73,6 +99,7 @@ Model::Model(const ModelConfig& cfg, const LayoutOptions& parts)
     : cfg_(cfg), acts_(std::make_unique<Activations>()) {
   cfg_.validate();
   layout_ = make_layout(cfg_, parts);
+  part_weights_ = weight_matrices(layout_, cfg_.num_hidden_layers);
   params_.assign(layout_.total_numel, 0.0f);
   grads_.assign(layout_.total_numel, 0.0f);
   load_.resize(cfg_.num_hidden_layers);
@@ -139,10 +166,11 @@ void Model::update_balance_biases() {
   reset_load();
 }
 
-MoeWeights Model::moe_weights(int64_t l) const {
+MoeWeights Model::moe_weights(int64_t l, Gemms* gemms) const {
   const auto& o = layout_.layers[l];
   const float* p = params_.data();
   MoeWeights w;
+  w.gemms = gemms;
   w.router = p + o.router;
   w.bias = p + o.bias;
   w.experts = p + o.experts;
@@ -215,10 +243,18 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
   // ---------------------------------------------------------------- forward
   LossStats st;
   moe_stats_.clear();
-  if (params_needed_) params_needed_(-1);
+  Gemms& gm = gemms_;
+  gm.bind(compute_dtype_, P, layout_.total_numel);
+  // Before a part's parameters are read: they may still be arriving (data parallelism's
+  // all-gather), then their GEMM copies are cast (bf16, fp8).
+  auto params_needed = [&](int64_t part) {
+    if (params_needed_) params_needed_(part);
+    gm.cast_weights(part_weights_[size_t(part + 1)]);
+  };
+  params_needed(-1);
   cpu::embedding_forward(res(0), a.inputs.data(), P + layout_.embed, N, D);
   for (int64_t l = 0; l < L; ++l) {
-    if (params_needed_) params_needed_(l);
+    params_needed(l);
     const LayerOffsets& o = layout_.layers[l];
     LayerActs& la = a.layers[l];
     grow(la.ln1, N * D);
@@ -234,12 +270,12 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
 
     // x_mid = x + o_proj(attention(rope(qkv(rmsnorm(x)))))
     cpu::rmsnorm_forward(la.ln1.data(), la.rstd1.data(), x, P + o.input_norm, N, D, eps);
-    cpu::linear_forward(la.qkv.data(), la.ln1.data(), P + o.qkv, N, D, Qd);
+    gm.forward(la.qkv.data(), la.ln1.data(), P + o.qkv, N, D, Qd);
     cpu::rope_apply(la.qkv.data(), rope_cos_.data(), rope_sin_.data(), B, T, H, Dh, Qd, 0, false);
     cpu::rope_apply(la.qkv.data() + A, rope_cos_.data(), rope_sin_.data(), B, T, Hkv, Dh, Qd, 0,
                     false);
     cpu::attention_forward(la.atto.data(), la.att.data(), la.qkv.data(), B, T, H, Hkv, Dh);
-    cpu::linear_forward(a.tmp.data(), la.atto.data(), P + o.o_proj, N, A, D);
+    gm.forward(a.tmp.data(), la.atto.data(), P + o.o_proj, N, A, D);
     add(xm, x, a.tmp.data(), N * D);
 
     // x_out = x_mid + ffn(rmsnorm(x_mid)), ffn dense SwiGLU or MoE
@@ -247,12 +283,12 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
     if (!c.is_moe_layer(l)) {
       grow(la.gu, N * 2 * F);
       grow(la.h, N * F);
-      cpu::linear_forward(la.gu.data(), la.ln2.data(), P + o.mlp_gu, N, D, 2 * F);
+      gm.forward(la.gu.data(), la.ln2.data(), P + o.mlp_gu, N, D, 2 * F);
       cpu::swiglu_forward(la.h.data(), la.gu.data(), N, F);
-      cpu::linear_forward(a.tmp.data(), la.h.data(), P + o.mlp_down, N, F, D);
+      gm.forward(a.tmp.data(), la.h.data(), P + o.mlp_down, N, F, D);
     } else {
       MoeStats ms;
-      moe_forward(a.tmp.data(), la.ln2.data(), moe_weights(l), c, B, T, la.moe, ms, disp);
+      moe_forward(a.tmp.data(), la.ln2.data(), moe_weights(l, &gm), c, B, T, la.moe, ms, disp);
       st.aux += ms.aux_loss;
       st.seq_aux += ms.seq_aux_loss;
       st.z += ms.z_loss;
@@ -272,10 +308,10 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
   grow(a.rstdf, N);
   grow(a.logits, N * V);
   grow(a.losses, N);
-  if (params_needed_) params_needed_(L);
+  params_needed(L);
   cpu::rmsnorm_forward(a.lnf.data(), a.rstdf.data(), res(2 * L), P + layout_.final_norm, N, D,
                        eps);
-  cpu::linear_forward(a.logits.data(), a.lnf.data(), P + layout_.lm_head, N, D, V);
+  gm.forward(a.logits.data(), a.lnf.data(), P + layout_.lm_head, N, D, V);
 
   st.tokens = N;
   if (!backward) {
@@ -301,8 +337,8 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
   float* dres = a.dres.data();  // d loss / d residual stream, carried down through the layers
   float* dln = a.dln.data();
 
-  cpu::linear_backward_w(G + layout_.lm_head, dlogits, a.lnf.data(), N, D, V);
-  cpu::linear_backward_x(dln, dlogits, P + layout_.lm_head, N, D, V, false);
+  gm.backward(dln, G + layout_.lm_head, dlogits, a.lnf.data(), P + layout_.lm_head, N, D, V,
+              false);
   std::fill(dres, dres + N * D, 0.0f);
   cpu::rmsnorm_backward(dres, G + layout_.final_norm, dln, res(2 * L), P + layout_.final_norm,
                         a.rstdf.data(), N, D);
@@ -321,27 +357,23 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
       std::vector<float>& dgu = a.moe_scratch.dgu;  // (N, 2F)
       grow(dh, N * F);
       grow(dgu, N * 2 * F);
-      cpu::linear_backward_w(G + o.mlp_down, dres, la.h.data(), N, F, D);
-      cpu::linear_backward_x(dh.data(), dres, P + o.mlp_down, N, F, D, false);
+      gm.backward(dh.data(), G + o.mlp_down, dres, la.h.data(), P + o.mlp_down, N, F, D, false);
       cpu::swiglu_backward(dgu.data(), dh.data(), la.gu.data(), N, F);
-      cpu::linear_backward_w(G + o.mlp_gu, dgu.data(), la.ln2.data(), N, D, 2 * F);
-      cpu::linear_backward_x(dln, dgu.data(), P + o.mlp_gu, N, D, 2 * F, false);
+      gm.backward(dln, G + o.mlp_gu, dgu.data(), la.ln2.data(), P + o.mlp_gu, N, D, 2 * F, false);
     } else {
-      moe_backward(dln, dres, la.ln2.data(), moe_weights(l), moe_grads(l), c, B, T, la.moe,
+      moe_backward(dln, dres, la.ln2.data(), moe_weights(l, &gm), moe_grads(l), c, B, T, la.moe,
                    a.moe_scratch, grad_scale, disp);
     }
     cpu::rmsnorm_backward(dres, G + o.post_norm, dln, xm, P + o.post_norm, la.rstd2.data(), N, D);
 
     // attention: dres is now d x_mid.
-    cpu::linear_backward_w(G + o.o_proj, dres, la.atto.data(), N, A, D);
-    cpu::linear_backward_x(a.datto.data(), dres, P + o.o_proj, N, A, D, false);
+    gm.backward(a.datto.data(), G + o.o_proj, dres, la.atto.data(), P + o.o_proj, N, A, D, false);
     cpu::attention_backward(a.dqkv.data(), a.datto.data(), la.qkv.data(), la.att.data(),
                             a.att_scratch.data(), B, T, H, Hkv, Dh);
     cpu::rope_apply(a.dqkv.data(), rope_cos_.data(), rope_sin_.data(), B, T, H, Dh, Qd, 0, true);
     cpu::rope_apply(a.dqkv.data() + A, rope_cos_.data(), rope_sin_.data(), B, T, Hkv, Dh, Qd, 0,
                     true);
-    cpu::linear_backward_w(G + o.qkv, a.dqkv.data(), la.ln1.data(), N, D, Qd);
-    cpu::linear_backward_x(dln, a.dqkv.data(), P + o.qkv, N, D, Qd, false);
+    gm.backward(dln, G + o.qkv, a.dqkv.data(), la.ln1.data(), P + o.qkv, N, D, Qd, false);
     cpu::rmsnorm_backward(dres, G + o.input_norm, dln, x, P + o.input_norm, la.rstd1.data(), N,
                           D);
     if (grad_ready_) grad_ready_(l);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/gemms.h"
 #include "model/moe_layer.h"
 #include "model/params.h"
 
@@ -97,8 +98,14 @@ class Model {
     params_needed_ = std::move(hook);
   }
 
-  // Views for one layer (used by the MoE layer, inference and tests).
-  MoeWeights moe_weights(int64_t layer) const;
+  // The precision of the weight GEMMs (model/gemms.h: f32, bf16 or emulated FP8); parameters,
+  // gradients and optimizer state stay f32. Default f32.
+  void set_compute_dtype(ComputeDtype d) { compute_dtype_ = d; }
+  ComputeDtype compute_dtype() const { return compute_dtype_; }
+
+  // Views for one layer (used by the MoE layer, inference and tests); `gemms` runs its GEMMs
+  // (null: f32 kernels).
+  MoeWeights moe_weights(int64_t layer, Gemms* gemms = nullptr) const;
   MoeGrads moe_grads(int64_t layer);
 
  private:
@@ -111,6 +118,9 @@ class Model {
   std::vector<MoeLayerStats> moe_stats_;  // (MoE layers) of the last forward pass
   std::vector<float> rope_cos_, rope_sin_;  // (max_pos, Dh/2)
   std::unique_ptr<Activations> acts_;
+  ComputeDtype compute_dtype_ = ComputeDtype::kF32;
+  Gemms gemms_;
+  std::vector<std::vector<WeightMatrix>> part_weights_;  // (L+2) see weight_matrices()
   TokenDispatcher* dispatcher_ = nullptr;
   std::function<void(int64_t)> grad_ready_, params_needed_;
 };

@@ -63,6 +63,12 @@ void grow(V& v, int64_t n) {
   if (int64_t(v.size()) < n) v.resize(size_t(n));
 }
 
+// The f32 path when no Gemms is given (tests and tools that call the layer directly).
+Gemms& gemms_of(const MoeWeights& w) {
+  thread_local Gemms f32;
+  return w.gemms ? *w.gemms : f32;
+}
+
 }  // namespace
 
 void moe_forward(float* y, const float* x, const MoeWeights& w, const ModelConfig& cfg, int64_t B,
@@ -73,6 +79,7 @@ void moe_forward(float* y, const float* x, const MoeWeights& w, const ModelConfi
             "moe_forward", "missing weights (router, experts, or shared with S=",
             cfg.n_shared_experts, ")");
   const int64_t NK = d.N * d.K, El = disp.experts_local(d.E), W = disp.data_ranks();
+  Gemms& gm = gemms_of(w);
   RoutingPlan& p = c.plan;
   grow(c.logits, d.N * d.E), grow(c.scores, d.N * d.E);
   grow(p.topk_idx, NK), grow(p.topk_w, NK), grow(p.slot_row, NK);
@@ -114,19 +121,18 @@ void moe_forward(float* y, const float* x, const MoeWeights& w, const ModelConfi
   const int64_t* off = c.exchange.local_offsets.data();
   const int64_t Ml = off[El];
   grow(c.gu, Ml * 2 * d.Fe), grow(c.h, Ml * d.Fe), grow(c.local_y, Ml * d.D);
-  cpu::grouped_linear_forward(c.gu.data(), xin, w.experts, d.block, off, El, d.D,
-                              2 * d.Fe);                               // (Ml, 2Fe)
-  cpu::swiglu_forward(c.h.data(), c.gu.data(), Ml, d.Fe);              // (Ml, Fe)
-  cpu::grouped_linear_forward(c.local_y.data(), c.h.data(), w.experts + 2 * d.Fe * d.D, d.block,
-                              off, El, d.Fe, d.D);                     // (Ml, D)
+  gm.grouped_forward(c.gu.data(), xin, w.experts, d.block, off, El, d.D, 2 * d.Fe);  // (Ml, 2Fe)
+  cpu::swiglu_forward(c.h.data(), c.gu.data(), Ml, d.Fe);                           // (Ml, Fe)
+  gm.grouped_forward(c.local_y.data(), c.h.data(), w.experts + 2 * d.Fe * d.D, d.block, off, El,
+                     d.Fe, d.D);                                                    // (Ml, D)
 
   // 4. Combine: the rows come home. Shared experts write y; the routed rows are then added
   //    with their gate weights.
   const float* sorted_y = disp.combine(c.exchange, c.local_y.data(), d.D, c.sorted_y);  // (M, D)
   if (d.SF > 0) {
-    cpu::linear_forward(c.shared_gu.data(), x, w.shared_gu, d.N, d.D, 2 * d.SF);  // (N, 2SF)
-    cpu::swiglu_forward(c.shared_h.data(), c.shared_gu.data(), d.N, d.SF);       // (N, SF)
-    cpu::linear_forward(y, c.shared_h.data(), w.shared_down, d.N, d.SF, d.D);     // (N, D)
+    gm.forward(c.shared_gu.data(), x, w.shared_gu, d.N, d.D, 2 * d.SF);     // (N, 2SF)
+    cpu::swiglu_forward(c.shared_h.data(), c.shared_gu.data(), d.N, d.SF);  // (N, SF)
+    gm.forward(y, c.shared_h.data(), w.shared_down, d.N, d.SF, d.D);         // (N, D)
   } else {
     std::memset(y, 0, sizeof(float) * size_t(d.N * d.D));
   }
@@ -140,6 +146,7 @@ void moe_backward(float* dx, const float* dy, const float* x, const MoeWeights& 
   const cpu::RouterSpec spec = router_spec(cfg, "moe_backward");
   const int64_t NK = d.N * d.K, El = disp.experts_local(d.E);
   const RoutingPlan& p = c.plan;
+  Gemms& gm = gemms_of(w);
   MOE_CHECK(int64_t(p.slot_row.size()) >= NK && int64_t(c.seq_load.size()) >= B * d.E &&
                 int64_t(c.exchange.local_offsets.size()) == El + 1,
             "moe_backward", "cache holds no forward pass for N=", d.N,
@@ -170,13 +177,11 @@ void moe_backward(float* dx, const float* dy, const float* x, const MoeWeights& 
   float* dlocal_x = c.remote ? s.dlocal.data() : s.drows.data();  // (Ml, D)
 
   // 3. Experts, reversed.
-  cpu::grouped_linear_backward_w(g_down, d.block, dlocal_y, c.h.data(), off, El, d.Fe, d.D);
-  cpu::grouped_linear_backward_x(s.dh.data(), dlocal_y, w_down, d.block, off, El, d.Fe,
-                                 d.D);                                          // (Ml, Fe)
+  gm.grouped_backward(s.dh.data(), g_down, dlocal_y, c.h.data(), w_down, d.block, off, El, d.Fe,
+                      d.D);                                                     // (Ml, Fe)
   cpu::swiglu_backward(s.dgu.data(), s.dh.data(), c.gu.data(), Ml, d.Fe);       // (Ml, 2Fe)
-  cpu::grouped_linear_backward_w(g.experts, d.block, s.dgu.data(), xin, off, El, d.D, 2 * d.Fe);
-  cpu::grouped_linear_backward_x(dlocal_x, s.dgu.data(), w.experts, d.block, off, El, d.D,
-                                 2 * d.Fe);                                     // (Ml, D)
+  gm.grouped_backward(dlocal_x, g.experts, s.dgu.data(), xin, w.experts, d.block, off, El, d.D,
+                      2 * d.Fe);                                                // (Ml, D)
 
   // 2. Dispatch, reversed: the d rows come home; dx is the sum of each token's kept rows.
   const float* drows = disp.combine(c.exchange, dlocal_x, d.D, s.drows);        // (M, D)
@@ -186,11 +191,10 @@ void moe_backward(float* dx, const float* dy, const float* x, const MoeWeights& 
   if (d.SF > 0) {
     float* dshared_h = s.dh.data();    // (N, SF)
     float* dshared_gu = s.dgu.data();  // (N, 2SF)
-    cpu::linear_backward_w(g.shared_down, dy, c.shared_h.data(), d.N, d.SF, d.D);
-    cpu::linear_backward_x(dshared_h, dy, w.shared_down, d.N, d.SF, d.D, false);
+    gm.backward(dshared_h, g.shared_down, dy, c.shared_h.data(), w.shared_down, d.N, d.SF, d.D,
+                false);
     cpu::swiglu_backward(dshared_gu, dshared_h, c.shared_gu.data(), d.N, d.SF);
-    cpu::linear_backward_w(g.shared_gu, dshared_gu, x, d.N, d.D, 2 * d.SF);
-    cpu::linear_backward_x(dx, dshared_gu, w.shared_gu, d.N, d.D, 2 * d.SF, true);
+    gm.backward(dx, g.shared_gu, dshared_gu, x, w.shared_gu, d.N, d.D, 2 * d.SF, true);
   }
 
   // 1. Route, reversed: gate weights and the auxiliary terms -> logits -> router and x.

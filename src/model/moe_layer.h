@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/gemms.h"
 #include "model/token_dispatcher.h"
 
 namespace moe {
@@ -19,6 +20,7 @@ struct MoeWeights {
   const float* experts = nullptr;
   const float* shared_gu = nullptr;    // [2*S*Fe, D] gate rows then up rows (null if S = 0)
   const float* shared_down = nullptr;  // [D, S*Fe] (null if S = 0)
+  Gemms* gemms = nullptr;  // runs the expert and shared GEMMs (null: f32); the router is f32
 };
 struct MoeGrads {  // accumulated (+=), same shapes as MoeWeights
   float* router = nullptr;

@@ -75,6 +75,9 @@ std::vector<Field> fields_of(RunConfig& rc) {
       {"train", "accum", Kind::kInt, &t.accum, 1, 1e6, nullptr, "micro-batches per step"},
       {"train", "seed", Kind::kInt, &t.seed, 0, 9.007199254740992e15, nullptr,
        "weights and data order"},
+      {"train", "dtype", Kind::kString, &t.dtype, 0, 0, "fp32|bf16|fp8",
+       "GEMM precision: bf16 inputs or FP8 E4M3 tiles (emulated), f32 accumulation; master "
+       "weights, gradients and AdamW stay f32"},
       {"train", "eval_every", Kind::kInt, &t.eval_every, 0, 1e12, nullptr,
        "steps between validation passes (0 = at the end)"},
       {"train", "eval_tokens", Kind::kInt, &t.eval_tokens, 0, 1e12, nullptr,

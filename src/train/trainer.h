@@ -31,6 +31,7 @@ struct TrainConfig {
   int64_t seq_len = 128;        // T
   int64_t accum = 1;            // micro-batches per step
   uint64_t seed = 1234;         // weights and data order
+  std::string dtype = "fp32";   // weight GEMMs: "fp32", "bf16" or "fp8" (model/gemms.h)
   double lr = 3e-3;             // peak learning rate
   double min_lr_ratio = 0.1;    // the schedule ends at lr * this
   int64_t warmup = 30;          // linear warmup steps

@@ -7,6 +7,11 @@
 // once per (in, out, kind), reused for every group and step. Transposes and sub-matrices are
 // memory-descriptor strides (no copies); beta != 0 is a sum post-op.
 //
+// The same primitives take bf16 inputs (bf16 x bf16 products accumulated in f32, f32 output):
+// the element type is part of the cache key. Without AVX-512 BF16 (or with MOE_NO_AVX512_BF16=1)
+// the bf16 operands are widened to f32 and the f32 primitive runs: the same products (a bf16
+// product is exact in f32), the same f32 accumulation, slower.
+//
 // Scratchpads are user-managed (a per-thread buffer): oneDNN's default global scratchpad only
 // allows a primitive to run on the thread that created it, and the cache shares primitives
 // across threads.
@@ -16,10 +21,12 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/quantize.h"
 
 namespace moe::cpu {
 namespace {
@@ -54,17 +61,24 @@ void* thread_scratchpad(size_t bytes) {
 
 // A row-major matrix of logical shape [rows, cols] with leading dimension ld, stored
 // transposed ([cols, rows]) if `trans`. rows or cols may be kRt, but not the strided one.
-memory::desc matrix_desc(int64_t rows, int64_t cols, bool trans, int64_t ld) {
-  return trans ? memory::desc({rows, cols}, memory::data_type::f32, Dims{1, ld})
-               : memory::desc({rows, cols}, memory::data_type::f32, Dims{ld, 1});
+memory::desc matrix_desc(int64_t rows, int64_t cols, bool trans, int64_t ld,
+                         memory::data_type type = memory::data_type::f32) {
+  return trans ? memory::desc({rows, cols}, type, Dims{1, ld})
+               : memory::desc({rows, cols}, type, Dims{ld, 1});
 }
 
 // A GEMM's shape: C[M,N] (ldc) = alpha * op(A)[M,K] (lda) @ op(B)[K,N] (ldb) + beta * C.
+// A and B are f32, or bf16 if `bf16`; C is f32.
 struct Shape {
   int64_t M, N, K;
   bool ta, tb;
   int64_t lda, ldb, ldc;
+  bool bf16 = false;
 };
+
+memory::data_type in_type(const Shape& s) {
+  return s.bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+}
 
 uint32_t bits_of(float f) {
   uint32_t u;
@@ -72,8 +86,8 @@ uint32_t bits_of(float f) {
   return u;
 }
 
-using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool, int64_t, int64_t, int64_t, uint32_t,
-                       uint32_t>;
+using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool, int64_t, int64_t, int64_t, bool,
+                       uint32_t, uint32_t>;
 
 struct Prim {
   dnnl::matmul matmul;
@@ -84,7 +98,8 @@ struct Prim {
 class MatmulCache {
  public:
   const Prim& get(const Shape& s, float alpha, float beta) {
-    const Key key{s.M, s.N, s.K, s.ta, s.tb, s.lda, s.ldb, s.ldc, bits_of(alpha), bits_of(beta)};
+    const Key key{s.M,   s.N,   s.K,    s.ta,           s.tb,          s.lda,
+                  s.ldb, s.ldc, s.bf16, bits_of(alpha), bits_of(beta)};
     std::lock_guard<std::mutex> lock(mu_);
     auto it = cache_.find(key);
     if (it != cache_.end()) return it->second;
@@ -96,8 +111,8 @@ class MatmulCache {
       po.append_sum(beta);
       attr.set_post_ops(po);
     }
-    const dnnl::matmul::desc desc(matrix_desc(s.M, s.K, s.ta, s.lda),
-                                  matrix_desc(s.K, s.N, s.tb, s.ldb),
+    const dnnl::matmul::desc desc(matrix_desc(s.M, s.K, s.ta, s.lda, in_type(s)),
+                                  matrix_desc(s.K, s.N, s.tb, s.ldb, in_type(s)),
                                   matrix_desc(s.M, s.N, false, s.ldc));
     const dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
     // std::map nodes are stable: the reference stays valid after later inserts.
@@ -115,11 +130,35 @@ MatmulCache& cache() {
   return c;
 }
 
-// Runs `p` (built for a shape whose M or K may be runtime) on the actual sizes in `s`.
-void run(const Prim& p, const Shape& s, float* C, const float* A, const float* B) {
+// bf16 shapes run on f32 primitives when the CPU has no bf16 dot product (see the top).
+bool bf16_units() {
+  static const bool native = bf16_native();
+  return native;
+}
+
+const Prim& prim(Shape s, float alpha, float beta) {
+  if (s.bf16 && !bf16_units()) s.bf16 = false;
+  return cache().get(s, alpha, beta);
+}
+
+// Widens the `count` bf16 values at src into a per-thread f32 buffer (slot 0 or 1).
+const float* widened(const void* src, int64_t count, int slot) {
+  thread_local std::vector<float> buf[2];
+  if (buf[slot].size() < size_t(count)) buf[slot].resize(size_t(count));
+  widen_bf16(buf[slot].data(), static_cast<const bf16*>(src), count);
+  return buf[slot].data();
+}
+
+// Runs `p` (from prim(), built for a shape whose M or K may be runtime) on the sizes in `s`.
+void run(const Prim& p, Shape s, float* C, const void* A, const void* B) {
+  if (s.bf16 && !bf16_units()) {  // the f32 fallback: widen exactly the elements op() reads
+    A = widened(A, s.ta ? (s.K - 1) * s.lda + s.M : (s.M - 1) * s.lda + s.K, 0);
+    B = widened(B, s.tb ? (s.N - 1) * s.ldb + s.K : (s.K - 1) * s.ldb + s.N, 1);
+    s.bf16 = false;
+  }
   auto& eng = cpu_engine();
-  memory a(matrix_desc(s.M, s.K, s.ta, s.lda), eng, const_cast<float*>(A));
-  memory b(matrix_desc(s.K, s.N, s.tb, s.ldb), eng, const_cast<float*>(B));
+  memory a(matrix_desc(s.M, s.K, s.ta, s.lda, in_type(s)), eng, const_cast<void*>(A));
+  memory b(matrix_desc(s.K, s.N, s.tb, s.ldb, in_type(s)), eng, const_cast<void*>(B));
   memory c(matrix_desc(s.M, s.N, false, s.ldc), eng, C);
   memory pad(memory::desc({int64_t(p.scratch_bytes)}, memory::data_type::u8, Dims{1}), eng,
              thread_scratchpad(p.scratch_bytes));
@@ -168,10 +207,12 @@ void for_each_task(int64_t E, Units units, Fn fn) {
   }
 }
 
-}  // namespace
+template <class In>
+constexpr bool kIsBf16 = std::is_same_v<In, bf16>;
 
-void gemm(float* C, const float* A, const float* B, int64_t M, int64_t N, int64_t K, bool trans_a,
-          bool trans_b, float alpha, float beta) {
+template <class In>
+void gemm_impl(float* C, const In* A, const In* B, int64_t M, int64_t N, int64_t K, bool trans_a,
+               bool trans_b, float alpha, float beta) {
   MOE_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm", "sizes must be >= 0, got M=", M, " N=", N,
             " K=", K);
   if (M == 0 || N == 0) return;
@@ -181,26 +222,13 @@ void gemm(float* C, const float* A, const float* B, int64_t M, int64_t N, int64_
     return;
   }
   MOE_CHECK(A != nullptr && B != nullptr, "gemm", "A or B is null for M=", M, " N=", N, " K=", K);
-  const Shape s{M, N, K, trans_a, trans_b, trans_a ? M : K, trans_b ? K : N, N};
-  run(cache().get(s, alpha, beta), s, C, A, B);
+  const Shape s{M, N, K, trans_a, trans_b, trans_a ? M : K, trans_b ? K : N, N, kIsBf16<In>};
+  run(prim(s, alpha, beta), s, C, A, B);
 }
 
-void linear_forward(float* y, const float* x, const float* W, int64_t N, int64_t in, int64_t out) {
-  gemm(y, x, W, N, out, in, false, true);  // (N,out) = (N,in) @ [out,in]^T
-}
-
-void linear_backward_x(float* dx, const float* dy, const float* W, int64_t N, int64_t in,
-                       int64_t out, bool accumulate) {
-  gemm(dx, dy, W, N, in, out, false, false, 1.0f, accumulate ? 1.0f : 0.0f);  // (N,in)
-}
-
-void linear_backward_w(float* dW, const float* dy, const float* x, int64_t N, int64_t in,
-                       int64_t out) {
-  gemm(dW, dy, x, out, in, N, true, false, 1.0f, 1.0f);  // [out,in] += (N,out)^T @ (N,in)
-}
-
-void grouped_linear_forward(float* y, const float* x, const float* W, int64_t w_stride,
-                            const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
+template <class In>
+void grouped_forward_impl(float* y, const In* x, const In* W, int64_t w_stride,
+                          const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
   check_groups("grouped_linear_forward", offsets, E, in, out);
   if (E == 0 || out == 0) return;
   if (in == 0) {
@@ -208,18 +236,20 @@ void grouped_linear_forward(float* y, const float* x, const float* W, int64_t w_
     return;
   }
   // y rows [r, r+n) (n,out) = x rows (n,in) @ W_e^T; n is the runtime M.
-  const Prim& p = cache().get(Shape{kRt, out, in, false, true, in, in, out}, 1.0f, 0.0f);
+  constexpr bool h = kIsBf16<In>;
+  const Prim& p = prim(Shape{kRt, out, in, false, true, in, in, out, h}, 1.0f, 0.0f);
   for_each_task(
       E, [&](int64_t e) { return offsets[e + 1] - offsets[e]; },
       [&](const Task& t) {
         const int64_t r = offsets[t.e] + t.u0;
-        run(p, Shape{t.n, out, in, false, true, in, in, out}, y + r * out, x + r * in,
+        run(p, Shape{t.n, out, in, false, true, in, in, out, h}, y + r * out, x + r * in,
             W + t.e * w_stride);
       });
 }
 
-void grouped_linear_backward_x(float* dx, const float* dy, const float* W, int64_t w_stride,
-                               const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
+template <class In>
+void grouped_backward_x_impl(float* dx, const In* dy, const In* W, int64_t w_stride,
+                             const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
   check_groups("grouped_linear_backward_x", offsets, E, in, out);
   if (E == 0 || in == 0) return;
   if (out == 0) {
@@ -227,36 +257,75 @@ void grouped_linear_backward_x(float* dx, const float* dy, const float* W, int64
     return;
   }
   // dx rows [r, r+n) (n,in) = dy rows (n,out) @ W_e [out,in]; n is the runtime M.
-  const Prim& p = cache().get(Shape{kRt, in, out, false, false, out, in, in}, 1.0f, 0.0f);
+  constexpr bool h = kIsBf16<In>;
+  const Prim& p = prim(Shape{kRt, in, out, false, false, out, in, in, h}, 1.0f, 0.0f);
   for_each_task(
       E, [&](int64_t e) { return offsets[e + 1] - offsets[e]; },
       [&](const Task& t) {
         const int64_t r = offsets[t.e] + t.u0;
-        run(p, Shape{t.n, in, out, false, false, out, in, in}, dx + r * in, dy + r * out,
+        run(p, Shape{t.n, in, out, false, false, out, in, in, h}, dx + r * in, dy + r * out,
             W + t.e * w_stride);
       });
 }
 
-void grouped_linear_backward_w(float* dW, int64_t w_stride, const float* dy, const float* x,
-                               const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
+template <class In>
+void grouped_backward_w_impl(float* dW, int64_t w_stride, const In* dy, const In* x,
+                             const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
   check_groups("grouped_linear_backward_w", offsets, E, in, out);
   if (E == 0 || in == 0 || out == 0) return;
   // dW_e rows [o, o+n) (n,in) += dy_g[:, o:o+n]^T (n,rows) @ x_g (rows,in): each element of dW
   // is one task's full sum over the group's rows. rows is the runtime K; the M of a task is n.
+  constexpr bool h = kIsBf16<In>;
   const int64_t M = out < kTaskRows ? out : kTaskRows;
-  const Prim& full = cache().get(Shape{M, in, kRt, true, false, out, in, in}, 1.0f, 1.0f);
+  const Prim& full = prim(Shape{M, in, kRt, true, false, out, in, in, h}, 1.0f, 1.0f);
   const int64_t tail_rows = out % kTaskRows;
-  const Prim* tail = out > kTaskRows && tail_rows != 0
-                         ? &cache().get(Shape{tail_rows, in, kRt, true, false, out, in, in},
-                                        1.0f, 1.0f)
-                         : nullptr;
+  const Prim* tail =
+      out > kTaskRows && tail_rows != 0
+          ? &prim(Shape{tail_rows, in, kRt, true, false, out, in, in, h}, 1.0f, 1.0f)
+          : nullptr;
   for_each_task(
       E, [&](int64_t e) { return offsets[e + 1] == offsets[e] ? int64_t(0) : out; },
       [&](const Task& t) {
         const int64_t r0 = offsets[t.e], rows = offsets[t.e + 1] - r0;
-        run(t.n == M ? full : *tail, Shape{t.n, in, rows, true, false, out, in, in},
+        run(t.n == M ? full : *tail, Shape{t.n, in, rows, true, false, out, in, in, h},
             dW + t.e * w_stride + t.u0 * in, dy + r0 * out + t.u0, x + r0 * in);
       });
 }
+
+}  // namespace
+
+// The public kernels: one f32 and one bf16 entry each, the same code.
+#define MOE_GEMM_KERNELS(In)                                                                    \
+  void gemm(float* C, const In* A, const In* B, int64_t M, int64_t N, int64_t K, bool trans_a,  \
+            bool trans_b, float alpha, float beta) {                                            \
+    gemm_impl(C, A, B, M, N, K, trans_a, trans_b, alpha, beta);                                 \
+  }                                                                                             \
+  void linear_forward(float* y, const In* x, const In* W, int64_t N, int64_t in, int64_t out) { \
+    gemm(y, x, W, N, out, in, false, true, 1.0f, 0.0f); /* (N,out) = (N,in) @ [out,in]^T */     \
+  }                                                                                             \
+  void linear_backward_x(float* dx, const In* dy, const In* W, int64_t N, int64_t in,          \
+                         int64_t out, bool accumulate) {                                        \
+    gemm(dx, dy, W, N, in, out, false, false, 1.0f, accumulate ? 1.0f : 0.0f); /* (N,in) */    \
+  }                                                                                             \
+  void linear_backward_w(float* dW, const In* dy, const In* x, int64_t N, int64_t in,          \
+                         int64_t out) {                                                         \
+    gemm(dW, dy, x, out, in, N, true, false, 1.0f, 1.0f); /* [out,in] += (N,out)^T @ (N,in) */ \
+  }                                                                                             \
+  void grouped_linear_forward(float* y, const In* x, const In* W, int64_t w_stride,            \
+                              const int64_t* offsets, int64_t E, int64_t in, int64_t out) {     \
+    grouped_forward_impl(y, x, W, w_stride, offsets, E, in, out);                               \
+  }                                                                                             \
+  void grouped_linear_backward_x(float* dx, const In* dy, const In* W, int64_t w_stride,       \
+                                 const int64_t* offsets, int64_t E, int64_t in, int64_t out) {  \
+    grouped_backward_x_impl(dx, dy, W, w_stride, offsets, E, in, out);                          \
+  }                                                                                             \
+  void grouped_linear_backward_w(float* dW, int64_t w_stride, const In* dy, const In* x,       \
+                                 const int64_t* offsets, int64_t E, int64_t in, int64_t out) {  \
+    grouped_backward_w_impl(dW, w_stride, dy, x, offsets, E, in, out);                          \
+  }
+
+MOE_GEMM_KERNELS(float)
+MOE_GEMM_KERNELS(bf16)
+#undef MOE_GEMM_KERNELS
 
 }  // namespace moe::cpu

@@ -14,6 +14,9 @@
 
 namespace moe::cpu {
 
+// bfloat16 values as their bits (core/dtype.h f32_to_bf16 / bf16_to_f32; quantize.h for arrays).
+using bf16 = uint16_t;
+
 // ---- GEMM (oneDNN matmul primitive, cached per shape) ------------------------------------
 // C[M,N] = alpha * op(A) @ op(B) + beta * C, beta in {0, 1}.
 // op(A) is [M,K]: A is stored [M,K] (lda = K) or, if trans_a, [K,M] (lda = M).
@@ -43,6 +46,23 @@ void grouped_linear_forward(float* y, const float* x, const float* W, int64_t w_
 void grouped_linear_backward_x(float* dx, const float* dy, const float* W, int64_t w_stride,
                                const int64_t* offsets, int64_t E, int64_t in, int64_t out);
 void grouped_linear_backward_w(float* dW, int64_t w_stride, const float* dy, const float* x,
+                               const int64_t* offsets, int64_t E, int64_t in, int64_t out);
+
+// The same GEMM, linear and grouped kernels with bf16 inputs: products of bf16 values summed in
+// f32, f32 output (and f32 gradients accumulated, dW +=). Sizes, layouts and threading as above.
+// Without AVX-512 BF16 (quantize.h bf16_native()) they widen to f32: same numerics, slower.
+void gemm(float* C, const bf16* A, const bf16* B, int64_t M, int64_t N, int64_t K, bool trans_a,
+          bool trans_b, float alpha = 1.0f, float beta = 0.0f);
+void linear_forward(float* y, const bf16* x, const bf16* W, int64_t N, int64_t in, int64_t out);
+void linear_backward_x(float* dx, const bf16* dy, const bf16* W, int64_t N, int64_t in,
+                       int64_t out, bool accumulate);
+void linear_backward_w(float* dW, const bf16* dy, const bf16* x, int64_t N, int64_t in,
+                       int64_t out);
+void grouped_linear_forward(float* y, const bf16* x, const bf16* W, int64_t w_stride,
+                            const int64_t* offsets, int64_t E, int64_t in, int64_t out);
+void grouped_linear_backward_x(float* dx, const bf16* dy, const bf16* W, int64_t w_stride,
+                               const int64_t* offsets, int64_t E, int64_t in, int64_t out);
+void grouped_linear_backward_w(float* dW, int64_t w_stride, const bf16* dy, const bf16* x,
                                const int64_t* offsets, int64_t E, int64_t in, int64_t out);
 
 // ---- RMSNorm ----------------------------------------------------------------------------
