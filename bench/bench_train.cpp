@@ -49,6 +49,7 @@
 #include "core/error.h"
 #include "data/corpus.h"
 #include "kernels/cpu/peak.h"
+#include "kernels/cpu/quantize.h"
 #include "model/config.h"
 #include "model/flops.h"
 #include "model/model.h"
@@ -74,6 +75,7 @@ struct Options {
   int64_t batch = 8;
   int64_t seq = 512;
   bool torch = true;
+  std::string dtype = "fp32";  // also run our engine in bf16 or fp8 and print the ratio to fp32
   std::string source_dir = MOE_SOURCE_DIR;
 };
 
@@ -88,6 +90,8 @@ void usage() {
       "  --threads N       OpenMP threads for both (default 2)\n"
       "  --batch N --seq N micro-batch shape (default 8 x 512)\n"
       "  --no-torch        skip the PyTorch run\n"
+      "  --dtype D         bf16 or fp8: each round also runs our engine's steps with GEMMs in\n"
+      "                    D (the same model, switched), ratio to our fp32 printed (default fp32)\n"
       "  --source-dir DIR  project source (for tests/reference/bench_torch.py; default %s)\n",
       MOE_SOURCE_DIR);
 }
@@ -109,6 +113,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--batch") o.batch = std::stoll(next());
     else if (a == "--seq") o.seq = std::stoll(next());
     else if (a == "--no-torch") o.torch = false;
+    else if (a == "--dtype") o.dtype = next();
     else if (a == "--source-dir") o.source_dir = next();
     else if (a == "--help" || a == "-h") { usage(); std::exit(0); }
     else MOE_FAIL("bench_train", "unknown option ", a, "; see --help");
@@ -295,30 +300,47 @@ int run(const Options& o) {
   AdamW opt(model.layout(), ac);
   std::vector<int32_t> tokens;
   int64_t step = 0;
+  const ComputeDtype low = parse_compute_dtype(o.dtype, "--dtype");
+  const bool compare = low != ComputeDtype::kF32;
+  if (compare && !cpu::bf16_native())
+    std::printf("warning: no AVX-512 BF16 on this CPU (or MOE_NO_AVX512_BF16 set): %s GEMMs fall "
+                "back to f32 arithmetic\n", o.dtype.c_str());
   // One full step: zero gradients, forward + backward, AdamW, balancing-bias update.
-  auto train_step = [&]() {
+  auto train_step = [&](ComputeDtype dtype) {
     torch_batch(tokens, stream, step, B, T);
+    model.set_compute_dtype(dtype);
     const auto t0 = Clock::now();
     model.zero_grads();
     const LossStats st = model.forward_backward(tokens.data(), B, T, 1.0f);
     opt.step(model.params().data(), model.grads().data(), ac.lr);
     model.update_balance_biases();
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-    std::printf("ours step %lld: %.0f ms loss %.4f\n", (long long)step, dt * 1e3, st.loss);
+    std::printf("ours step %lld (%s): %.0f ms loss %.4f\n", (long long)step,
+                compute_dtype_name(model.compute_dtype()), dt * 1e3, st.loss);
     std::fflush(stdout);
     ++step;
     return dt;
   };
-  for (int64_t s = 0; s < o.warmup; ++s) train_step();
+  for (int64_t s = 0; s < o.warmup; ++s) train_step(ComputeDtype::kF32);
+  for (int64_t s = 0; compare && s < o.warmup; ++s) train_step(low);
 
-  // Rounds: ours, then PyTorch, so both see the same share of whatever else the machine runs.
-  std::vector<double> ours_ms, torch_ms, round_ratio;
+  // Rounds: ours (fp32, then --dtype), then PyTorch, so all see the same share of whatever else
+  // the machine runs.
+  std::vector<double> ours_ms, torch_ms, round_ratio, low_ms, low_ratio;
   TorchResult last;
   std::string torch_error;
   for (int64_t r = 0; r < o.rounds; ++r) {
     std::vector<double> mine;
-    for (int64_t s = 0; s < o.steps; ++s) mine.push_back(train_step() * 1e3);
+    for (int64_t s = 0; s < o.steps; ++s) mine.push_back(train_step(ComputeDtype::kF32) * 1e3);
     ours_ms.insert(ours_ms.end(), mine.begin(), mine.end());
+    if (compare) {
+      std::vector<double> lows;
+      for (int64_t s = 0; s < o.steps; ++s) lows.push_back(train_step(low) * 1e3);
+      low_ms.insert(low_ms.end(), lows.begin(), lows.end());
+      low_ratio.push_back(median(mine) / median(lows));
+      std::printf("round %lld: ours fp32 %.0f ms, ours %s %.0f ms (medians): %.2fx\n",
+                  (long long)r, median(mine), o.dtype.c_str(), median(lows), low_ratio.back());
+    }
     if (o.torch && torch_error.empty()) {
       TorchResult tr = run_torch(o, cfg_path, tok_path);
       if (tr.ok) {
@@ -344,8 +366,9 @@ int run(const Options& o) {
   const double analytic = state_bytes + act_bytes;
   auto mfu = [&](double tps) { return 100.0 * tps * flops_tok / peak; };
 
-  std::printf("\n== bench-moe training, fp32, %d threads, B=%lld T=%lld ==\n", o.threads,
-              (long long)B, (long long)T);
+  std::printf("\n== bench-moe training, fp32%s%s, %d threads, B=%lld T=%lld ==\n",
+              compare ? " and " : "", compare ? o.dtype.c_str() : "", o.threads, (long long)B,
+              (long long)T);
   std::printf("FP32 peak: %.1f GFLOP/s: AVX-%d FMA loop on %d threads, best of %zu probes "
               "(lowest %.1f); oneDNN sgemm 2048^3: %.1f GFLOP/s\n",
               peak / 1e9, cpu::fp32_vector_lanes() * 32, o.threads, peaks.size(),
@@ -359,6 +382,19 @@ int run(const Options& o) {
   std::printf("%-8s %9.1f %14.1f %10.1f %7.1f%% %12.0f %zu after %lld warmup\n", "moe.cpp",
               ours_tps, median(ours_ms), ours_tps * flops_tok / 1e9, mfu(ours_tps),
               rss_peak / 1048576.0, ours_ms.size(), (long long)o.warmup);
+  if (compare) {
+    const double low_tps = double(B * T) / (median(low_ms) * 1e-3);
+    const std::string name = "moe." + o.dtype;
+    std::printf("%-8s %9.1f %14.1f %10.1f %7.1f%% %12s %zu after %lld warmup\n", name.c_str(),
+                low_tps, median(low_ms), low_tps * flops_tok / 1e9, mfu(low_tps), "(same)",
+                low_ms.size(), (long long)o.warmup);
+    std::printf("ratio ours %s / ours fp32: %.2fx tokens/s (medians of all steps; target >= "
+                "1.6x for bf16); per round:",
+                o.dtype.c_str(), low_tps / ours_tps);
+    for (double x : low_ratio) std::printf(" %.2fx", x);
+    std::printf("\n%s MFU is against the FP32 peak; the bf16 dot-product peak is higher\n",
+                o.dtype.c_str());
+  }
   if (!torch_ms.empty()) {
     const double torch_tps = double(B * T) / (median(torch_ms) * 1e-3);
     std::printf("%-8s %9.1f %14.1f %10.1f %7.1f%% %12.0f %zu in %zu runs, %lld warmup each\n",
@@ -385,6 +421,21 @@ int run(const Options& o) {
     std::printf("; pytorch %.0f MB = %.2fx", last.peak_rss_mb,
                 last.peak_rss_mb * 1048576.0 / analytic);
   std::printf(" (RSS before the model: %.0f MB)\n", rss_before / 1048576.0);
+  if (compare) {
+    // The low-precision engine keeps, besides the fp32 one's state and activations, a bf16 copy
+    // of every linear weight (model/gemms.h); the run above holds both engines' buffers.
+    double linear = 0;
+    for (const ParamSpec& sp : model.layout().specs)
+      if (sp.name.size() > 12 && (sp.name.compare(sp.name.size() - 12, 12, "_proj.weight") == 0 ||
+                                  sp.name == "lm_head.weight"))
+        linear += double(sp.numel);
+    if (cfg.tie_word_embeddings) linear += double(cfg.vocab_size) * cfg.hidden_size;
+    const double low_analytic = analytic + 2.0 * linear;
+    std::printf("memory: %s analytic %.0f MB = fp32 analytic + bf16 weight copies %.0f MB "
+                "(%.2fM linear weights x 2 B); peak RSS %.0f MB = %.2fx (target <= 1.3x)\n",
+                o.dtype.c_str(), low_analytic / 1048576.0, 2.0 * linear / 1048576.0, linear / 1e6,
+                rss_peak / 1048576.0, rss_peak / low_analytic);
+  }
   return 0;
 }
 

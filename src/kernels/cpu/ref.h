@@ -4,10 +4,13 @@
 // are tested against these, and these are tested against finite differences.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include "core/dtype.h"
 
 namespace moe::cpu {
 
@@ -295,6 +298,37 @@ void adamw_step_ref(T* p, T* m, T* v, const T* g, int64_t n, T lr, T beta1, T be
     const T denom = std::sqrt(v[i]) / T(std::sqrt(bc2)) + eps;
     p[i] -= T(double(lr) / bc1) * m[i] / denom;
   }
+}
+
+// ---- FP8 tile quantization (quantize.h) --------------------------------------------------
+// x (rows, cols) -> y, the dequantized E4M3 values, in tiles of tile_rows x tile_cols (the last
+// ones shorter). Rows are split into groups at offsets (groups + 1 entries; nullptr = one group)
+// and tiles never cross a group boundary. Scale 2^ceil(log2(amax / 448)) (1 if amax = 0), the
+// E4M3 rounding of core/dtype.h; a tile with a non-finite value becomes NaN.
+inline void fp8_quantize_tiles_ref(float* y, const float* x, int64_t rows, int64_t cols,
+                                   int64_t tile_rows, int64_t tile_cols,
+                                   const int64_t* offsets = nullptr, int64_t groups = 1) {
+  const int64_t one[2] = {0, rows};
+  if (!offsets) offsets = one, groups = 1;
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t r0 = offsets[g]; r0 < offsets[g + 1]; r0 += tile_rows)
+      for (int64_t c0 = 0; c0 < cols; c0 += tile_cols) {
+        const int64_t r1 = std::min(r0 + tile_rows, offsets[g + 1]);
+        const int64_t c1 = std::min(c0 + tile_cols, cols);
+        double amax = 0;
+        bool finite = true;
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) {
+            finite = finite && std::isfinite(x[r * cols + c]);
+            amax = std::max(amax, std::fabs(double(x[r * cols + c])));
+          }
+        const double s = amax > 0 ? std::exp2(std::ceil(std::log2(amax / 448.0))) : 1.0;
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c)
+            y[r * cols + c] =
+                finite ? float(double(fp8e4m3_to_f32(f32_to_fp8e4m3(float(x[r * cols + c] / s)))) * s)
+                       : NAN;
+      }
 }
 
 }  // namespace moe::cpu
