@@ -1,10 +1,11 @@
 // moe info CONFIG [--batch B] [--seq-len T]: what a model costs before it is trained.
 //
 // CONFIG is a TOML run config (batch and seq_len come from its [train]) or an HF-style
-// config.json, including the paper-scale ones in configs/models/ whose "plan" object describes
-// what the engine lacks (MLA, multi-token prediction). Prints total and active parameters,
-// FLOPs per token (model/flops.h for what this engine trains; the planner's formulas when the
-// config has MLA or MTP) and memory per component in binary units (KiB, MiB, GiB, TiB).
+// config.json (model_type moe_cpp or deepseek_v3), including the paper-scale ones in
+// configs/models/. Prints total and active parameters (main model as published, then with the
+// multi-token-prediction modules, and the exact integers), FLOPs per token and memory per
+// component in binary units (KiB, MiB, GiB, TiB). Counts and FLOPs are model/flops.h's for
+// every config (GQA or MLA, with or without MTP); the planner uses the same functions.
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
@@ -78,34 +79,28 @@ int run_info(const InfoOptions& o) {
   const ModelConfig& c = pm.cfg;
   if (seq == 0) seq = c.max_position_embeddings;
   MOE_CHECK(seq >= 1 && batch >= 0, "info", "--seq-len must be >= 1 and --batch >= 0");
-  const bool mtp = pm.x.num_nextn_predict_layers > 0;
-  const bool planner = pm.mla() || mtp;  // features the engine's own formulas do not cover
+  const int64_t n_mtp = c.num_nextn_predict_layers;
+  const bool mtp = n_mtp > 0;
+  const bool planner = c.is_mla() || mtp;  // activations: the planner's model, not the engine's
 
-  // Main model (MTP modules counted separately: published totals leave them out).
-  plan::PlanModel main = pm;
-  main.x.num_nextn_predict_layers = 0;
-  int64_t total = 0, active = 0, experts = 0, embed = 0;
-  double train_flops = 0, fwd_flops = 0;
-  if (planner) {
-    const plan::ParamCounts p = plan::count_params(main);
-    total = p.total, active = p.active, experts = p.expert, embed = p.embedding + p.head;
-    train_flops = plan::train_flops_per_token(main, seq, false);
-    fwd_flops = plan::forward_flops_per_token(main, seq, false).total();
-  } else {
-    const ParamCounts p = count_params(c);
-    total = p.total, active = p.active, experts = p.routed_experts, embed = p.embedding;
-    train_flops = train_flops_per_token(c, seq);
-    fwd_flops = train_flops / 3.0;
-  }
+  // Main model (published totals leave the MTP modules out), then with them.
+  ModelConfig main_cfg = c;
+  main_cfg.num_nextn_predict_layers = 0;
+  const ParamCounts p = count_params(main_cfg), with = count_params(c);
+  const int64_t total = p.total, active = p.active, experts = p.routed_experts;
+  const int64_t embed = p.embedding;
+  const double train_flops = train_flops_per_token(c, seq);
+  const double fwd_flops = forward_flops_per_token(c, seq, /*causal=*/false).total();
 
   const int64_t L = c.num_hidden_layers, Lmoe = L - std::min(L, c.first_k_dense_replace);
   std::printf("%s%s%s\n", origin.c_str(), pm.x.name.empty() ? "" : ": ", pm.x.name.c_str());
   std::printf("  %lld layers (%lld dense, %lld MoE), hidden %lld, %lld heads", (long long)L,
               (long long)(L - Lmoe), (long long)Lmoe, (long long)c.hidden_size,
               (long long)c.num_attention_heads);
-  if (pm.mla())
-    std::printf(" (MLA: kv_lora_rank %lld, q_lora_rank %lld)", (long long)pm.x.kv_lora_rank,
-                (long long)pm.x.q_lora_rank);
+  if (c.is_mla())
+    std::printf(" (MLA: kv_lora_rank %lld, q_lora_rank %lld, qk %lld + %lld rope, v %lld)",
+                (long long)c.kv_lora_rank, (long long)c.q_lora_rank, (long long)c.qk_nope_head_dim,
+                (long long)c.qk_rope_head_dim, (long long)c.v_head_dim);
   else
     std::printf(" x %lld (%lld key/value heads)", (long long)c.head_dim,
                 (long long)c.num_key_value_heads);
@@ -121,21 +116,24 @@ int run_info(const InfoOptions& o) {
   std::printf("  routed experts %s, embedding + lm_head %s, the rest %s\n",
               human_count(double(experts)).c_str(), human_count(double(embed)).c_str(),
               human_count(double(total - experts - embed)).c_str());
-  if (mtp) {
-    const plan::ParamCounts with = plan::count_params(pm);
-    std::printf("  + %s in %lld multi-token-prediction module(s) (%s with them)\n",
-                human_count(double(with.total - total)).c_str(),
-                (long long)pm.x.num_nextn_predict_layers, human_count(double(with.total)).c_str());
-  }
+  if (mtp)
+    std::printf("  + %s in %lld multi-token-prediction module(s): %s total, %s active with them\n",
+                human_count(double(with.total - total)).c_str(), (long long)n_mtp,
+                human_count(double(with.total)).c_str(), human_count(double(with.active)).c_str());
+  std::printf("  exact: %lld total, %lld active", (long long)total, (long long)active);
+  if (mtp)
+    std::printf("; with MTP %lld total, %lld active", (long long)with.total,
+                (long long)with.active);
+  std::printf("\n");
 
-  std::printf("FLOPs per token at seq %lld: forward %s, train %s (forward + backward = 3x)\n",
-              (long long)seq, human_flops(fwd_flops).c_str(), human_flops(train_flops).c_str());
-  std::printf("  counted as %s\n",
-              planner ? "the planner does (src/plan/model_spec.h: MLA projections, full "
-                        "attention scores without the causal saving)"
-                      : "model/flops.h does (PaLM: 6 x active matmul weights + 12 L H Dh T)");
+  std::printf("FLOPs per token at seq %lld: forward %s, train %s (forward + backward = 3x%s)\n",
+              (long long)seq, human_flops(fwd_flops).c_str(), human_flops(train_flops).c_str(),
+              mtp ? "; MTP modules included" : "");
+  std::printf(
+      "  counted as model/flops.h does (PaLM: 6 x active matmul weights + attention "
+      "scores and values, 12 L H Dh T for GQA, without the causal saving)\n");
 
-  const double P = double(total);
+  const double P = double(with.total);  // what training holds: MTP modules included
   std::printf("memory (fp32 weights, gradients and AdamW moments, as this engine trains):\n");
   std::printf("  params        %s  (bf16 copy: %s)\n", human_bytes(4 * P).c_str(),
               human_bytes(2 * P).c_str());
@@ -145,10 +143,10 @@ int run_info(const InfoOptions& o) {
   double act_token = 0;
   std::string act_how;
   if (planner) {
-    for (int64_t l = 0; l < L; ++l)
+    for (int64_t l = 0; l < L + n_mtp; ++l)  // MTP blocks are MoE layers L + k
       act_token +=
-          plan::act_bytes_per_token_layer(main, c.is_moe_layer(l), plan::Recompute::kNone, 2.0);
-    act_token += 4.0 * double(c.vocab_size);  // fp32 logits
+          plan::act_bytes_per_token_layer(pm, c.is_moe_layer(l), plan::Recompute::kNone, 2.0);
+    act_token += 4.0 * double(c.vocab_size) * double(1 + n_mtp);  // fp32 logits, every depth
     act_how = "bf16, no recompute, flash attention: the planner's model";
   } else {
     act_token = 4.0 * engine_act_floats_per_token(c, seq);
@@ -164,11 +162,10 @@ int run_info(const InfoOptions& o) {
                   : "");
   double kv = 0;  // bytes per token
   std::string kv_how;
-  if (pm.mla()) {
-    kv = 2.0 * double(L) * double(pm.x.kv_lora_rank + pm.x.qk_rope_head_dim);
+  if (c.is_mla()) {
+    kv = 2.0 * double(L) * double(c.kv_lora_rank + c.qk_rope_head_dim);
     kv_how = "bf16 MLA latents: " + std::to_string(L) + " layers x (" +
-             std::to_string(pm.x.kv_lora_rank) + " + " + std::to_string(pm.x.qk_rope_head_dim) +
-             ")";
+             std::to_string(c.kv_lora_rank) + " + " + std::to_string(c.qk_rope_head_dim) + ")";
   } else {
     kv = 4.0 * 2.0 * double(L) * double(c.num_key_value_heads * c.head_dim);
     kv_how = "fp32 K and V: " + std::to_string(L) + " layers x 2 x " +
@@ -177,9 +174,9 @@ int run_info(const InfoOptions& o) {
   std::printf("  KV cache      %s per token (%s), %s for %lld tokens\n", human_bytes(kv).c_str(),
               kv_how.c_str(), human_bytes(kv * double(c.max_position_embeddings)).c_str(),
               (long long)c.max_position_embeddings);
-  if (planner)
-    std::printf("note: the engine cannot train this config as is (%s); `moe plan` sizes it\n",
-                pm.mla() ? "MLA attention" : "multi-token prediction");
+  if (c.needs_mla_engine())
+    std::printf("note: the engine's forward and backward do not run %s yet; `moe plan` sizes it\n",
+                c.is_mla() ? "MLA attention" : "multi-token prediction");
   return 0;
 }
 

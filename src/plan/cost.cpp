@@ -75,7 +75,7 @@ double act_bytes_per_token_layer(const PlanModel& m, bool moe_layer, Recompute r
     attn += (H + 2 * c.num_key_value_heads) * c.head_dim;  // q, k, v after RoPE
     attn += H * c.head_dim;                                // attention output
   } else {
-    const auto& x = m.x;
+    const auto& x = m.cfg;
     // latents (inputs of the up-projections) and their normed copies
     attn += x.q_lora_rank + x.kv_lora_rank + x.qk_rope_head_dim;
     if (!sel) attn += x.q_lora_rank + x.kv_lora_rank;
@@ -126,7 +126,7 @@ Memory memory_per_device(const PlanModel& m, const Cluster& c, const Job& job, c
   const int64_t Ls = max_layers_per_stage(m, l.pp);
   const bool has_moe = num_moe_layers(m) > 0;
   const int64_t Lmoe_s = has_moe ? std::min<int64_t>(Ls, num_moe_layers(m) +
-                                                           m.x.num_nextn_predict_layers)
+                                                           m.cfg.num_nextn_predict_layers)
                                  : 0;
   const int64_t Ldense_s = Ls - Lmoe_s;
   const ParamCounts pc = count_params(m);
@@ -191,7 +191,7 @@ double elementwise_bytes_per_token_layer(const PlanModel& m, bool moe_layer, dou
   // Two RMSNorms (read D, write D) and two residual adds (read 2D, write D).
   double e = 2 * 2 * D + 2 * 3 * D;
   // RoPE in place on q and k (read + write).
-  const double rope = m.mla() ? (c.num_attention_heads + 1) * m.x.qk_rope_head_dim
+  const double rope = m.mla() ? (c.num_attention_heads + 1) * m.cfg.qk_rope_head_dim
                               : (c.num_attention_heads + c.num_key_value_heads) * c.head_dim;
   e += 2 * static_cast<double>(rope);
   if (!moe_layer) return a * (e + 3 * static_cast<double>(c.intermediate_size));  // SwiGLU
@@ -220,12 +220,12 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
   t.fwd_expert = share * f.expert_gemm / group_rate;
   t.fwd_head = share * f.head_gemm / (hi_peak * c.eff.gemm);
   t.fwd_attn = share * f.attn_core / (hi_peak * c.eff.attention);
-  const int64_t Lm = num_moe_layers(m) + m.x.num_nextn_predict_layers;
+  const int64_t Lm = num_moe_layers(m) + m.cfg.num_nextn_predict_layers;
   const int64_t Ld = cfg.num_hidden_layers - num_moe_layers(m);
   const double V = static_cast<double>(cfg.vocab_size);
   const double ew_bytes = Lm * elementwise_bytes_per_token_layer(m, true, a) +
                           Ld * elementwise_bytes_per_token_layer(m, false, a) +
-                          (1 + m.x.num_nextn_predict_layers) * 2 * V * 4.0;  // softmax-CE, fp32
+                          (1 + m.cfg.num_nextn_predict_layers) * 2 * V * 4.0;  // softmax-CE, fp32
   const double mem_rate = c.memory_bandwidth * c.eff.memory;
   t.fwd_mem = share * ew_bytes / mem_rate;
   t.fwd = t.fwd_dense + t.fwd_expert + t.fwd_head + t.fwd_attn + t.fwd_mem;
@@ -242,7 +242,7 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
     // up-projections (their GEMMs).
     double up = 0;
     if (m.mla()) {
-      const auto& x = m.x;
+      const auto& x = m.cfg;
       const double per_layer = 2.0 * (x.q_lora_rank * cfg.num_attention_heads *
                                            (x.qk_nope_head_dim + x.qk_rope_head_dim) +
                                        x.kv_lora_rank * cfg.num_attention_heads *

@@ -185,7 +185,7 @@ bool complete_layout(const PlanModel& m, const Cluster& c, const Job& job, Layou
     return fail("interleaved needs num_micro divisible by pp");
   if (l.dtype == Dtype::kFp8 && c.peak_fp8 <= 0) return fail("the device has no fp8");
   if (l.zero < 0 || l.zero > 2) return fail("zero must be 0, 1 or 2");
-  if (l.node_limited && m.x.n_group <= 1) return fail("node-limited routing needs n_group > 1");
+  if (l.node_limited && m.cfg.n_group <= 1) return fail("node-limited routing needs n_group > 1");
   if (l.diloco_h > 0) {
     // Every DiLoCo group is a whole replica of the model: its own tp x pp x dp grid, with
     // the expert-parallel groups inside it (the trainer's diloco_group, default one host).

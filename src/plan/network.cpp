@@ -113,7 +113,7 @@ A2aBytes a2a_bytes(const PlanModel& m, const Cluster& c, const Layout& l, double
   }
   // Node-limited routing (DeepSeek-V3 sec. 2.1.2 and 3.2.2): a token reaches at most
   // `cap` nodes, is sent once to each over the network and forwarded inside the node.
-  const int64_t ng = m.x.n_group, tg = m.x.topk_group;
+  const int64_t ng = m.cfg.n_group, tg = m.cfg.topk_group;
   const int64_t cap = std::min<int64_t>(G, (tg * G + ng - 1) / ng);
   const double nodes = std::min(expected_nodes_touched(K, G), static_cast<double>(cap));
   const double remote = nodes * static_cast<double>(G - 1) / static_cast<double>(G);

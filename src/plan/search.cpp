@@ -34,7 +34,7 @@ SearchResult search(const PlanModel& m, const Cluster& c, const Job& job, const 
   for (int64_t tp = 1; tp <= c.devices_per_node; tp *= 2) tps.push_back(tp);
   const std::vector<int64_t> pps = divisors(job.devices, layers);
   const std::vector<int64_t> eps = divisors(m.cfg.n_routed_experts, job.devices);
-  const bool can_limit = m.x.n_group > 1;
+  const bool can_limit = m.cfg.n_group > 1;
   for (int64_t tp : tps)
     for (int64_t pp : pps)
       for (int64_t ep : eps)

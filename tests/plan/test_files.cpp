@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "model/params.h"
 #include "plan/cluster.h"
 #include "plan/model_spec.h"
 
@@ -96,17 +97,27 @@ TEST(PlanClusterFile, ShippedClustersLoad) {
 
 TEST(PlanModelFile, PlanObjectIsReadAndChecked) {
   const std::string base = R"({"model_type": "moe_cpp", "hidden_size": 64,
-    "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 16,
-    "n_routed_experts": 8, "num_experts_per_tok": 2)";
-  const PlanModel m = parse_plan_model(base + R"(, "plan": {"n_group": 4, "topk_group": 2,
-      "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16}})",
-                                       "m.json");
-  EXPECT_EQ(m.x.n_group, 4);
+    "num_attention_heads": 4, "num_key_value_heads": 4, "n_routed_experts": 8,
+    "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2, "attention": "mla",
+    "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16)";
+  const PlanModel m =
+      parse_plan_model(base + R"(, "plan": {"name": "M", "notes": "n"}})", "m.json");
+  EXPECT_EQ(m.cfg.n_group, 4);
   EXPECT_TRUE(m.mla());
   EXPECT_EQ(m.cfg.hidden_size, 64);
+  EXPECT_EQ(m.x.name, "M");
   EXPECT_THROW(parse_plan_model(base + R"(, "plan": {"ngroup": 4}})", "m.json"), Error);
-  EXPECT_THROW(parse_plan_model(base + R"(, "plan": {"n_group": 3}})", "m.json"), Error);
+  EXPECT_THROW(parse_plan_model(base + R"(, "plan": {"name": 3}})", "m.json"), Error);
   EXPECT_THROW(parse_plan_model(base + R"(, "hiden_size": 3})", "m.json"), Error);
+  EXPECT_THROW(parse_plan_model(base + R"(, "n_group": 3})", "m.json"), Error);
+  // The model keys that used to live under "plan" say where they went.
+  try {
+    parse_plan_model(base + R"(, "plan": {"kv_lora_rank": 512}})", "m.json");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("move it to the top level"), std::string::npos)
+        << e.what();
+  }
 }
 
 // Published sizes: DeepSeek-V3 671B total + 14B MTP module = 685B, 37B activated
@@ -123,11 +134,21 @@ TEST(PlanModelFile, ShippedModelsMatchPublishedSizes) {
   p = count_params(load_plan_model(dir + "moe_1t.json"));
   EXPECT_NEAR(p.total / 1e12, 1.04, 0.02);
   EXPECT_NEAR(p.active / 1e9, 32.6, 1.0);
-  const PlanModel t = load_plan_model(dir + "telechat3_105b_like.json");
+  // TeleChat3-105B-A4.7B: 102.3B + 2.3B MTP = 104.6B ("105B"); 4.34B active + the 0.34B
+  // embedding = 4.68B ("A4.7B"); exact counts in tests/integration/test_info.cpp.
+  const PlanModel t = load_plan_model(dir + "telechat3_105b.json");
   EXPECT_EQ(t.cfg.n_routed_experts, 192);
   EXPECT_EQ(t.cfg.num_experts_per_tok, 4);
   EXPECT_EQ(t.cfg.n_shared_experts, 1);
-  EXPECT_NEAR(count_params(t).total / 1e9, 105, 3);
+  EXPECT_TRUE(t.mla());
+  EXPECT_EQ(t.mtp_modules(), 1);
+  EXPECT_NEAR(count_params(t).total / 1e9, 104.6, 0.1);
+  // The planner's total is the layout's floats (balancing biases included).
+  const PlanModel tiny = parse_plan_model(R"({"attention": "mla", "q_lora_rank": 24,
+      "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 12,
+      "hidden_size": 64, "num_nextn_predict_layers": 2})",
+                                          "t.json");
+  EXPECT_EQ(count_params(tiny).total, make_layout(tiny.cfg).total_numel);
 }
 
 }  // namespace

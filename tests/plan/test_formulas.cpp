@@ -17,25 +17,27 @@ using fixtures::toy_cluster;
 
 TEST(PlanFormulas, ParameterCounts) {
   const PlanModel m = tiny();
-  EXPECT_EQ(attn_params(m), 192);     // q 8*2*4=64, k+v 2*8*1*4=64, o 2*4*8=64
+  EXPECT_EQ(attn_params(m), 192);       // q 8*2*4=64, k+v 2*8*1*4=64, o 2*4*8=64
   EXPECT_EQ(dense_ffn_params(m), 384);  // 3*8*16
-  EXPECT_EQ(expert_params(m), 96);    // 3*8*4
-  EXPECT_EQ(shared_params(m), 96);    // 3*8*(1*4)
-  EXPECT_EQ(router_params(m), 36);    // 4*8 weights + 4 balancing biases
+  EXPECT_EQ(expert_params(m), 96);      // 3*8*4
+  EXPECT_EQ(shared_params(m), 96);      // 3*8*(1*4)
+  EXPECT_EQ(router_params(m), 36);      // 4*8 weights + 4 balancing biases
   const ParamCounts p = count_params(m);
   // embed 80 + head 80 + final norm 8 + 3*(192 + 2*8 norms) + 1*384 + 2*(96 + 36)
   // + routed 2 layers * 4 experts * 96 = 80+80+8+624+384+264+768
   EXPECT_EQ(p.total, 2208);
   EXPECT_EQ(p.expert, 768);
   EXPECT_EQ(p.non_expert, 1440);
-  // head 80 + 3*192 + 384 + 2*(shared 96 + router 32 + 2 experts * 96)
-  EXPECT_EQ(p.active, 1680);
+  // model/flops.h's active (norms count): head 80 + final norm 8 + 3*(192 + 2*8 norms) + 384
+  // + 2*(shared 96 + router 32 + 2 experts * 96) = 80+8+624+384+640
+  EXPECT_EQ(p.active, 1736);
 }
 
 TEST(PlanFormulas, MlaParameterCount) {
   PlanModel m = tiny();
-  m.x.q_lora_rank = 4, m.x.kv_lora_rank = 2, m.x.qk_nope_head_dim = 2, m.x.qk_rope_head_dim = 1,
-  m.x.v_head_dim = 2;
+  m.cfg.attention = "mla";
+  m.cfg.q_lora_rank = 4, m.cfg.kv_lora_rank = 2, m.cfg.qk_nope_head_dim = 2;
+  m.cfg.qk_rope_head_dim = 1, m.cfg.v_head_dim = 2;
   // q: 8*4 + 4*2*(2+1) + 4 (norm) = 60; kv: 8*(2+1) + 2*2*(2+2) + 2 (norm) = 42; o: 2*2*8 = 32
   EXPECT_EQ(attn_params(m), 134);
 }
@@ -46,10 +48,10 @@ TEST(PlanFormulas, ForwardFlopsPerToken) {
   EXPECT_DOUBLE_EQ(attn_core_flops_per_token_layer(m, 6, false), 192.0);
   EXPECT_DOUBLE_EQ(attn_core_flops_per_token_layer(m, 6, true), 96.0);
   const TokenFlops f = forward_flops_per_token(m, 6, true);
-  EXPECT_DOUBLE_EQ(f.dense_gemm, 2304.0);   // 2*(3*192 + 384 + 2*96)
-  EXPECT_DOUBLE_EQ(f.expert_gemm, 768.0);   // 2 * 2 layers * K=2 * 96
-  EXPECT_DOUBLE_EQ(f.head_gemm, 288.0);     // 2*10*8 + 2 layers * 2*4*8
-  EXPECT_DOUBLE_EQ(f.attn_core, 288.0);     // 3 layers * 96
+  EXPECT_DOUBLE_EQ(f.dense_gemm, 2304.0);  // 2*(3*192 + 384 + 2*96)
+  EXPECT_DOUBLE_EQ(f.expert_gemm, 768.0);  // 2 * 2 layers * K=2 * 96
+  EXPECT_DOUBLE_EQ(f.head_gemm, 288.0);    // 2*10*8 + 2 layers * 2*4*8
+  EXPECT_DOUBLE_EQ(f.attn_core, 288.0);    // 3 layers * 96
   EXPECT_DOUBLE_EQ(train_flops_per_token(m, 6, true), 3 * 3648.0);
 }
 
@@ -59,9 +61,9 @@ TEST(PlanFormulas, RingAndNodes) {
   EXPECT_DOUBLE_EQ(ring_time(1000, 1, 100, 1), 0.0);
   EXPECT_EQ(nodes_spanned(8, 1, 8), 1);
   EXPECT_EQ(nodes_spanned(16, 1, 8), 2);
-  EXPECT_EQ(nodes_spanned(4, 8, 8), 4);   // one member per node
-  EXPECT_EQ(nodes_spanned(2, 4, 8), 1);   // ranks 0 and 4
-  EXPECT_EQ(nodes_spanned(3, 4, 8), 2);   // ranks 0, 4, 8
+  EXPECT_EQ(nodes_spanned(4, 8, 8), 4);                 // one member per node
+  EXPECT_EQ(nodes_spanned(2, 4, 8), 1);                 // ranks 0 and 4
+  EXPECT_EQ(nodes_spanned(3, 4, 8), 2);                 // ranks 0, 4, 8
   EXPECT_DOUBLE_EQ(expected_nodes_touched(2, 2), 1.5);  // 2 * (1 - 1/4)
   EXPECT_NEAR(expected_nodes_touched(8, 8), 8 * (1 - std::pow(7.0 / 8, 8)), 1e-12);
   EXPECT_DOUBLE_EQ(expected_nodes_touched(5, 1), 1.0);
@@ -117,7 +119,7 @@ TEST(PlanFormulas, AllToAllBytes) {
   EXPECT_DOUBLE_EQ(b.intra, 80.0);   // 10*2*0.25*16
   // Node-limited: 2 groups, 1 per token -> at most 1 node; expected nodes min(1.5, 1) = 1,
   // remote share 1/2, sent once: 10*0.5*16; forwarded inside: 10*2*(1/2)*16
-  m.x.n_group = 2, m.x.topk_group = 1;
+  m.cfg.n_group = 2, m.cfg.topk_group = 1;
   l.node_limited = true;
   b = a2a_bytes(m, c, l, 10, 2);
   EXPECT_DOUBLE_EQ(b.inter, 80.0);
@@ -163,7 +165,7 @@ TEST(PlanFormulas, StepTimeOneDevice) {
   EXPECT_DOUBLE_EQ(t.fwd_head, 3.456);
   EXPECT_DOUBLE_EQ(t.fwd_attn, 3.456);
   EXPECT_NEAR(t.fwd_mem, 0.006816, 1e-12);
-  EXPECT_NEAR(t.bwd_weight, 49.536, 1e-9);               // = forward GEMMs
+  EXPECT_NEAR(t.bwd_weight, 49.536, 1e-9);                // = forward GEMMs
   EXPECT_NEAR(t.bwd_input, 49.536 + 2 * 3.462816, 1e-9);  // + 2x attention and elementwise
   EXPECT_NEAR(t.compute, 2 * (52.998816 + 105.997632), 1e-9);
   EXPECT_DOUBLE_EQ(t.bubble, 0.0);
@@ -202,15 +204,16 @@ TEST(PlanFormulas, DualPipeHidesAllToAll) {
   ASSERT_TRUE(complete_layout(m, c, job, b, nullptr));
   const Time ta = step_time(m, c, job, a), tb = step_time(m, c, job, b);
   EXPECT_GT(ta.a2a, 0.0);
-  EXPECT_DOUBLE_EQ(ta.a2a_exposed, ta.a2a);           // 1F1B: nothing overlaps it
-  EXPECT_DOUBLE_EQ(tb.a2a, ta.a2a);                   // same traffic
+  EXPECT_DOUBLE_EQ(ta.a2a_exposed, ta.a2a);  // 1F1B: nothing overlaps it
+  EXPECT_DOUBLE_EQ(tb.a2a, ta.a2a);          // same traffic
   EXPECT_DOUBLE_EQ(tb.a2a_exposed, std::max(0.0, tb.a2a - (tb.fwd + tb.bwd + tb.recompute)));
   EXPECT_LT(tb.a2a_exposed, ta.a2a_exposed);
 }
 
 TEST(PlanFormulas, LayoutParsingAndChecks) {
-  const Layout l = parse_layout("tp=2,pp=4,vpp=2,ep=8,mb=2,sched=interleaved,recompute=full,"
-                                "zero=2,dtype=fp8,nodelimit=1");
+  const Layout l = parse_layout(
+      "tp=2,pp=4,vpp=2,ep=8,mb=2,sched=interleaved,recompute=full,"
+      "zero=2,dtype=fp8,nodelimit=1");
   EXPECT_EQ(l.tp, 2);
   EXPECT_EQ(l.vpp, 2);
   EXPECT_EQ(l.schedule, Schedule::kInterleaved);

@@ -208,7 +208,7 @@ TEST(PlanSlowLinks, AllToAllWireFormats) {
   // all-to-all, 9.6 s; without dedup (K rows on their own) the 192 B of plain routing.
   {
     PlanModel m = tiny();
-    m.x.n_group = 2, m.x.topk_group = 1;
+    m.cfg.n_group = 2, m.cfg.topk_group = 1;
     const Cluster c = toy_cluster();
     Job job;
     job.devices = 4, job.global_batch = 4, job.seq = 6;
@@ -388,8 +388,8 @@ overlap = false
 )";
   const RunSpec r = parse_run_spec(text, "run.toml");
   EXPECT_EQ(r.model.cfg.hidden_size, 64);
-  EXPECT_EQ(r.model.x.n_group, 2);
-  EXPECT_EQ(r.model.x.topk_group, 1);
+  EXPECT_EQ(r.model.cfg.n_group, 2);
+  EXPECT_EQ(r.model.cfg.topk_group, 1);
   EXPECT_EQ(r.batch, 32);
   EXPECT_EQ(r.accum, 2);
   EXPECT_EQ(r.seq_len, 64);
@@ -401,7 +401,7 @@ overlap = false
   EXPECT_EQ(run_layout(r, 4, 128), "dtype=fp32,zero=1,mb=16," + r.layout);  // 128 / 2 / 4
   EXPECT_THROW(run_layout(r, 4, 33), Error);                              // not 2 micro-batches
   // --model-set writes over the model keys.
-  EXPECT_EQ(parse_run_spec(text, "run.toml", "topk_group=2").model.x.topk_group, 2);
+  EXPECT_EQ(parse_run_spec(text, "run.toml", "topk_group=2").model.cfg.topk_group, 2);
   // Bad names say which key and what is allowed.
   auto error_of = [](const std::string& t) {
     try {
