@@ -7,7 +7,8 @@
         [--bias normal:0.05 | --bias 0.1,-0.2,...] [--batch-size 2 --seq 16] [--batch FILE]
 
 Weights follow the init rules of src/model/params.cpp: normal(0, initializer_range), o_proj and
-every down_proj normal(0, initializer_range / sqrt(2 L)), RMSNorm weights 1. The balancing
+every down_proj normal(0, initializer_range / sqrt(2 L)) (MTP blocks too; eh_proj
+initializer_range), RMSNorm weights 1 (MLA latent norms and MTP norms too). The balancing
 bias is zeros unless --bias gives it (the same values for every MoE layer, or normal draws).
 The batch (default DIR/batch.safetensors) holds "tokens" I32 [B, T+1].
 """
@@ -46,9 +47,20 @@ PRESETS = {
     "groups": dict(_SMALL, n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2,
                    n_shared_experts=1, first_k_dense_replace=0, scoring_func="sigmoid",
                    norm_topk_prob=True, routed_scaling_factor=2.5, bias_update_rate=0.001),
+    # (e) TeleChat3 / DeepSeek-V3 architecture: MLA with a compressed query (q_lora_rank) and
+    #     decoupled RoPE, two sequential MTP modules (loss weight 0.3), group-limited sigmoid
+    #     routing (16 experts in 4 groups, 2 per token, top-4) with scaled gates, a dense first
+    #     layer, the sequence-wise balance loss and the balancing bias (use with --bias).
+    "mla_mtp": dict(_SMALL, num_hidden_layers=2, num_key_value_heads=4, head_dim=4,
+                    attention="mla", q_lora_rank=16, kv_lora_rank=12, qk_nope_head_dim=6,
+                    qk_rope_head_dim=4, v_head_dim=8, n_routed_experts=16,
+                    num_experts_per_tok=4, n_group=4, topk_group=2, n_shared_experts=1,
+                    first_k_dense_replace=1, scoring_func="sigmoid", norm_topk_prob=True,
+                    routed_scaling_factor=2.5, seq_aux_alpha=0.001, bias_update_rate=0.001,
+                    num_nextn_predict_layers=2, mtp_loss_weight=0.3),
 }
 PRESET_BIAS = {"mixtral": None, "deepseek": "normal:0.05", "capacity": None,
-               "groups": "normal:0.05"}
+               "groups": "normal:0.05", "mla_mtp": "normal:0.05"}
 
 
 def parse_value(text):

@@ -9,6 +9,10 @@ math word for word:
     logits = RMSNorm(x) @ lm_head^T
     loss = mean cross-entropy + sum over MoE layers of (aux + seq_aux + z_loss)
 
+Attn is GQA, or MLA (DeepSeek-V2/V3 multi-head latent attention, attention = "mla"); with
+num_nextn_predict_layers = D > 0, D multi-token-prediction modules follow (DeepSeek-V3 sec. 2.2).
+The exact equations are in MLAttention.forward and MoeForCausalLM.forward (and the README).
+
 Run with Debian's PyTorch 1.13 (/usr/bin/python3). No third-party packages: safetensors is read
 and written by hand below.
 
@@ -129,7 +133,18 @@ CONFIG_DEFAULTS = {
     "bias_update_rate": 0.0,
     "capacity_factor": 0.0,
     "initializer_range": 0.02,
+    "attention": "gqa",
+    "q_lora_rank": 0,
+    "kv_lora_rank": 0,
+    "qk_nope_head_dim": 0,
+    "qk_rope_head_dim": 0,
+    "v_head_dim": 0,
+    "num_nextn_predict_layers": 0,
+    "mtp_loss_weight": 0.3,
 }
+# MLA sizes: an integer, or null for none (written as 0 by the C++ code).
+_MLA_SIZES = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+              "v_head_dim")
 
 
 def make_config(overrides=None, origin="config"):
@@ -139,6 +154,8 @@ def make_config(overrides=None, origin="config"):
         if k not in CONFIG_DEFAULTS:
             raise ValueError(f"[config] {origin}: unknown key '{k}'")
         d = CONFIG_DEFAULTS[k]
+        if k in _MLA_SIZES and v is None:
+            v = 0
         if isinstance(d, bool):
             ok = isinstance(v, bool)
         elif isinstance(d, int):
@@ -152,8 +169,23 @@ def make_config(overrides=None, origin="config"):
             raise ValueError(f"[config] {origin}: key '{k}' has value {v!r} of the wrong type")
         cfg[k] = v
     c = cfg
+    mla = c["attention"] == "mla"
     checks = [
-        (c["model_type"] == "moe_cpp", "model_type must be 'moe_cpp'"),
+        (c["model_type"] in ("moe_cpp", "deepseek_v3"),
+         "model_type must be 'moe_cpp' or 'deepseek_v3'"),
+        (c["attention"] in ("gqa", "mla"), "attention must be 'gqa' or 'mla'"),
+        (c["model_type"] != "deepseek_v3" or mla, "model_type deepseek_v3 is MLA"),
+        (all(c[k] >= 0 for k in _MLA_SIZES), "MLA sizes must be >= 0 (0 = none)"),
+        (mla or all(c[k] == 0 for k in _MLA_SIZES), "MLA sizes need attention = 'mla'"),
+        (not mla or all(c[k] >= 1 for k in _MLA_SIZES[1:]),
+         "attention = 'mla' needs kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim"),
+        (not mla or c["qk_rope_head_dim"] % 2 == 0, "qk_rope_head_dim must be even"),
+        (not mla or c["head_dim"] == c["qk_rope_head_dim"], "MLA: head_dim = qk_rope_head_dim"),
+        (not mla or c["num_key_value_heads"] == c["num_attention_heads"],
+         "MLA: num_key_value_heads = num_attention_heads"),
+        (0 <= c["num_nextn_predict_layers"] < c["max_position_embeddings"],
+         "num_nextn_predict_layers must be in [0, max_position_embeddings)"),
+        (c["mtp_loss_weight"] >= 0, "mtp_loss_weight must be >= 0"),
         (c["num_key_value_heads"] > 0
          and c["num_attention_heads"] % c["num_key_value_heads"] == 0,
          "num_key_value_heads must divide num_attention_heads"),
@@ -204,42 +236,76 @@ def is_moe_layer(cfg, layer):
     return layer >= cfg["first_k_dense_replace"]
 
 
+def attention_specs(cfg, p, sd, sd_out):
+    """The self_attn tensors of one block (prefix p), HF names and [out, in] shapes."""
+    D, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    if cfg["attention"] != "mla":
+        Hkv, Dh = cfg["num_key_value_heads"], cfg["head_dim"]
+        return [(p + "self_attn.q_proj.weight", [H * Dh, D], sd),
+                (p + "self_attn.k_proj.weight", [Hkv * Dh, D], sd),
+                (p + "self_attn.v_proj.weight", [Hkv * Dh, D], sd),
+                (p + "self_attn.o_proj.weight", [D, H * Dh], sd_out)]
+    rq, rkv = cfg["q_lora_rank"], cfg["kv_lora_rank"]
+    dn, dr, dv = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    if rq > 0:
+        q = [(p + "self_attn.q_a_proj.weight", [rq, D], sd),
+             (p + "self_attn.q_a_layernorm.weight", [rq], "one"),
+             (p + "self_attn.q_b_proj.weight", [H * (dn + dr), rq], sd)]
+    else:
+        q = [(p + "self_attn.q_proj.weight", [H * (dn + dr), D], sd)]
+    return q + [(p + "self_attn.kv_a_proj_with_mqa.weight", [rkv + dr, D], sd),
+                (p + "self_attn.kv_a_layernorm.weight", [rkv], "one"),
+                (p + "self_attn.kv_b_proj.weight", [H * (dn + dv), rkv], sd),
+                (p + "self_attn.o_proj.weight", [D, H * dv], sd_out)]
+
+
 def param_specs(cfg):
-    """[(hf name, shape, init std or 'one' or 'bias')] in the order of src/model/params.cpp."""
-    D, H, Hkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    Dh, Fd, Fe = cfg["head_dim"], cfg["intermediate_size"], cfg["moe_intermediate_size"]
+    """[(hf name, shape, init std or 'one' or 'bias')] in the order of src/model/params.cpp:
+    embedding, the L layers, model.norm, lm_head, then each MTP module k (layer index L + k:
+    enorm, hnorm, eh_proj, its block, shared_head.norm), then the routed experts of every MoE
+    layer (main layers first, then the MTP blocks)."""
+    D, Fd, Fe = cfg["hidden_size"], cfg["intermediate_size"], cfg["moe_intermediate_size"]
     E, Fs, L, V = (cfg["n_routed_experts"], cfg["n_shared_experts"] * Fe,
                    cfg["num_hidden_layers"], cfg["vocab_size"])
+    M = cfg["num_nextn_predict_layers"]
     sd = cfg["initializer_range"]
-    sd_out = sd / math.sqrt(2.0 * L)  # o_proj and every down_proj
-    specs = [("model.embed_tokens.weight", [V, D], sd)]
+    sd_out = sd / math.sqrt(2.0 * L)  # o_proj and every down_proj (MTP blocks too)
     experts = []
-    for l in range(L):
+
+    def block(l):
         p = f"model.layers.{l}."
-        specs += [(p + "input_layernorm.weight", [D], "one"),
-                  (p + "self_attn.q_proj.weight", [H * Dh, D], sd),
-                  (p + "self_attn.k_proj.weight", [Hkv * Dh, D], sd),
-                  (p + "self_attn.v_proj.weight", [Hkv * Dh, D], sd),
-                  (p + "self_attn.o_proj.weight", [D, H * Dh], sd_out),
-                  (p + "post_attention_layernorm.weight", [D], "one")]
+        out = [(p + "input_layernorm.weight", [D], "one")]
+        out += attention_specs(cfg, p, sd, sd_out)
+        out.append((p + "post_attention_layernorm.weight", [D], "one"))
         if not is_moe_layer(cfg, l):
-            specs += [(p + "mlp.gate_proj.weight", [Fd, D], sd),
-                      (p + "mlp.up_proj.weight", [Fd, D], sd),
-                      (p + "mlp.down_proj.weight", [D, Fd], sd_out)]
-            continue
-        specs += [(p + "mlp.gate.weight", [E, D], sd),
-                  (p + "mlp.gate.e_score_correction_bias", [E], "bias")]
+            return out + [(p + "mlp.gate_proj.weight", [Fd, D], sd),
+                          (p + "mlp.up_proj.weight", [Fd, D], sd),
+                          (p + "mlp.down_proj.weight", [D, Fd], sd_out)]
+        out += [(p + "mlp.gate.weight", [E, D], sd),
+                (p + "mlp.gate.e_score_correction_bias", [E], "bias")]
         if Fs > 0:
-            specs += [(p + "mlp.shared_experts.gate_proj.weight", [Fs, D], sd),
-                      (p + "mlp.shared_experts.up_proj.weight", [Fs, D], sd),
-                      (p + "mlp.shared_experts.down_proj.weight", [D, Fs], sd_out)]
+            out += [(p + "mlp.shared_experts.gate_proj.weight", [Fs, D], sd),
+                    (p + "mlp.shared_experts.up_proj.weight", [Fs, D], sd),
+                    (p + "mlp.shared_experts.down_proj.weight", [D, Fs], sd_out)]
         for e in range(E):
             q = f"{p}mlp.experts.{e}."
-            experts += [(q + "gate_proj.weight", [Fe, D], sd), (q + "up_proj.weight", [Fe, D], sd),
-                        (q + "down_proj.weight", [D, Fe], sd_out)]
+            experts.extend([(q + "gate_proj.weight", [Fe, D], sd),
+                            (q + "up_proj.weight", [Fe, D], sd),
+                            (q + "down_proj.weight", [D, Fe], sd_out)])
+        return out
+
+    specs = [("model.embed_tokens.weight", [V, D], sd)]
+    for l in range(L):
+        specs += block(l)
     specs.append(("model.norm.weight", [D], "one"))
     if not cfg["tie_word_embeddings"]:
         specs.append(("lm_head.weight", [V, D], sd))
+    for k in range(M):
+        p = f"model.layers.{L + k}."
+        specs += [(p + "enorm.weight", [D], "one"), (p + "hnorm.weight", [D], "one"),
+                  (p + "eh_proj.weight", [D, 2 * D], sd)]
+        specs += block(L + k)
+        specs.append((p + "shared_head.norm.weight", [D], "one"))
     return specs + experts
 
 
@@ -303,6 +369,60 @@ class Attention(nn.Module):
         att = att.softmax(dim=-1)
         y = torch.bmm(att, v.reshape(B * self.H, T, self.Dh)).view(B, self.H, T, self.Dh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.Dh))
+
+
+class MLAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2 sec. 2.1, V3 sec. 2.1), HF DeepseekV3 names.
+    For one token x (D) and heads h = 0..H-1 (dn, dr, dv, rq, rkv as in the config):
+
+        c_q  = RMSNorm_qa(q_a_proj x)              (rq)       [q_lora_rank > 0]
+        q    = q_b_proj c_q   or   q_proj x        (H*(dn+dr)); per head [q_nope (dn) | q_pe (dr)]
+        [c_kv | k_pe] = kv_a_proj_with_mqa x      (rkv | dr);  k_pe shared by all heads
+        kv   = kv_b_proj RMSNorm_kva(c_kv)         (H*(dn+dv)); per head [k_nope (dn) | v (dv)]
+        q_pe, k_pe = RoPE(q_pe, pos), RoPE(k_pe, pos)   HF rotate_half on the dr dims as produced
+                                                   (pairs (j, j + dr/2), inv_freq theta^(-2j/dr))
+        score_h(i, j) = (q_nope_h(i).k_nope_h(j) + q_pe_h(i).k_pe(j)) / sqrt(dn + dr), j <= i
+        o_h(i) = sum_j softmax_j(score_h(i, .)) v_h(j);  out = o_proj [o_0 | ... | o_{H-1}]
+
+    The latent norms use rms_norm_eps. No rope_scaling (YaRN mscale = 1)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        D, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
+        self.H, self.rq, self.rkv = cfg["num_attention_heads"], cfg["q_lora_rank"], cfg["kv_lora_rank"]
+        self.dn, self.dr, self.dv = (cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"],
+                                     cfg["v_head_dim"])
+        dqk = self.dn + self.dr
+        if self.rq > 0:
+            self.q_a_proj = nn.Linear(D, self.rq, bias=False)
+            self.q_a_layernorm = RMSNorm(self.rq, eps)
+            self.q_b_proj = nn.Linear(self.rq, self.H * dqk, bias=False)
+        else:
+            self.q_proj = nn.Linear(D, self.H * dqk, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(D, self.rkv + self.dr, bias=False)
+        self.kv_a_layernorm = RMSNorm(self.rkv, eps)
+        self.kv_b_proj = nn.Linear(self.rkv, self.H * (self.dn + self.dv), bias=False)
+        self.o_proj = nn.Linear(self.H * self.dv, D, bias=False)
+        self.scale = 1.0 / math.sqrt(dqk)
+
+    def forward(self, x, cos, sin, causal_mask):  # x (B, T, D); cos, sin (T, dr); mask (T, T)
+        B, T, _ = x.shape
+        H, dn, dr, dv = self.H, self.dn, self.dr, self.dv
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.rq > 0 else self.q_proj(x)
+        q = q.view(B, T, H, dn + dr).transpose(1, 2)                       # (B, H, T, dn+dr)
+        q_nope, q_pe = q.split([dn, dr], dim=-1)
+        c_kv, k_pe = self.kv_a_proj_with_mqa(x).split([self.rkv, dr], dim=-1)  # (B,T,rkv), (B,T,dr)
+        kv = self.kv_b_proj(self.kv_a_layernorm(c_kv)).view(B, T, H, dn + dv).transpose(1, 2)
+        k_nope, v = kv.split([dn, dv], dim=-1)                             # (B,H,T,dn), (B,H,T,dv)
+        q_pe = q_pe * cos + rotate_half(q_pe) * sin
+        k_pe = k_pe[:, None] * cos + rotate_half(k_pe[:, None]) * sin      # (B, 1, T, dr)
+        q = torch.cat([q_nope, q_pe], dim=-1)                              # (B, H, T, dn+dr)
+        k = torch.cat([k_nope, k_pe.expand(B, H, T, dr)], dim=-1)
+        att = torch.baddbmm(causal_mask, q.reshape(B * H, T, dn + dr),
+                            k.reshape(B * H, T, dn + dr).transpose(1, 2), alpha=self.scale)
+        att = att.softmax(dim=-1)                                          # (B*H, T, T)
+        y = torch.bmm(att, v.reshape(B * H, T, dv)).view(B, H, T, dv)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * dv))
 
 
 class SwiGLU(nn.Module):
@@ -437,7 +557,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         D, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
         self.input_layernorm = RMSNorm(D, eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = MLAttention(cfg) if cfg["attention"] == "mla" else Attention(cfg)
         self.post_attention_layernorm = RMSNorm(D, eps)
         self.is_moe = is_moe_layer(cfg, layer)
         self.mlp = MoE(cfg) if self.is_moe else SwiGLU(D, cfg["intermediate_size"])
@@ -451,11 +571,43 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(h), None
 
 
+class SharedHead(nn.Module):
+    """shared_head.norm of an MTP module; its head is the main model's lm_head (not stored)."""
+
+    def __init__(self, D, eps):
+        super().__init__()
+        self.norm = RMSNorm(D, eps)
+
+
+class MTPLayer(DecoderLayer):
+    """Multi-token-prediction module k (layer index L + k): enorm, hnorm, eh_proj [D, 2D], the
+    block's input_layernorm / self_attn / post_attention_layernorm / mlp (always MoE: L + k >=
+    first_k_dense_replace) and shared_head.norm; embedding and lm_head are shared."""
+
+    def __init__(self, cfg, layer):
+        super().__init__(cfg, layer)
+        D, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
+        self.enorm = RMSNorm(D, eps)
+        self.hnorm = RMSNorm(D, eps)
+        self.eh_proj = nn.Linear(2 * D, D, bias=False)
+        self.shared_head = SharedHead(D, eps)
+
+    def mtp_forward(self, h, e, cos, sin, mask):
+        """h (B, Tk, D) previous depth's representation, e (B, Tk, D) embeddings of the tokens
+        one ahead -> (next representation (B, Tk, D), MoE stats)."""
+        x = self.eh_proj(torch.cat([self.enorm(e), self.hnorm(h)], dim=-1))
+        x, stats = self(x, cos, sin, mask)
+        return self.shared_head.norm(x), stats
+
+
 class Backbone(nn.Module):  # "model." in the HF names
     def __init__(self, cfg):
         super().__init__()
+        L, M = cfg["num_hidden_layers"], cfg["num_nextn_predict_layers"]
         self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(DecoderLayer(cfg, l) for l in range(cfg["num_hidden_layers"]))
+        # model.layers.{0..L-1} the decoder, model.layers.{L..L+M-1} the MTP modules
+        self.layers = nn.ModuleList([DecoderLayer(cfg, l) for l in range(L)] +
+                                    [MTPLayer(cfg, L + k) for k in range(M)])
         self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
 
 
@@ -471,27 +623,60 @@ class MoeForCausalLM(nn.Module):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def forward(self, tokens):
-        """tokens (B, T+1) int -> {logits (B, T, V), ce, loss, moe: [stats per MoE layer]}."""
+        """tokens (B, T+1) int -> {logits (B, T, V), ce, loss, moe: [stats per MoE layer, main
+        layers then MTP blocks], mtp_logits: [(B, T-1-k, V) per module], mtp_ce: [per module]}.
+
+        Multi-token prediction (DeepSeek-V3 sec. 2.2; D = num_nextn_predict_layers, modules
+        k = 0..D-1, 0-based; inputs t_0..t_{T-1}, the main model predicts t_{i+1} at position i):
+            h_0 = RMSNorm_final(x_L)                the normed output that feeds lm_head
+            module k at positions i = 0..T-k-2 (those whose target exists):
+              h'   = eh_proj([RMSNorm_e(emb(t_{i+k+1})); RMSNorm_h(h_k(i))])   embedding first
+              h_{k+1} = shared_head.norm(Block_k(h'))   causal attention over the T-k-1
+                                                        positions, RoPE positions 0..T-k-2
+              logits_k = h_{k+1} @ lm_head^T,  target t_{i+k+2}
+            CE_k = mean over the B*(T-k-1) positions
+            loss = CE + mtp_loss_weight / D * sum_k CE_k + every MoE layer's aux terms (the MTP
+                   blocks' over their own tokens, unweighted)"""
         cfg = self.cfg
         tokens = tokens.long()
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         B, T = inputs.shape
+        L, M = cfg["num_hidden_layers"], cfg["num_nextn_predict_layers"]
         dtype = self.model.embed_tokens.weight.dtype
-        cos, sin = rope_cos_sin(T, cfg["head_dim"], cfg["rope_theta"], dtype)
+        rope_dim = cfg["qk_rope_head_dim"] if cfg["attention"] == "mla" else cfg["head_dim"]
+        cos, sin = rope_cos_sin(T, rope_dim, cfg["rope_theta"], dtype)
         mask = torch.full((T, T), float("-inf"), dtype=dtype).triu(1)  # -inf above the diagonal
 
         x = self.model.embed_tokens(inputs)                                  # (B, T, D)
         moe_stats = []
-        for layer in self.model.layers:
+        for layer in self.model.layers[:L]:
             x, stats = layer(x, cos, sin, mask)
             if stats is not None:
                 moe_stats.append(stats)
-        logits = F.linear(self.model.norm(x), self.lm_head_weight())         # (B, T, V)
+        h = self.model.norm(x)                                               # h_0 (B, T, D)
+        W = self.lm_head_weight()
+        logits = F.linear(h, W)                                              # (B, T, V)
         ce = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1))
         loss = ce
+        mtp_logits, mtp_ce = [], []
+        for k, module in enumerate(self.model.layers[L:]):
+            Tk = T - k - 1
+            if Tk < 1:
+                raise ValueError(f"[mtp] sequence of {T} tokens is too short for "
+                                 f"num_nextn_predict_layers = {M}: needs T > {M}")
+            e = self.model.embed_tokens(tokens[:, k + 1:k + 1 + Tk])         # t_{i+k+1}
+            h, stats = module.mtp_forward(h[:, :Tk], e, cos[:Tk], sin[:Tk], mask[:Tk, :Tk])
+            moe_stats.append(stats)
+            lk = F.linear(h, W)                                              # (B, Tk, V)
+            cek = F.cross_entropy(lk.reshape(B * Tk, -1), tokens[:, k + 2:k + 2 + Tk].reshape(-1))
+            mtp_logits.append(lk)
+            mtp_ce.append(cek)
+        if M > 0:
+            loss = loss + cfg["mtp_loss_weight"] / M * torch.stack(mtp_ce).sum()
         for st in moe_stats:
             loss = loss + st["aux_loss"] + st["seq_aux_loss"] + st["z_loss"]
-        return {"logits": logits, "ce": ce, "loss": loss, "moe": moe_stats}
+        return {"logits": logits, "ce": ce, "loss": loss, "moe": moe_stats,
+                "mtp_logits": mtp_logits, "mtp_ce": mtp_ce}
 
 
 def build_model(cfg, state, dtype=torch.float32):
@@ -593,7 +778,9 @@ def train(model, tokens, steps, lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight
     opt = make_optimizer(model, lr, beta1, beta2, eps, weight_decay)
     out = forward_backward(model, tokens)
     initial = {"logits": out["logits"].detach(), "loss": out["loss"].detach(),
-               "ce": out["ce"].detach(), "moe": out["moe"]}
+               "ce": out["ce"].detach(), "moe": out["moe"],
+               "mtp_logits": [t.detach() for t in out["mtp_logits"]],
+               "mtp_ce": [t.detach() for t in out["mtp_ce"]]}
     grads = {n: p.grad.detach().clone() for n, p in trainable_named_parameters(model)}
     losses = []
     for step in range(steps):

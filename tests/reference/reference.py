@@ -8,6 +8,7 @@
 DIR holds config.json and model.safetensors (F32, HF names); FILE is a safetensors with
 "tokens" I32 [B, T+1]. The output safetensors (all F32) holds:
     logits [B, T, V], loss [1], ce [1]       from the initial weights
+    mtp_logits.<k> [B, T-1-k, V], mtp_ce [D] the MTP modules' (num_nextn_predict_layers = D > 0)
     grad.<name>                              gradient of loss at the initial weights, every
                                              trainable parameter (tied: embed_tokens only)
     step_losses [steps]                      loss before each AdamW step (step 0 == loss)
@@ -62,6 +63,10 @@ def main(argv=None):
     out = {"logits": res["initial"]["logits"].to(f32),
            "loss": res["initial"]["loss"].reshape(1).to(f32),
            "ce": res["initial"]["ce"].reshape(1).to(f32)}
+    if res["initial"]["mtp_ce"]:
+        for k, lk in enumerate(res["initial"]["mtp_logits"]):
+            out[f"mtp_logits.{k}"] = lk.to(f32)
+        out["mtp_ce"] = torch.stack(res["initial"]["mtp_ce"]).to(f32)
     for name, g in res["grads"].items():
         out["grad." + name] = g.to(f32)
     out["step_losses"] = torch.tensor(res["step_losses"], dtype=torch.float64).to(f32)
@@ -75,8 +80,9 @@ def main(argv=None):
     if not args.quiet:
         ini = res["initial"]
         B, T = tokens.shape[0], tokens.shape[1] - 1
+        mtp = "".join(f" mtp_ce[{k}]={float(c):.6f}" for k, c in enumerate(ini["mtp_ce"]))
         print(f"[reference] B={B} T={T} dtype={args.dtype} loss={float(ini['loss']):.6f} "
-              f"ce={float(ini['ce']):.6f}", file=sys.stderr)
+              f"ce={float(ini['ce']):.6f}{mtp}", file=sys.stderr)
         for i, st in enumerate(ini["moe"]):
             layer = cfg["first_k_dense_replace"] + i
             print(f"[reference] layer {layer} (MoE): load={st['load'].tolist()} dropped={st['dropped']} "

@@ -12,8 +12,14 @@
 3. Gradients of the whole loss against central finite differences in float64, on coordinates
    of every parameter tensor (skipping any whose perturbation changes the routing).
 4. reference.py end to end on the fixtures of make_fixture.py (Mixtral-like, DeepSeek-like,
-   capacity 1.0 with drops, group-limited routing): the output file's names and shapes,
-   step_losses[0] == loss, the balancing-bias rule, and float32 against float64 runs.
+   capacity 1.0 with drops, group-limited routing, MLA + MTP): the output file's names and
+   shapes, step_losses[0] == loss, the balancing-bias rule, and float32 against float64 runs.
+5. MLA and MTP against second formulations: MLA attention against a per-position, per-head loop
+   in DeepSeek's absorbed form (q_nope folded through each head's rows of kv_b_proj onto the
+   latent, values read from the latent), RoPE written per pair; the MTP loss (truncated
+   sequences) against Megatron's formulation (full-length sequences with the inputs and labels
+   rolled left and a loss mask), loss and every gradient in float64; the loss decomposition
+   CE + lambda/D sum CE_k + aux terms.
 """
 
 import argparse
@@ -24,6 +30,7 @@ import sys
 import tempfile
 
 import torch
+import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -206,6 +213,57 @@ def naive_attention(attn, cfg, x):
     return y.reshape(B, T, H * Dh) @ attn.o_proj.weight.T
 
 
+def naive_mla_attention(attn, cfg, x):
+    """MLA position by position, head by head, in the absorbed form DeepSeek serves it with:
+    q_nope_h . k_nope_h(j) = (W_UK_h^T q_nope_h) . c(j) and o_h = W_UV_h (sum_j p_j c(j)), with
+    W_UK_h, W_UV_h head h's rows of kv_b_proj ([h*(dn+dv), +dn) and the dv after them) and c(j)
+    the normed latent. RoPE per pair (j, j + dr/2). x (B, T, D) float64."""
+    B, T, _ = x.shape
+    H, rq, rkv = cfg["num_attention_heads"], cfg["q_lora_rank"], cfg["kv_lora_rank"]
+    dn, dr, dv = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    eps, half = cfg["rms_norm_eps"], dr // 2
+
+    def rms(v, w):
+        return v / math.sqrt(float((v ** 2).mean()) + eps) * w
+
+    def rope(vec, pos):
+        out = torch.empty_like(vec)
+        for j in range(half):
+            a = pos * cfg["rope_theta"] ** (-2.0 * j / dr)
+            c, s = math.cos(a), math.sin(a)
+            out[j] = vec[j] * c - vec[j + half] * s
+            out[j + half] = vec[j + half] * c + vec[j] * s
+        return out
+
+    Wkv = attn.kv_b_proj.weight
+    y = torch.zeros(B, T, attn.o_proj.weight.shape[0], dtype=x.dtype)
+    for b in range(B):
+        qs, cs, kps = [], [], []
+        for t in range(T):
+            if rq > 0:
+                cq = rms(attn.q_a_proj.weight @ x[b, t], attn.q_a_layernorm.weight)
+                qs.append(attn.q_b_proj.weight @ cq)
+            else:
+                qs.append(attn.q_proj.weight @ x[b, t])
+            a = attn.kv_a_proj_with_mqa.weight @ x[b, t]
+            cs.append(rms(a[:rkv], attn.kv_a_layernorm.weight))
+            kps.append(rope(a[rkv:], t))
+        for i in range(T):
+            heads = []
+            for h in range(H):
+                W_uk = Wkv[h * (dn + dv):h * (dn + dv) + dn]                 # (dn, rkv)
+                W_uv = Wkv[h * (dn + dv) + dn:(h + 1) * (dn + dv)]           # (dv, rkv)
+                qh = qs[i][h * (dn + dr):(h + 1) * (dn + dr)]
+                q_lat = W_uk.T @ qh[:dn]                                     # (rkv)
+                q_pe = rope(qh[dn:], i)
+                scores = torch.stack([(q_lat @ cs[j] + q_pe @ kps[j]) / math.sqrt(dn + dr)
+                                      for j in range(i + 1)])
+                p = torch.softmax(scores, 0)
+                heads.append(W_uv @ sum(p[j] * cs[j] for j in range(i + 1)))
+            y[b, i] = attn.o_proj.weight @ torch.cat(heads)
+    return y
+
+
 def check_dense_parts(name, cfg, seed):
     print(f"attention, RMSNorm and weight decay groups: {name}")
     torch.manual_seed(seed)
@@ -217,7 +275,9 @@ def check_dense_parts(name, cfg, seed):
         layer.input_layernorm.weight.uniform_(0.5, 1.5)
         for p in layer.self_attn.parameters():
             p.normal_(0, 0.2)  # large enough that the attention is far from uniform
-        cos, sin = moe_ref.rope_cos_sin(T, cfg["head_dim"], cfg["rope_theta"], torch.float64)
+        mla = cfg["attention"] == "mla"
+        rope_dim = cfg["qk_rope_head_dim"] if mla else cfg["head_dim"]
+        cos, sin = moe_ref.rope_cos_sin(T, rope_dim, cfg["rope_theta"], torch.float64)
         mask = torch.full((T, T), float("-inf"), dtype=torch.float64).triu(1)
         h = layer.input_layernorm(x)
         w, eps = layer.input_layernorm.weight, cfg["rms_norm_eps"]
@@ -225,11 +285,21 @@ def check_dense_parts(name, cfg, seed):
                                             for t in range(T)]) for b in range(B)])
         check(float((h - h_naive).abs().max()) < 1e-13, "RMSNorm equals x / sqrt(mean(x^2) + eps) * w")
         a = layer.self_attn(h, cos, sin, mask)
-        a_naive = naive_attention(layer.self_attn, cfg, h)
+        if mla:
+            for p in layer.self_attn.modules():
+                if isinstance(p, moe_ref.RMSNorm):
+                    p.weight.uniform_(0.5, 1.5)  # latent norms away from 1
+            a = layer.self_attn(h, cos, sin, mask)
+            a_naive = naive_mla_attention(layer.self_attn, cfg, h)
+            what = (f"MLA attention (H={cfg['num_attention_heads']}, q_lora_rank="
+                    f"{cfg['q_lora_rank']}, kv_lora_rank={cfg['kv_lora_rank']}) equals the "
+                    f"absorbed per-position loop")
+        else:
+            a_naive = naive_attention(layer.self_attn, cfg, h)
+            what = (f"attention (H={cfg['num_attention_heads']}, Hkv="
+                    f"{cfg['num_key_value_heads']}) equals the per-position loop")
         err = float((a - a_naive).abs().max()) / float(a_naive.abs().max())
-        check(err < 1e-12, f"attention (H={cfg['num_attention_heads']}, Hkv="
-                           f"{cfg['num_key_value_heads']}) equals the per-position loop "
-                           f"(relative diff {err:.1e})")
+        check(err < 1e-12, f"{what} (relative diff {err:.1e})")
     opt = moe_ref.make_optimizer(model, 1e-3, 0.9, 0.95, 1e-8, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay = sorted(names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0
@@ -240,6 +310,87 @@ def check_dense_parts(name, cfg, seed):
           not any("e_score_correction_bias" in n for n in names.values()),
           f"weight decay on {n_params - len(no_decay)} tensors, none on the {len(norms)} RMSNorm "
           f"weights; the balancing bias is not an optimizer parameter")
+
+
+def mtp_loss_rolled(model, tokens):
+    """The MTP loss the way Megatron-LM computes it: every module runs on the full T positions
+    with the input ids and labels rolled one more step left (a 0 rolled in) and a loss mask
+    that drops the rolled-in positions. Returns (loss, [CE_k]); MoE aux terms excluded."""
+    cfg = model.cfg
+    tokens = tokens.long()
+    B, T = tokens.shape[0], tokens.shape[1] - 1
+    L, M = cfg["num_hidden_layers"], cfg["num_nextn_predict_layers"]
+    dtype = model.model.embed_tokens.weight.dtype
+    rope_dim = cfg["qk_rope_head_dim"] if cfg["attention"] == "mla" else cfg["head_dim"]
+    cos, sin = moe_ref.rope_cos_sin(T, rope_dim, cfg["rope_theta"], dtype)
+    mask = torch.full((T, T), float("-inf"), dtype=dtype).triu(1)
+    x = model.model.embed_tokens(tokens[:, :T])
+    for layer in model.model.layers[:L]:
+        x, _ = layer(x, cos, sin, mask)
+    h = model.model.norm(x)
+    W = model.lm_head_weight()
+    labels = tokens[:, 1:]
+    loss = F.cross_entropy(F.linear(h, W).reshape(B * T, -1), labels.reshape(-1))
+
+    def roll(t):
+        return torch.cat([t[:, 1:], torch.zeros_like(t[:, :1])], dim=1)
+
+    ids, lab, valid = tokens[:, :T], labels, torch.ones(B, T, dtype=dtype)
+    ces = []
+    for module in model.model.layers[L:]:
+        ids, lab, valid = roll(ids), roll(lab), roll(valid)
+        e = model.model.embed_tokens(ids)
+        z = module.eh_proj(torch.cat([module.enorm(e), module.hnorm(h)], dim=-1))
+        z, _ = module(z, cos, sin, mask)
+        h = module.shared_head.norm(z)
+        ce_tok = F.cross_entropy(F.linear(h, W).reshape(B * T, -1), lab.reshape(-1),
+                                 reduction="none").reshape(B, T)
+        ces.append((ce_tok * valid).sum() / valid.sum())
+    return loss + cfg["mtp_loss_weight"] / M * torch.stack(ces).sum(), ces
+
+
+def check_mtp(name, cfg, seed):
+    print(f"multi-token prediction against Megatron's rolled formulation: {name}")
+    # The balancing terms see the rolled-in tail tokens in Megatron's form; switch them off.
+    cfg = dict(cfg, aux_loss_alpha=0.0, seq_aux_alpha=0.0, z_loss_coef=0.0)
+    state = moe_ref.init_state(cfg, seed, make_fixture.bias_fn("normal:0.05",
+                                                               cfg["n_routed_experts"], seed))
+    model = moe_ref.build_model(cfg, state, torch.float64)
+    with torch.no_grad():  # norms away from 1, so a swapped or missing norm would show
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    tokens = make_fixture.random_tokens(2, 10, cfg["vocab_size"], seed)
+    params = [p for _, p in moe_ref.trainable_named_parameters(model)]
+    out = model(tokens)
+    ga = torch.autograd.grad(out["loss"], params, allow_unused=True)
+    lb, ces = mtp_loss_rolled(model, tokens)
+    gb = torch.autograd.grad(lb, params, allow_unused=True)
+    d_ce = max(abs(float(a) - float(b)) for a, b in zip(out["mtp_ce"], ces))
+    d_loss = abs(float(out["loss"]) - float(lb))
+    worst = 0.0
+    for a, b in zip(ga, gb):
+        a = torch.zeros(1, dtype=torch.float64) if a is None else a
+        b = torch.zeros(1, dtype=torch.float64) if b is None else b
+        worst = max(worst, float((a - b).abs().max()))
+    M = cfg["num_nextn_predict_layers"]
+    check(len(ces) == M and d_ce < 1e-12 and d_loss < 1e-12 and worst < 1e-12,
+          f"{M} modules: CE_k {[round(float(c), 6) for c in ces]} equal (max diff {d_ce:.1e}), "
+          f"loss (diff {d_loss:.1e}) and every gradient (max diff {worst:.1e}) equal")
+    shapes = [list(t.shape) for t in out["mtp_logits"]]
+    T = tokens.shape[1] - 1
+    check(shapes == [[2, T - 1 - k, cfg["vocab_size"]] for k in range(M)],
+          f"mtp_logits shapes {shapes}: B x (T-1-k) x V")
+    # The loss is CE + lambda/D sum CE_k + the aux terms, with the coefficients back on.
+    cfg2 = dict(cfg, seq_aux_alpha=0.01, z_loss_coef=0.01, aux_loss_alpha=0.01)
+    model2 = moe_ref.build_model(cfg2, state, torch.float64)
+    o = model2(tokens)
+    aux = sum(float(st["aux_loss"] + st["seq_aux_loss"] + st["z_loss"]) for st in o["moe"])
+    want = float(o["ce"]) + cfg2["mtp_loss_weight"] / M * sum(float(c) for c in o["mtp_ce"]) + aux
+    n_moe = sum(1 for layer in model2.model.layers if layer.is_moe)
+    check(abs(float(o["loss"]) - want) < 1e-12 and len(o["moe"]) == n_moe and aux > 0,
+          f"loss = CE + {cfg2['mtp_loss_weight']}/{M} sum CE_k + aux terms of all {n_moe} MoE "
+          f"layers (MTP blocks included): {float(o['loss']):.6f}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,6 +486,10 @@ def check_end_to_end(name, tmp, threads, steps=10):
     specs = moe_ref.param_specs(cfg)
     trainable = {n: s for n, s, init in specs if init != "bias"}
     expect = {"logits": [B, T, V], "loss": [1], "ce": [1], "step_losses": [steps]}
+    M = cfg["num_nextn_predict_layers"]
+    if M > 0:
+        expect["mtp_ce"] = [M]
+        expect.update({f"mtp_logits.{k}": [B, T - 1 - k, V] for k in range(M)})
     expect.update({"grad." + n: s for n, s in trainable.items()})
     expect.update({"final." + n: s for n, s, _ in specs})
     got = {k: list(v.shape) for k, v in o32.items()}
@@ -366,7 +521,8 @@ def check_end_to_end(name, tmp, threads, steps=10):
                            f"at the initial weights (all MoE layers)")
 
     # float32 against float64
-    d_logits = rel(o32["logits"], o64["logits"])
+    d_logits = max([rel(o32["logits"], o64["logits"])] +
+                   [rel(o32[f"mtp_logits.{k}"], o64[f"mtp_logits.{k}"]) for k in range(M)])
     d_loss = abs(float(o32["loss"][0]) - float(o64["loss"][0]))
     d_grad = max(rel(o32["grad." + n], o64["grad." + n]) for n in trainable)
     d_steps = float((o32["step_losses"] - o64["step_losses"]).abs().max())
@@ -405,9 +561,15 @@ def main():
         configs["groups+single"] = moe_ref.make_config(dict(
             make_fixture.PRESETS["groups"], n_group=16, topk_group=4, aux_loss_alpha=1.0,
             seq_aux_alpha=1.0))
+        # MLA with a direct q_proj (q_lora_rank null) and tied embeddings, one MTP module.
+        configs["mla_mtp+direct_q"] = moe_ref.make_config(dict(
+            make_fixture.PRESETS["mla_mtp"], q_lora_rank=None, tie_word_embeddings=True,
+            num_nextn_predict_layers=1, aux_loss_alpha=1.0, z_loss_coef=0.5))
         configs["capacity"]["capacity_factor"] = 1.0
-        for name in make_fixture.PRESETS:
+        for name in list(make_fixture.PRESETS) + ["mla_mtp+direct_q"]:
             check_dense_parts(name, configs[name], seed=4)
+        for name in ("mla_mtp", "mla_mtp+direct_q"):
+            check_mtp(name, configs[name], seed=6)
         for name, cfg in configs.items():
             dropped = check_moe_layer(name, cfg, seed=3)
             if cfg["capacity_factor"] > 0:
