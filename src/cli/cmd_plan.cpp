@@ -65,8 +65,8 @@ void run_calibrate(const PlanArgs& a) {
   if (!a.model.empty()) {
     const PlanModel pm = is_run_config(a.model) ? load_run_spec(a.model, a.model_set).model
                                                 : load_plan_model(a.model, a.model_set);
-    MOE_CHECK(!pm.mla() && pm.mtp_modules() == 0, "plan", "--calibrate --model ",
-              a.model, ": the engine has no MLA or multi-token prediction to time; pick a model "
+    MOE_CHECK(!pm.mla() && pm.mtp_modules() == 0, "plan", "--calibrate --model ", a.model,
+              ": the engine has no MLA or multi-token prediction to time; pick a model "
               "it trains (configs/*.toml)");
     cfg = pm.cfg;
     name = a.model;

@@ -125,9 +125,8 @@ Memory memory_per_device(const PlanModel& m, const Cluster& c, const Job& job, c
   const double D = static_cast<double>(cfg.hidden_size), V = static_cast<double>(cfg.vocab_size);
   const int64_t Ls = max_layers_per_stage(m, l.pp);
   const bool has_moe = num_moe_layers(m) > 0;
-  const int64_t Lmoe_s = has_moe ? std::min<int64_t>(Ls, num_moe_layers(m) +
-                                                           m.cfg.num_nextn_predict_layers)
-                                 : 0;
+  const int64_t Lmoe_s =
+      has_moe ? std::min<int64_t>(Ls, num_moe_layers(m) + m.cfg.num_nextn_predict_layers) : 0;
   const int64_t Ldense_s = Ls - Lmoe_s;
   const ParamCounts pc = count_params(m);
   // The fullest stage also holds the embedding or the head; DualPipe places both on the
@@ -243,10 +242,10 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
     double up = 0;
     if (m.mla()) {
       const auto& x = m.cfg;
-      const double per_layer = 2.0 * (x.q_lora_rank * cfg.num_attention_heads *
-                                           (x.qk_nope_head_dim + x.qk_rope_head_dim) +
-                                       x.kv_lora_rank * cfg.num_attention_heads *
-                                           (x.qk_nope_head_dim + x.v_head_dim));
+      const double per_layer =
+          2.0 *
+          (x.q_lora_rank * cfg.num_attention_heads * (x.qk_nope_head_dim + x.qk_rope_head_dim) +
+           x.kv_lora_rank * cfg.num_attention_heads * (x.qk_nope_head_dim + x.v_head_dim));
       up = share * num_compute_layers(m) * per_layer / gemm_rate;
     }
     t.recompute = 0.5 * t.fwd_mem + up;  // about half the elementwise traffic is norms/acts

@@ -143,6 +143,11 @@ TEST(PlanModelFile, ShippedModelsMatchPublishedSizes) {
   EXPECT_TRUE(t.mla());
   EXPECT_EQ(t.mtp_modules(), 1);
   EXPECT_NEAR(count_params(t).total / 1e9, 104.6, 0.1);
+  // The same numbers moe info prints (model/flops.h): plan adds only the untrained biases.
+  const moe::ParamCounts e = moe::count_params(t.cfg);
+  EXPECT_EQ(count_params(t).active, e.active);
+  EXPECT_EQ(count_params(t).total, e.total + (44 + 1) * 192);
+  EXPECT_EQ(count_params(t).expert, e.routed_experts);
   // The planner's total is the layout's floats (balancing biases included).
   const PlanModel tiny = parse_plan_model(R"({"attention": "mla", "q_lora_rank": 24,
       "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 12,
