@@ -98,6 +98,11 @@ void add(float* out, const float* a, const float* b, int64_t n) {
 Model::Model(const ModelConfig& cfg, const LayoutOptions& parts)
     : cfg_(cfg), acts_(std::make_unique<Activations>()) {
   cfg_.validate();
+  MOE_CHECK(!cfg_.needs_mla_engine(), "model",
+            cfg_.is_mla() ? "attention = \"mla\" (Multi-head Latent Attention)"
+                          : "num_nextn_predict_layers > 0 (multi-token prediction)",
+            " is not trained by this engine yet (issue 18): `moe info` and `moe plan` count "
+            "such configs; to train, use attention = \"gqa\" and num_nextn_predict_layers = 0");
   layout_ = make_layout(cfg_, parts);
   part_weights_ = weight_matrices(layout_, cfg_.num_hidden_layers);
   params_.assign(layout_.total_numel, 0.0f);
