@@ -253,6 +253,9 @@ ModelConfig parse_config(const std::string& json_text, const std::string& origin
     const auto& fs = fields();
     const auto f = std::find_if(fs.begin(), fs.end(),
                                 [&](const Field& x) { return it.key() == x.key; });
+    // Hugging Face keys that describe the weights file, not the model: load_checkpoint reads
+    // and checks them (checkpoint.cpp); a model config ignores them.
+    if (it.key() == "torch_dtype" || it.key() == "quantization_config") continue;
     if (f == fs.end()) unknown_key(it.key(), origin);
     if (it.key() == "head_dim" && it->is_null()) continue;  // HF writes null for "derive it"
     set_field(c, *f, *it, origin);
