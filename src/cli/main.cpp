@@ -60,6 +60,7 @@ struct LoadedModel {
   std::unique_ptr<Model> model;
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<Int8Weights> int8;  // null: fp32 compute
+  std::string weights;                // as stored: "float32", "bfloat16" or "int8"
   std::string precision;              // one line saying how the model computes
 };
 LoadedModel load_model_dir(const std::string& dir, const std::string& precision = "fp32") {
@@ -70,6 +71,7 @@ LoadedModel load_model_dir(const std::string& dir, const std::string& precision 
   const bool use_int8 = precision == "int8" || (precision == "auto" && !int8->empty());
   LoadedModel m;
   const std::string stored = weight_format_name(info.format);
+  m.weights = stored;
   if (use_int8) {
     m.int8 = std::move(int8);
     m.precision =
@@ -221,14 +223,13 @@ int cmd_train(const std::string& config_path, std::vector<Override> overrides, i
   return 0;
 }
 
-// The text goes to stdout; the precision and the speed to stderr:
+// The text goes to stdout; after it, the precision and the speed go to stderr:
 //   precision: int8 (...)
 //   generate: prompt 5 tokens in 1.2 ms, 200 new tokens in 0.81 s: 245.3 tokens/s
 // (tokens/s counts the new tokens after the first, each one decoding step).
 int cmd_generate(const std::string& dir, const std::string& prompt, GenerateOptions go,
                  const std::string& dtype) {
   const LoadedModel m = load_model_dir(dir, parse_precision(dtype, "generate"));
-  std::fprintf(stderr, "precision: %s\n", m.precision.c_str());
   go.int8 = m.int8.get();
   std::fputs(prompt.c_str(), stdout);
   const Tokenizer& tok = *m.tok;
@@ -247,6 +248,7 @@ int cmd_generate(const std::string& dir, const std::string& prompt, GenerateOpti
   std::fflush(stdout);
   const double prompt_s = std::chrono::duration<double>(t1 - t0).count();
   const double gen_s = std::chrono::duration<double>(t2 - t1).count();
+  std::fprintf(stderr, "precision: %s\n", m.precision.c_str());
   std::fprintf(stderr,
                "generate: prompt %zu tokens in %.1f ms, %lld new tokens in %.3f s: %.1f tokens/s\n",
                ids.empty() ? size_t(1) : ids.size(), prompt_s * 1e3, static_cast<long long>(n),
@@ -264,7 +266,6 @@ int cmd_eval(const std::string& dir, const std::string& data_path, int64_t seq_l
             "--dtype int8 is not implemented yet for eval (Model::forward has no int8 path); "
             "use --dtype fp32, or moe generate --dtype int8 for int8 inference");
   const LoadedModel m = load_model_dir(dir, "fp32");
-  std::fprintf(stderr, "precision: %s\n", m.precision.c_str());
   const ModelConfig& cfg = m.model->config();
   const int64_t T = seq_len > 0 ? seq_len : cfg.max_position_embeddings;
   int64_t n = 0;
@@ -295,11 +296,17 @@ int cmd_eval(const std::string& dir, const std::string& data_path, int64_t seq_l
     what = "file";
   }
   if (json)
-    std::printf("{\"loss\": %.6f, \"tokens\": %lld, \"tokenizer\": \"%s\"}\n", loss,
-                static_cast<long long>(n), m.tok->spec() == "byte" ? "byte" : "bpe");
+    std::printf(
+        "{\"loss\": %.6f, \"tokens\": %lld, \"tokenizer\": \"%s\", \"precision\": "
+        "\"%s\", \"weights\": \"%s\"}\n",
+        loss, static_cast<long long>(n), m.tok->spec() == "byte" ? "byte" : "bpe",
+        m.int8 ? "int8" : "fp32", m.weights.c_str());
   else
-    std::printf("loss %.4f nats/token (perplexity %.3f) over %lld tokens of the %s, tokenizer %s\n",
-                loss, std::exp(loss), static_cast<long long>(n), what.c_str(), m.tok->name().c_str());
+    std::printf(
+        "loss %.4f nats/token (perplexity %.3f) over %lld tokens of the %s, tokenizer %s, "
+        "precision %s\n",
+        loss, std::exp(loss), static_cast<long long>(n), what.c_str(), m.tok->name().c_str(),
+        m.precision.c_str());
   return 0;
 }
 
