@@ -223,6 +223,28 @@ std::vector<float> next_token_logits(const Model& model, const std::vector<int32
   return out;
 }
 
+double window_loss_sum(const Model& model, const std::vector<int32_t>& window,
+                       const Int8Weights* int8) {
+  const int64_t n = static_cast<int64_t>(window.size());
+  MOE_CHECK(n >= 2 && n <= model.config().max_position_embeddings + 1, "generate", "a window of ",
+            n, " tokens; need 2 to max_position_embeddings + 1 = ",
+            model.config().max_position_embeddings + 1);
+  Decoder dec(model, int8);
+  double sum = 0;
+  for (int64_t t = 0; t + 1 < n; ++t) {
+    const std::vector<float>& z = dec.step(window[t]);
+    const int32_t target = window[t + 1];
+    MOE_CHECK(target >= 0 && target < int64_t(z.size()), "generate", "token ", target,
+              " is outside the vocabulary [0, ", z.size(), ")");
+    double mx = z[0];
+    for (float v : z) mx = std::max(mx, double(v));
+    double den = 0;
+    for (float v : z) den += std::exp(double(v) - mx);
+    sum += mx + std::log(den) - double(z[target]);
+  }
+  return sum;
+}
+
 std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt,
                               const GenerateOptions& opt,
                               const std::function<void(int32_t)>& on_token) {

@@ -32,4 +32,10 @@ std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& pr
 std::vector<float> next_token_logits(const Model& model, const std::vector<int32_t>& context,
                                      const Int8Weights* int8 = nullptr);
 
+// Sum over t in [0, n-1) of the cross-entropy (nats) of window[t+1] given window[0..t], scored
+// one token at a time by the KV-cache decoder (the windows `moe eval` scores with the full
+// forward), with int8 weights if int8 is given. 2 <= n <= max_position_embeddings + 1.
+double window_loss_sum(const Model& model, const std::vector<int32_t>& window,
+                       const Int8Weights* int8 = nullptr);
+
 }  // namespace moe

@@ -7,7 +7,9 @@
 //    at most 2^-9 of itself; measured ~0.3%).
 //  - int8 decoding: next-token logits within 5% of max |logit| of fp32 decoding (weights off by
 //    half a step of amax/127 per row, activations by half a step of range/255 per token;
-//    measured ~1%), and exactly the same from an int8 folder as from on-the-fly quantization.
+//    measured ~1%), and exactly the same from an int8 folder as from on-the-fly quantization;
+//    the decoder's mean loss over a window within 1% of fp32's (measured ~0.1%), and fp32
+//    decoder loss within 1e-5 (relative) of the full forward's.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -305,6 +307,23 @@ TEST(QuantDecode, Int8LogitsCloseToFp32AndSameFromFolder) {
   go.int8 = &w;
   const std::vector<int32_t> out = generate(m, ctx, go);
   EXPECT_EQ(out.size(), 40u);
+}
+
+TEST(QuantDecode, WindowLossMatchesForwardAndInt8IsClose) {
+  Model m(quant_config());
+  m.init_weights(9);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 25; ++i) tokens.push_back((i * i * 7 + 3) % 64);
+  const int64_t T = int64_t(tokens.size()) - 1;
+  const double fwd = m.forward(tokens.data(), 1, T).ce;
+  const double dec = window_loss_sum(m, tokens) / double(T);
+  EXPECT_NEAR(dec, fwd, 1e-5 * fwd) << "decoder loss vs the full forward's";
+  const Int8Weights w = Int8Weights::quantize(m);
+  const double i8 = window_loss_sum(m, tokens, &w) / double(T);
+  std::printf("window loss: fp32 %.6f, int8 %.6f (%+.3f%%)\n", dec, i8, 100 * (i8 / dec - 1));
+  EXPECT_NEAR(i8, dec, 0.01 * dec);
+  EXPECT_NE(i8, dec);
+  EXPECT_THROW(window_loss_sum(m, {1}), Error);
 }
 
 // An int8 folder for the bad-input tests.
