@@ -121,14 +121,13 @@ void save_checkpoint(const std::string& dir, const ModelConfig& cfg, const Param
             " tensors, ", expect.total_numel, " floats); build it with make_layout(cfg)");
   MOE_CHECK(params != nullptr || layout.total_numel == 0, kOp, "cannot save to ", dir,
             ": no parameter buffer given");
+  MOE_CHECK(opt.format != WeightFormat::kInt8 || opt.int8, kOp, "cannot save ", dir,
+            " in int8: no int8 weights given (SaveOptions::int8); quantize with moe quantize");
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   MOE_CHECK(!ec && std::filesystem::is_directory(dir), kOp, "cannot create the directory ", dir,
             ": ", ec ? ec.message() : "a file of that name exists",
             "; choose another path or fix its permissions");
-
-  MOE_CHECK(opt.format != WeightFormat::kInt8 || opt.int8, kOp, "cannot save ", dir,
-            " in int8: no int8 weights given (SaveOptions::int8); quantize with moe quantize");
 
   std::vector<TensorRef> refs;
   refs.reserve(2 * layout.specs.size());
