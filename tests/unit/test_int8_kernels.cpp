@@ -127,8 +127,9 @@ TEST(Int8Quantize, RejectsNonFiniteWeights) {
 }
 
 TEST(Int8Quantize, RowsMatchRefZeroAndNonFinite) {
-  const int64_t N = 5, in = 70;
+  const int64_t N = 6, in = 70;
   auto x = randn(size_t(N * in), 11);
+  for (int64_t i = 0; i < in; ++i) x[5 * in + i] = i % 3 == 0 ? -0.0f : (i % 3 == 1 ? 0.0f : 1e-3f);
   for (int64_t i = 0; i < in; ++i) x[1 * in + i] = 0.0f;                      // zero row
   for (int64_t i = 0; i < in; ++i) x[2 * in + i] = std::fabs(x[2 * in + i]);  // all >= 0
   x[3 * in + 5] = std::numeric_limits<float>::infinity();
@@ -145,7 +146,7 @@ TEST(Int8Quantize, RowsMatchRefZeroAndNonFinite) {
   EXPECT_EQ(z[1], 0);
   EXPECT_EQ(z[2], 0) << "a non-negative row has zero point 0";
   EXPECT_TRUE(std::isnan(s[3]));
-  for (int64_t n : {0, 2, 4})
+  for (int64_t n : {0, 2, 4, 5})
     for (int64_t i = 0; i < in; ++i)
       ASSERT_LE(std::fabs(x[n * in + i] - s[n] * float(int(q[n * in + i]) - z[n])),
                 0.5f * s[n] * 1.0001f)
