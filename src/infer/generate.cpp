@@ -35,6 +35,9 @@ class Decoder {
  public:
   Decoder(const Model& m, const Int8Weights* int8) : m_(m), c_(m.config()), int8_(int8) {
     if (int8_ != nullptr && int8_->empty()) int8_ = nullptr;
+    MOE_CHECK(int8_ == nullptr || int8_->matches(m.layout()), "generate",
+              "the int8 weights were made for another model or layout; build them from this "
+              "model (Int8Weights::quantize) or load them with its checkpoint");
     MOE_CHECK(int8_ == nullptr || m.layout().experts_local == c_.n_routed_experts, "generate",
               "int8 decoding needs every routed expert in this process (the model holds ",
               m.layout().experts_local, " of ", c_.n_routed_experts, ")");

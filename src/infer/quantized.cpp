@@ -28,7 +28,7 @@ bool is_int8_param(const ParamSpec& spec) {
   return spec.shape.size() == 2 && ends_with(spec.name, "_proj.weight");
 }
 
-Int8Weights::Int8Weights(const ParamLayout& layout) {
+Int8Weights::Int8Weights(const ParamLayout& layout) : layout_numel_(layout.total_numel) {
   // Scales per routed expert, by (layer, expert): the s_stride of its weights.
   std::map<std::pair<int64_t, int64_t>, int64_t> expert_rows;
   int64_t q_pos = 0, s_pos = 0;
@@ -122,6 +122,19 @@ void Int8Weights::quantize_one(const ParamSpec& spec, const float* W) {
     MOE_FAIL(kOp, "tensor '", spec.name, "': ", err.what());
   }
   cpu::int8_row_sums(sum_.data() + e->s_pos, q_.data() + e->q_pos, e->out, e->in);
+}
+
+bool Int8Weights::matches(const ParamLayout& layout) const {
+  if (layout.total_numel != layout_numel_) return false;
+  size_t i = 0;
+  for (const ParamSpec& s : layout.specs) {
+    if (!is_int8_param(s)) continue;
+    if (i >= entries_.size() || entries_[i].offset != s.offset || entries_[i].out != s.shape[0] ||
+        entries_[i].in != s.shape[1])
+      return false;
+    ++i;
+  }
+  return i == entries_.size();
 }
 
 Int8Data Int8Weights::data(const ParamSpec& spec) const {

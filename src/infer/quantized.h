@@ -71,6 +71,9 @@ class Int8Weights {
   // For save_checkpoint: the stored copy of `spec`, or {} if it is not int8.
   Int8Data data(const ParamSpec& spec) const;
 
+  // True if these were made for `layout` (same arena size and int8 weights at the same offsets).
+  bool matches(const ParamLayout& layout) const;
+
   int64_t tensors() const { return int64_t(entries_.size()); }
   int64_t bytes() const;  // int8 values + scales + sums
   bool empty() const { return entries_.empty(); }
@@ -83,6 +86,7 @@ class Int8Weights {
   };
   const Entry* entry_at(int64_t param_offset) const;
 
+  int64_t layout_numel_ = 0;    // total_numel of the layout they were made for
   std::vector<Entry> entries_;  // in layout order, by offset
   std::vector<int8_t> q_;       // every copy, packed in layout order
   std::vector<float> scale_;

@@ -300,6 +300,14 @@ TEST(QuantDecode, Int8LogitsCloseToFp32AndSameFromFolder) {
   const std::vector<float> i8b = next_token_logits(m2, ctx, &back);
   EXPECT_EQ(i8b, i8);
 
+  // Int8 weights of another model are refused.
+  ModelConfig other = quant_config();
+  other.intermediate_size = 64;
+  Model m3(other);
+  EXPECT_TRUE(w.matches(m.layout()));
+  EXPECT_FALSE(w.matches(m3.layout()));
+  EXPECT_THROW(next_token_logits(m3, ctx, &w), Error);
+
   // Greedy generation runs in int8 end to end.
   GenerateOptions go;
   go.max_new_tokens = 40;  // past max_position_embeddings = 32: the cache restarts
