@@ -1,5 +1,7 @@
 // Decoding one token at a time: each layer keeps K and V of every past position (the KV cache),
 // so a new token costs one row of every projection plus attention over the cache.
+// With Int8Weights, every projection and expert runs as an int8 kernel (kernels/cpu/int8.h);
+// the router, norms, attention scores, embedding and lm_head stay fp32.
 #include "infer/generate.h"
 
 #include <algorithm>
@@ -8,15 +10,37 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "infer/quantized.h"
+#include "kernels/cpu/int8.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/moe_kernels.h"
 
 namespace moe {
 
 namespace {
 
+cpu::RouterSpec router_spec(const ModelConfig& c) {
+  cpu::RouterSpec s;
+  s.E = c.n_routed_experts;
+  s.K = c.num_experts_per_tok;
+  s.scoring = c.scoring_func == "sigmoid" ? cpu::ScoringFunc::kSigmoid : cpu::ScoringFunc::kSoftmax;
+  s.norm_topk_prob = c.norm_topk_prob;
+  s.routed_scaling_factor = c.routed_scaling_factor;
+  s.n_group = c.n_group;
+  s.topk_group = c.topk_group;
+  return s;
+}
+
 class Decoder {
  public:
-  explicit Decoder(const Model& m) : m_(m), c_(m.config()) {
+  Decoder(const Model& m, const Int8Weights* int8) : m_(m), c_(m.config()), int8_(int8) {
+    if (int8_ != nullptr && int8_->empty()) int8_ = nullptr;
+    MOE_CHECK(int8_ == nullptr || int8_->matches(m.layout()), "generate",
+              "the int8 weights were made for another model or layout; build them from this "
+              "model (Int8Weights::quantize) or load them with its checkpoint");
+    MOE_CHECK(int8_ == nullptr || m.layout().experts_local == c_.n_routed_experts, "generate",
+              "int8 decoding needs every routed expert in this process (the model holds ",
+              m.layout().experts_local, " of ", c_.n_routed_experts, ")");
     const int64_t half = c_.head_dim / 2, P = c_.max_position_embeddings;
     cos_.resize(P * half);
     sin_.resize(P * half);
@@ -50,7 +74,7 @@ class Decoder {
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       const LayerOffsets& o = lay.layers[l];
       cpu::rmsnorm_forward(ln_.data(), &rstd, x_.data(), P + o.input_norm, 1, D, eps);
-      cpu::linear_forward(qkv_.data(), ln_.data(), P + o.qkv, 1, D, Qd);
+      linear(qkv_.data(), ln_.data(), o.qkv, D, Qd);
       cpu::rope_apply(qkv_.data(), cos_.data(), sin_.data(), 1, 1, H, Dh, Qd, pos_, false);
       cpu::rope_apply(qkv_.data() + A, cos_.data(), sin_.data(), 1, 1, Hkv, Dh, Qd, pos_, false);
       float* kc = k_[l].data();  // (P, Hkv*Dh)
@@ -79,15 +103,17 @@ class Decoder {
           for (int64_t d = 0; d < Dh; ++d) out[d] += p * v[d];
         }
       }
-      cpu::linear_forward(tmp_.data(), atto_.data(), P + o.o_proj, 1, A, D);
+      linear(tmp_.data(), atto_.data(), o.o_proj, A, D);
       for (int64_t i = 0; i < D; ++i) x_[i] += tmp_[i];
 
       cpu::rmsnorm_forward(ln_.data(), &rstd, x_.data(), P + o.post_norm, 1, D, eps);
       if (!c.is_moe_layer(l)) {
         gu_.resize(2 * F), h_.resize(F);
-        cpu::linear_forward(gu_.data(), ln_.data(), P + o.mlp_gu, 1, D, 2 * F);
+        linear(gu_.data(), ln_.data(), o.mlp_gu, D, 2 * F);
         cpu::swiglu_forward(h_.data(), gu_.data(), 1, F);
-        cpu::linear_forward(tmp_.data(), h_.data(), P + o.mlp_down, 1, F, D);
+        linear(tmp_.data(), h_.data(), o.mlp_down, F, D);
+      } else if (int8_ != nullptr) {
+        moe_int8(tmp_.data(), ln_.data(), l);
       } else {
         MoeStats stats;
         moe_forward(tmp_.data(), ln_.data(), m_.moe_weights(l), c, 1, 1, caches_[l], stats);
@@ -102,8 +128,64 @@ class Decoder {
   }
 
  private:
+  // y (out) = W x for the weight at arena offset `off`, in int8 when there is a copy.
+  void linear(float* y, const float* x, int64_t off, int64_t in, int64_t out) {
+    if (int8_ != nullptr)
+      if (const Int8Tensor t = int8_->find(off, out)) {
+        cpu::linear_forward_int8(y, x, t.q, t.scale, t.sum, 1, in, out);
+        return;
+      }
+    cpu::linear_forward(y, x, m_.params().data() + off, 1, in, out);
+  }
+
+  // The MoE layer of moe_forward (moe_layer.cpp) for one token, experts in int8: the router in
+  // fp32 (scores, top-k, gate weights, capacity as for a batch of one), then the K chosen
+  // experts as a grouped int8 GEMM over the expert-sorted rows, shared experts, weighted sum.
+  void moe_int8(float* y, const float* x, int64_t l) {
+    const ModelConfig& c = c_;
+    const LayerOffsets& o = m_.layout().layers[l];
+    const MoeWeights w = m_.moe_weights(l);
+    const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+    const int64_t Fe = c.moe_intermediate_size, SF = c.shared_width();
+    logits_e_.resize(E), scores_e_.resize(E), count_.resize(E), offsets_.resize(E + 1);
+    topk_idx_.resize(K), topk_w_.resize(K), slot_row_.resize(K);
+    sorted_x_.resize(K * D), egu_.resize(K * 2 * Fe), eh_.resize(K * Fe), sorted_y_.resize(K * D);
+
+    cpu::linear_forward(logits_e_.data(), x, w.router, 1, D, E);  // (E), fp32
+    cpu::router_forward(scores_e_.data(), topk_idx_.data(), topk_w_.data(), logits_e_.data(),
+                        w.bias, 1, router_spec(c));
+    const int64_t cap = cpu::expert_capacity(c.capacity_factor, 1, K, E);
+    cpu::route_plan(slot_row_.data(), count_.data(), offsets_.data(), topk_idx_.data(), 1, E, K,
+                    cap);
+    const int64_t M = offsets_[E];                                 // kept slots
+    cpu::permute(sorted_x_.data(), x, slot_row_.data(), 1, K, D);  // (M, D)
+    const Int8Tensor gu = int8_->find(o.experts, 2 * Fe);
+    const Int8Tensor dn = int8_->find(o.experts + 2 * Fe * D, D);
+    MOE_CHECK(gu && dn && gu.q_stride > 0, "generate", "layer ", l,
+              ": the int8 weights hold no routed experts; rebuild them from this model");
+    cpu::grouped_linear_forward_int8(egu_.data(), sorted_x_.data(), gu.q, gu.q_stride, gu.scale,
+                                     gu.sum, gu.s_stride, offsets_.data(), E, D, 2 * Fe);
+    cpu::swiglu_forward(eh_.data(), egu_.data(), M, Fe);  // (M, Fe)
+    cpu::grouped_linear_forward_int8(sorted_y_.data(), eh_.data(), dn.q, dn.q_stride, dn.scale,
+                                     dn.sum, dn.s_stride, offsets_.data(), E, Fe, D);
+    if (SF > 0) {
+      sgu_.resize(2 * SF), sh_.resize(SF);
+      linear(sgu_.data(), x, o.shared_gu, D, 2 * SF);
+      cpu::swiglu_forward(sh_.data(), sgu_.data(), 1, SF);
+      linear(y, sh_.data(), o.shared_down, SF, D);
+    } else {
+      std::fill(y, y + D, 0.0f);
+    }
+    cpu::unpermute_weighted(y, sorted_y_.data(), topk_w_.data(), slot_row_.data(), 1, K, D);
+  }
+
   const Model& m_;
   const ModelConfig& c_;
+  const Int8Weights* int8_;
+  // int8 MoE scratch (moe_int8)
+  std::vector<float> logits_e_, scores_e_, topk_w_, sorted_x_, egu_, eh_, sorted_y_, sgu_, sh_;
+  std::vector<int32_t> topk_idx_, slot_row_;
+  std::vector<int64_t> count_, offsets_;
   std::vector<float> cos_, sin_;
   std::vector<std::vector<float>> k_, v_;  // per layer (P, Hkv*Dh)
   std::vector<MoeCache> caches_;
@@ -135,19 +217,42 @@ int32_t sample(const std::vector<float>& logits, const GenerateOptions& opt, uin
 
 }  // namespace
 
-std::vector<float> next_token_logits(const Model& model, const std::vector<int32_t>& context) {
+std::vector<float> next_token_logits(const Model& model, const std::vector<int32_t>& context,
+                                     const Int8Weights* int8) {
   MOE_CHECK(!context.empty(), "generate", "empty context");
-  Decoder dec(model);
+  Decoder dec(model, int8);
   std::vector<float> out;
   for (int32_t t : context) out = dec.step(t);
   return out;
+}
+
+double window_loss_sum(const Model& model, const std::vector<int32_t>& window,
+                       const Int8Weights* int8) {
+  const int64_t n = static_cast<int64_t>(window.size());
+  MOE_CHECK(n >= 2 && n <= model.config().max_position_embeddings + 1, "generate", "a window of ",
+            n, " tokens; need 2 to max_position_embeddings + 1 = ",
+            model.config().max_position_embeddings + 1);
+  Decoder dec(model, int8);
+  double sum = 0;
+  for (int64_t t = 0; t + 1 < n; ++t) {
+    const std::vector<float>& z = dec.step(window[t]);
+    const int32_t target = window[t + 1];
+    MOE_CHECK(target >= 0 && target < int64_t(z.size()), "generate", "token ", target,
+              " is outside the vocabulary [0, ", z.size(), ")");
+    double mx = z[0];
+    for (float v : z) mx = std::max(mx, double(v));
+    double den = 0;
+    for (float v : z) den += std::exp(double(v) - mx);
+    sum += mx + std::log(den) - double(z[target]);
+  }
+  return sum;
 }
 
 std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt,
                               const GenerateOptions& opt,
                               const std::function<void(int32_t)>& on_token) {
   const int64_t P = model.config().max_position_embeddings;
-  Decoder dec(model);
+  Decoder dec(model, opt.int8);
   std::vector<int32_t> context = prompt;
   if (context.empty()) context.push_back('\n');
   if (static_cast<int64_t>(context.size()) > P)

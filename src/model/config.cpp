@@ -474,6 +474,12 @@ ModelConfig parse_config(const std::string& json_text, const std::string& origin
     const auto& fs = fields();
     const auto f =
         std::find_if(fs.begin(), fs.end(), [&](const Field& x) { return it.key() == x.key; });
+    // Our own int8 checkpoints describe their weights file here; load_checkpoint reads and
+    // checks it (checkpoint.cpp), a model config ignores it. Other quantization_configs (an FP8
+    // release) are refused below.
+    if (it.key() == "quantization_config" && it->is_object() &&
+        it->value("quant_method", "") == "moe.cpp-int8")
+      continue;
     if (f == fs.end()) {
       if (!is_hf_key(it.key())) unknown_key(it.key(), origin);
       hf[it.key()] = *it;

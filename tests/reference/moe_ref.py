@@ -151,6 +151,8 @@ def make_config(overrides=None, origin="config"):
     """Defaults of config.h updated with `overrides`; unknown keys and bad values are errors."""
     cfg = dict(CONFIG_DEFAULTS)
     for k, v in (overrides or {}).items():
+        if k in ("torch_dtype", "quantization_config"):  # the weights file's, not the model's
+            continue
         if k not in CONFIG_DEFAULTS:
             raise ValueError(f"[config] {origin}: unknown key '{k}'")
         d = CONFIG_DEFAULTS[k]
