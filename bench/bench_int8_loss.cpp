@@ -21,7 +21,7 @@
 #include "data/tokenizer.h"
 #include "data/tokenizers.h"
 #include "infer/generate.h"
-#include "infer/quantized.h"
+#include "model/quantized.h"
 #include "model/model.h"
 #include "train/trainer.h"
 

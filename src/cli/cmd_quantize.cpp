@@ -1,7 +1,7 @@
 // moe quantize --checkpoint DIR --out DIR2 [--dtype int8|bf16|fp32]: re-export a model folder.
 //
 // int8 (default): the linear weights (*_proj.weight) as I8 with one F32 scale per output row,
-// the embedding, router, norms and lm_head in float32 (infer/quantized.h says why);
+// the embedding, router, norms and lm_head in float32 (model/quantized.h says why);
 // bf16: every tensor in bfloat16 (round to nearest even); fp32: every tensor in float32 (e.g.
 // to dequantize an int8 folder). The source may be any of the three. The tokenizer.json of the
 // source folder, if any, is copied.
@@ -16,7 +16,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
-#include "infer/quantized.h"
+#include "model/quantized.h"
 #include "model/checkpoint.h"
 
 namespace {

@@ -23,7 +23,7 @@
 #include "data/tokenizer.h"
 #include "data/tokenizers.h"
 #include "infer/generate.h"
-#include "infer/quantized.h"
+#include "model/quantized.h"
 #include "kernels/cpu/quantize.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
@@ -270,12 +270,9 @@ int cmd_generate(const std::string& dir, const std::string& prompt, GenerateOpti
 // by `moe data prepare` with the same tokenizer (its validation split).
 int cmd_eval(const std::string& dir, const std::string& data_path, int64_t seq_len, bool json,
              const std::string& dtype) {
-  // TODO(int8 eval): Model::forward takes the Int8Weights (infer/quantized.h) in the merge;
-  // until then eval computes in fp32, on the dequantized weights for an int8 folder.
-  MOE_CHECK(parse_precision(dtype, "eval") != "int8", "eval",
-            "--dtype int8 is not implemented yet for eval (Model::forward has no int8 path); "
-            "use --dtype fp32, or moe generate --dtype int8 for int8 inference");
-  const LoadedModel m = load_model_dir(dir, "fp32");
+  // Default "auto": an int8 folder is evaluated in int8, a float one in fp32.
+  const LoadedModel m = load_model_dir(dir, parse_precision(dtype, "eval"));
+  if (m.int8) m.model->set_int8(m.int8.get());
   const ModelConfig& cfg = m.model->config();
   const int64_t T = seq_len > 0 ? seq_len : cfg.max_position_embeddings;
   int64_t n = 0;
@@ -390,7 +387,9 @@ int main(int argc, char** argv) {
                  "(its validation split)")->required();
   ev->add_option("--seq-len", eval_seq, "window length (default max_position_embeddings)");
   ev->add_flag("--json", json, "print {\"loss\": L, \"tokens\": N}");
-  ev->add_option("--dtype", eval_dtype, "fp32 (int8: not yet); an int8 folder is dequantized");
+  ev->add_option("--dtype", eval_dtype,
+                 "fp32 or int8 (default: as the checkpoint is stored; int8 quantizes a float "
+                 "checkpoint on load, fp32 dequantizes an int8 one)");
 
   add_comm_commands(app);
   add_report_commands(app);

@@ -10,7 +10,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
-#include "infer/quantized.h"
+#include "model/quantized.h"
 #include "kernels/cpu/int8.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/moe_kernels.h"

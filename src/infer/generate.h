@@ -9,7 +9,7 @@
 
 namespace moe {
 
-class Int8Weights;  // infer/quantized.h
+class Int8Weights;  // model/quantized.h
 
 struct GenerateOptions {
   int64_t max_new_tokens = 200;

@@ -8,7 +8,7 @@
 //    "model.layers.0.self_attn.q_proj.weight_scale"), the rest F32; config.json carries
 //    "quantization_config": {"quant_method": "moe.cpp-int8", "bits": 8,
 //    "granularity": "per_channel", ...}. Which weights are int8 is decided by the infer layer
-//    (infer/quantized.h); this file only reads and writes the format.
+//    (model/quantized.h); this file only reads and writes the format.
 #pragma once
 
 #include <cstdint>

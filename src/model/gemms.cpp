@@ -2,7 +2,9 @@
 #include "model/gemms.h"
 
 #include "core/error.h"
+#include "kernels/cpu/int8.h"
 #include "kernels/cpu/quantize.h"
+#include "model/quantized.h"
 
 namespace moe {
 
@@ -83,12 +85,18 @@ const cpu::bf16* Gemms::by_cols(std::vector<cpu::bf16>& buf, const float* x, int
 
 void Gemms::forward(float* y, const float* x, const float* W, int64_t N, int64_t in,
                     int64_t out) {
+  if (int8_) {
+    if (const Int8Tensor t = int8_->find(W - base_, out))
+      return cpu::linear_forward_int8(y, x, t.q, t.scale, t.sum, N, in, out);
+  }
   if (!low_precision()) return cpu::linear_forward(y, x, W, N, in, out);
   cpu::linear_forward(y, by_rows(xa_, x, N, in, fp8(W)), low(W), N, in, out);
 }
 
 void Gemms::backward(float* dx, float* dW, const float* dy, const float* x, const float* W,
                      int64_t N, int64_t in, int64_t out, bool accumulate) {
+  MOE_CHECK(!int8_, "gemms", "backward with INT8 weights: INT8 is for inference (moe eval, "
+            "moe generate); train with [train] dtype = fp32, bf16 or fp8");
   if (!low_precision()) {
     cpu::linear_backward_w(dW, dy, x, N, in, out);
     cpu::linear_backward_x(dx, dy, W, N, in, out, accumulate);
@@ -107,6 +115,14 @@ void Gemms::backward(float* dx, float* dW, const float* dy, const float* x, cons
 
 void Gemms::grouped_forward(float* y, const float* x, const float* W, int64_t w_stride,
                             const int64_t* offsets, int64_t E, int64_t in, int64_t out) {
+  if (int8_) {
+    if (const Int8Tensor t = int8_->find(W - base_, out)) {
+      MOE_CHECK(E <= 1 || t.q_stride > 0, "gemms", "the int8 copy of the grouped weight at ",
+                W - base_, " has no per-expert stride");
+      return cpu::grouped_linear_forward_int8(y, x, t.q, t.q_stride, t.scale, t.sum, t.s_stride,
+                                              offsets, E, in, out);
+    }
+  }
   if (!low_precision())
     return cpu::grouped_linear_forward(y, x, W, w_stride, offsets, E, in, out);
   const int64_t M = E > 0 ? offsets[E] : 0;
@@ -117,6 +133,8 @@ void Gemms::grouped_forward(float* y, const float* x, const float* W, int64_t w_
 void Gemms::grouped_backward(float* dx, float* dW, const float* dy, const float* x,
                              const float* W, int64_t w_stride, const int64_t* offsets, int64_t E,
                              int64_t in, int64_t out) {
+  MOE_CHECK(!int8_, "gemms", "backward with INT8 weights: INT8 is for inference (moe eval, "
+            "moe generate); train with [train] dtype = fp32, bf16 or fp8");
   if (!low_precision()) {
     cpu::grouped_linear_backward_w(dW, w_stride, dy, x, offsets, E, in, out);
     cpu::grouped_linear_backward_x(dx, dy, W, w_stride, offsets, E, in, out);

@@ -28,6 +28,8 @@
 
 namespace moe {
 
+class Int8Weights;  // model/quantized.h
+
 enum class ComputeDtype { kF32, kBF16, kFP8 };
 
 // "fp32" | "bf16" | "fp8"; throws naming the text and the allowed values.
@@ -49,6 +51,10 @@ class Gemms {
   void bind(ComputeDtype dtype, const float* params, int64_t numel);
   // Casts these matrices of the bound arena (no-op in f32).
   void cast_weights(const std::vector<WeightMatrix>& mats);
+  // Inference: forward() and grouped_forward() run the weights `int8` holds as u8s8 INT8 GEMMs
+  // (kernels/cpu/int8.h; activations quantized per token) and the rest as before. Backward
+  // refuses to run while it is set. Null turns it off. `int8` must outlive its use.
+  void set_int8(const Int8Weights* int8) { int8_ = int8; }
 
   // y (N,out) = x (N,in) @ W^T, W [out,in] in the bound arena.
   void forward(float* y, const float* x, const float* W, int64_t N, int64_t in, int64_t out);
@@ -75,6 +81,7 @@ class Gemms {
                            int64_t cols, const int64_t* offsets, int64_t groups);
 
   ComputeDtype dtype_ = ComputeDtype::kF32;
+  const Int8Weights* int8_ = nullptr;
   const float* base_ = nullptr;
   int64_t numel_ = 0;
   int64_t head_ = -1;  // offset of lm_head (set by cast_weights)

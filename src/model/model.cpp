@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/cpu/kernels.h"
+#include "model/quantized.h"
 
 namespace moe {
 
@@ -132,6 +133,13 @@ void Model::init_weights(uint64_t seed) {
         p[j] = static_cast<float>(s.init_std * normal01(seed, stream, static_cast<uint64_t>(j)));
     }
   }
+}
+
+void Model::set_int8(const Int8Weights* int8) {
+  MOE_CHECK(!int8 || int8->matches(layout_), "model",
+            "the INT8 weights were made for another model (layout differs); quantize this "
+            "model's own parameters (moe quantize)");
+  gemms_.set_int8(int8);
 }
 
 void Model::set_dispatcher(TokenDispatcher* d) {

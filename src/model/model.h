@@ -102,6 +102,9 @@ class Model {
   // gradients and optimizer state stay f32. Default f32.
   void set_compute_dtype(ComputeDtype d) { compute_dtype_ = d; }
   ComputeDtype compute_dtype() const { return compute_dtype_; }
+  // Inference in INT8: forward() runs the linear weights `int8` holds (model/quantized.h, made
+  // for this model's layout) as INT8 GEMMs; forward_backward() then refuses. Null: off.
+  void set_int8(const Int8Weights* int8);
 
   // Views for one layer (used by the MoE layer, inference and tests); `gemms` runs its GEMMs
   // (null: f32 kernels).

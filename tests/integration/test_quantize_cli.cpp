@@ -118,16 +118,28 @@ TEST_F(QuantizeCli, Bf16ExportLoadsBack) {
 
 TEST_F(QuantizeCli, EvalOfInt8Folder) {
   ASSERT_EQ(run_moe("quantize --checkpoint " + ck_ + " --out " + path("int8")).first, 0);
-  std::ofstream(path("d.txt")) << std::string(193, 'x');
-  auto [code, out] =
-      run_moe("eval --checkpoint " + path("int8") + " --json --data " + path("d.txt"));
-  ASSERT_EQ(code, 0) << out;
-  const auto r = nlohmann::json::parse(out);
-  EXPECT_EQ(r.at("weights"), "int8");
-  EXPECT_EQ(r.at("precision"), "fp32");
-  EXPECT_EQ(r.at("tokens"), 192);
-  expect_error("eval --checkpoint " + path("int8") + " --dtype int8 --data " + path("d.txt"),
-               "--dtype int8 is not implemented yet for eval");
+  std::ofstream(path("d.txt")) << "Tis the time's plague, when madmen lead the blind. " +
+                                      std::string(150, 'x');
+  auto eval = [&](const std::string& args) {
+    const auto [code, out] = run_moe("eval --json --data " + path("d.txt") + " " + args);
+    EXPECT_EQ(code, 0) << out;
+    return code == 0 ? nlohmann::json::parse(out) : nlohmann::json::object();
+  };
+  // An int8 folder computes in int8 (Model::forward through INT8 GEMMs), unless told fp32.
+  const auto i8 = eval("--checkpoint " + path("int8"));
+  EXPECT_EQ(i8.value("weights", ""), "int8");
+  EXPECT_EQ(i8.value("precision", ""), "int8");
+  EXPECT_GT(i8.value("tokens", 0), 0);
+  const auto deq = eval("--checkpoint " + path("int8") + " --dtype fp32");
+  EXPECT_EQ(deq.value("precision", ""), "fp32");
+  // The float folder quantized on load gives the stored int8 folder's loss exactly, and both
+  // stay within 1% of the fp32 loss (per-channel int8 weights, per-token u8 activations).
+  const auto fly = eval("--checkpoint " + ck_ + " --dtype int8");
+  const auto f32 = eval("--checkpoint " + ck_);
+  EXPECT_EQ(fly.value("loss", -1.0), i8.value("loss", -2.0));
+  EXPECT_EQ(f32.value("precision", ""), "fp32");
+  EXPECT_NEAR(i8.value("loss", 0.0), f32.value("loss", 1e9), 0.01 * f32.value("loss", 1e9));
+  EXPECT_NE(i8.value("loss", 0.0), f32.value("loss", 0.0)) << "int8 changed nothing?";
 }
 
 TEST_F(QuantizeCli, BadInput) {

@@ -24,7 +24,7 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "infer/generate.h"
-#include "infer/quantized.h"
+#include "model/quantized.h"
 #include "kernels/cpu/int8.h"
 #include "model/checkpoint.h"
 #include "model/model.h"

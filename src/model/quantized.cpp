@@ -1,5 +1,5 @@
 // Int8Weights: packed int8 copies of a model's linear weights, looked up by the fp32 offsets.
-#include "infer/quantized.h"
+#include "model/quantized.h"
 
 #include <algorithm>
 #include <cstring>
