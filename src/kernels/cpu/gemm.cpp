@@ -40,6 +40,9 @@ constexpr int64_t kRt = DNNL_RUNTIME_DIM_VAL;
 // results do not depend on the thread count.
 constexpr int64_t kTaskRows = 256;
 
+// Below this many rows, gemm() runs a primitive built for a runtime row count (see gemm_impl).
+constexpr int64_t kFewRows = 16;
+
 dnnl::engine& cpu_engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;
@@ -223,6 +226,13 @@ void gemm_impl(float* C, const In* A, const In* B, int64_t M, int64_t N, int64_t
   }
   MOE_CHECK(A != nullptr && B != nullptr, "gemm", "A or B is null for M=", M, " N=", N, " K=", K);
   const Shape s{M, N, K, trans_a, trans_b, trans_a ? M : K, trans_b ? K : N, N, kIsBf16<In>};
+  // A few rows (decoding one token): a fixed-shape brgemm would repack B on every call; the
+  // primitive with a runtime M is oneDNN's GEMV-like jit gemm, 2-2.5x faster there.
+  if (M < kFewRows && !trans_a) {
+    Shape rt = s;
+    rt.M = kRt;
+    return run(prim(rt, alpha, beta), s, C, A, B);
+  }
   run(prim(s, alpha, beta), s, C, A, B);
 }
 
