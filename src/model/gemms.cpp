@@ -27,9 +27,12 @@ ComputeDtype parse_compute_dtype(const std::string& text, const std::string& whe
 
 const char* compute_dtype_name(ComputeDtype d) {
   switch (d) {
-    case ComputeDtype::kBF16: return "bf16";
-    case ComputeDtype::kFP8: return "fp8";
-    default: return "fp32";
+    case ComputeDtype::kBF16:
+      return "bf16";
+    case ComputeDtype::kFP8:
+      return "fp8";
+    default:
+      return "fp32";
   }
 }
 
@@ -37,16 +40,18 @@ void Gemms::bind(ComputeDtype dtype, const float* params, int64_t numel) {
   dtype_ = dtype;
   base_ = params;
   numel_ = numel;
-  if (low_precision()) weights_.resize(size_t(numel));
-  else weights_ = {};
+  if (low_precision())
+    weights_.resize(size_t(numel));
+  else
+    weights_ = {};
 }
 
 void Gemms::cast_weights(const std::vector<WeightMatrix>& mats) {
   if (!low_precision()) return;
   for (const WeightMatrix& m : mats) {
-    MOE_CHECK(m.offset >= 0 && m.offset + m.rows * m.cols <= numel_, "gemms",
-              "weight matrix [", m.rows, ", ", m.cols, "] at ", m.offset,
-              " lies outside the bound arena of ", numel_, " floats");
+    MOE_CHECK(m.offset >= 0 && m.offset + m.rows * m.cols <= numel_, "gemms", "weight matrix [",
+              m.rows, ", ", m.cols, "] at ", m.offset, " lies outside the bound arena of ", numel_,
+              " floats");
     cpu::bf16* out = weights_.data() + m.offset;
     if (m.head) head_ = m.offset;
     if (dtype_ == ComputeDtype::kFP8 && !m.head)
@@ -64,15 +69,15 @@ const cpu::bf16* Gemms::low(const float* W) const {
   return weights_.data() + off;
 }
 
-bool Gemms::fp8(const float* W) const {
-  return dtype_ == ComputeDtype::kFP8 && W - base_ != head_;
-}
+bool Gemms::fp8(const float* W) const { return dtype_ == ComputeDtype::kFP8 && W - base_ != head_; }
 
 const cpu::bf16* Gemms::by_rows(std::vector<cpu::bf16>& buf, const float* x, int64_t rows,
                                 int64_t cols, bool fp8) {
   cpu::bf16* out = grown(buf, rows * cols);
-  if (fp8) cpu::fp8_quantize_rows(out, x, rows, cols);
-  else cpu::cast_bf16(out, x, rows * cols);
+  if (fp8)
+    cpu::fp8_quantize_rows(out, x, rows, cols);
+  else
+    cpu::cast_bf16(out, x, rows * cols);
   return out;
 }
 
@@ -83,8 +88,7 @@ const cpu::bf16* Gemms::by_cols(std::vector<cpu::bf16>& buf, const float* x, int
   return out;
 }
 
-void Gemms::forward(float* y, const float* x, const float* W, int64_t N, int64_t in,
-                    int64_t out) {
+void Gemms::forward(float* y, const float* x, const float* W, int64_t N, int64_t in, int64_t out) {
   if (int8_) {
     if (const Int8Tensor t = int8_->find(W - base_, out))
       return cpu::linear_forward_int8(y, x, t.q, t.scale, t.sum, N, in, out);
@@ -95,7 +99,8 @@ void Gemms::forward(float* y, const float* x, const float* W, int64_t N, int64_t
 
 void Gemms::backward(float* dx, float* dW, const float* dy, const float* x, const float* W,
                      int64_t N, int64_t in, int64_t out, bool accumulate) {
-  MOE_CHECK(!int8_, "gemms", "backward with INT8 weights: INT8 is for inference (moe eval, "
+  MOE_CHECK(!int8_, "gemms",
+            "backward with INT8 weights: INT8 is for inference (moe eval, "
             "moe generate); train with [train] dtype = fp32, bf16 or fp8");
   if (!low_precision()) {
     cpu::linear_backward_w(dW, dy, x, N, in, out);
@@ -123,17 +128,17 @@ void Gemms::grouped_forward(float* y, const float* x, const float* W, int64_t w_
                                               offsets, E, in, out);
     }
   }
-  if (!low_precision())
-    return cpu::grouped_linear_forward(y, x, W, w_stride, offsets, E, in, out);
+  if (!low_precision()) return cpu::grouped_linear_forward(y, x, W, w_stride, offsets, E, in, out);
   const int64_t M = E > 0 ? offsets[E] : 0;
   cpu::grouped_linear_forward(y, by_rows(xa_, x, M, in, fp8(W)), low(W), w_stride, offsets, E, in,
                               out);
 }
 
-void Gemms::grouped_backward(float* dx, float* dW, const float* dy, const float* x,
-                             const float* W, int64_t w_stride, const int64_t* offsets, int64_t E,
-                             int64_t in, int64_t out) {
-  MOE_CHECK(!int8_, "gemms", "backward with INT8 weights: INT8 is for inference (moe eval, "
+void Gemms::grouped_backward(float* dx, float* dW, const float* dy, const float* x, const float* W,
+                             int64_t w_stride, const int64_t* offsets, int64_t E, int64_t in,
+                             int64_t out) {
+  MOE_CHECK(!int8_, "gemms",
+            "backward with INT8 weights: INT8 is for inference (moe eval, "
             "moe generate); train with [train] dtype = fp32, bf16 or fp8");
   if (!low_precision()) {
     cpu::grouped_linear_backward_w(dW, w_stride, dy, x, offsets, E, in, out);
@@ -147,8 +152,8 @@ void Gemms::grouped_backward(float* dx, float* dW, const float* dy, const float*
     cpu::grouped_linear_backward_w(dW, w_stride, by_cols(dyb_, dy, M, out, offsets, E),
                                    by_cols(xb_, x, M, in, offsets, E), offsets, E, in, out);
   } else {
-    cpu::grouped_linear_backward_w(dW, w_stride, dy_rows, by_rows(xa_, x, M, in, false), offsets,
-                                   E, in, out);
+    cpu::grouped_linear_backward_w(dW, w_stride, dy_rows, by_rows(xa_, x, M, in, false), offsets, E,
+                                   in, out);
   }
   cpu::grouped_linear_backward_x(dx, dy_rows, low(W), w_stride, offsets, E, in, out);
 }

@@ -75,16 +75,16 @@ class Gemms {
   // x (rows, cols) as a GEMM operand reduced over cols (forward, backward_x: bf16, or FP8 in
   // 1 x 128 tiles) or over rows (backward_w in FP8: 128 x 1 tiles restarting at the groups'
   // offsets).
-  const cpu::bf16* by_rows(std::vector<cpu::bf16>& buf, const float* x, int64_t rows,
-                           int64_t cols, bool fp8);
-  const cpu::bf16* by_cols(std::vector<cpu::bf16>& buf, const float* x, int64_t rows,
-                           int64_t cols, const int64_t* offsets, int64_t groups);
+  const cpu::bf16* by_rows(std::vector<cpu::bf16>& buf, const float* x, int64_t rows, int64_t cols,
+                           bool fp8);
+  const cpu::bf16* by_cols(std::vector<cpu::bf16>& buf, const float* x, int64_t rows, int64_t cols,
+                           const int64_t* offsets, int64_t groups);
 
   ComputeDtype dtype_ = ComputeDtype::kF32;
   const Int8Weights* int8_ = nullptr;
   const float* base_ = nullptr;
   int64_t numel_ = 0;
-  int64_t head_ = -1;  // offset of lm_head (set by cast_weights)
+  int64_t head_ = -1;               // offset of lm_head (set by cast_weights)
   std::vector<cpu::bf16> weights_;  // [numel] same layout as the f32 arena; linear weights only
   std::vector<cpu::bf16> xa_, dya_, xb_, dyb_;  // operand scratch, grown on use
 };

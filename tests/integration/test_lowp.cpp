@@ -31,8 +31,8 @@ double loss_at(const std::string& out, int step) {
 }
 
 std::string temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("moe_lowp_" + name + "_" +
-                                                  std::to_string(::getpid()));
+  const fs::path p =
+      fs::temp_directory_path() / ("moe_lowp_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(p);
   return p.string();
 }

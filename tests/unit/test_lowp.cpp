@@ -60,11 +60,17 @@ void dot_ref(std::vector<double>& C, std::vector<double>& absC, const std::vecto
 
 TEST(Bf16Cast, MatchesCoreScalarConversionBitwise) {
   std::vector<float> x = randn(4099, 1, 3.0f);
-  const float specials[] = {0.0f, -0.0f, 1.0f, 1.00390625f /* tie, even */,
-                            1.01171875f /* tie, odd */, 3.4e38f, -3.4e38f,
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            1.0f,
+                            1.00390625f /* tie, even */,
+                            1.01171875f /* tie, odd */,
+                            3.4e38f,
+                            -3.4e38f,
                             std::numeric_limits<float>::infinity(),
                             -std::numeric_limits<float>::infinity(),
-                            std::numeric_limits<float>::quiet_NaN(), 1e-40f /* subnormal */};
+                            std::numeric_limits<float>::quiet_NaN(),
+                            1e-40f /* subnormal */};
   x.insert(x.end(), std::begin(specials), std::end(specials));
   const std::vector<bf16> y = to_bf16(x);
   for (size_t i = 0; i < x.size(); ++i) {
@@ -96,12 +102,14 @@ TEST(Bf16Gemm, AllTransposesMatchRefWithinTheF32AndBf16Bounds) {
         std::vector<double> ref, absdot;
         dot_ref(ref, absdot, widened(Ah), widened(Bh), M, N, K, ta, tb);
         for (size_t i = 0; i < ref.size(); ++i) ref[i] = 0.5 * ref[i] + beta * C0[i];
-        for (size_t i = 0; i < ref.size(); ++i) absdot[i] = 0.5 * absdot[i] + beta * std::fabs(C0[i]);
+        for (size_t i = 0; i < ref.size(); ++i)
+          absdot[i] = 0.5 * absdot[i] + beta * std::fabs(C0[i]);
         EXPECT_TRUE(within_dot_bound(C, ref, absdot, double(K) * 0x1p-24, "bf16 values " + tag));
         // 2. Against the f32 inputs: each input rounded by at most 2^-9 relative.
         dot_ref(ref, absdot, A, B, M, N, K, ta, tb);
         for (size_t i = 0; i < ref.size(); ++i) ref[i] = 0.5 * ref[i] + beta * C0[i];
-        for (size_t i = 0; i < ref.size(); ++i) absdot[i] = 0.5 * absdot[i] + beta * std::fabs(C0[i]);
+        for (size_t i = 0; i < ref.size(); ++i)
+          absdot[i] = 0.5 * absdot[i] + beta * std::fabs(C0[i]);
         EXPECT_TRUE(within_dot_bound(C, ref, absdot, 2 * 0x1p-9 + double(K) * 0x1p-24,
                                      "f32 inputs " + tag));
       }
@@ -160,10 +168,9 @@ TEST(Fp8, E4m3RoundingMatchesCoreEncodeDecode) {
   }
   probes.insert(probes.end(), {448.0f, 460.0f, 470.0f, 1e6f, -1e6f, 1e-7f, -3e-3f, 0x1p-10f,
                                std::numeric_limits<float>::infinity()});
-  for (float v : probes)
-    ASSERT_EQ(round_e4m3(v), fp8e4m3_to_f32(f32_to_fp8e4m3(v))) << "v = " << v;
+  for (float v : probes) ASSERT_EQ(round_e4m3(v), fp8e4m3_to_f32(f32_to_fp8e4m3(v))) << "v = " << v;
   EXPECT_TRUE(std::isnan(round_e4m3(std::numeric_limits<float>::quiet_NaN())));
-  EXPECT_EQ(round_e4m3(0x1p-10f), 0.0f);      // half the smallest subnormal: ties to even 0
+  EXPECT_EQ(round_e4m3(0x1p-10f), 0.0f);       // half the smallest subnormal: ties to even 0
   EXPECT_EQ(round_e4m3(0x1.8p-10f), 0x1p-9f);  // above half: the smallest subnormal
 }
 
@@ -227,7 +234,7 @@ TEST(Fp8, QuantizationErrorIsWithinHalfAnE4m3UlpOfItsTile) {
 
 TEST(Fp8, NonFiniteValuesPoisonOnlyTheirTile) {
   std::vector<float> x = randn(2 * 256, 9);
-  x[3] = std::numeric_limits<float>::quiet_NaN();        // row 0, tile 0
+  x[3] = std::numeric_limits<float>::quiet_NaN();         // row 0, tile 0
   x[256 + 200] = std::numeric_limits<float>::infinity();  // row 1, tile 1
   std::vector<bf16> y(x.size());
   fp8_quantize_rows(y.data(), x.data(), 2, 256);

@@ -90,10 +90,11 @@ void expect_tracks_f32(bool tied) {
   EXPECT_LT(worst_f8, 0.5) << "fp8: worst gradient " << worst_f8_name;
   EXPECT_GT(worst_f8, worst_bf) << "FP8 should be coarser than bf16; is FP8 quantizing at all?";
   EXPECT_GT(worst_bf, 0.0) << "bf16 gave the f32 gradients bit for bit; is it casting at all?";
-  std::printf("relative gradient error vs f32 (tied=%d): bf16 %.2e (%s), fp8 %.2e (%s); loss "
-              "f32 %.6f bf16 %.6f fp8 %.6f\n",
-              int(tied), worst_bf, worst_bf_name.c_str(), worst_f8, worst_f8_name.c_str(),
-              f32.loss, bf.loss, f8.loss);
+  std::printf(
+      "relative gradient error vs f32 (tied=%d): bf16 %.2e (%s), fp8 %.2e (%s); loss "
+      "f32 %.6f bf16 %.6f fp8 %.6f\n",
+      int(tied), worst_bf, worst_bf_name.c_str(), worst_f8, worst_f8_name.c_str(), f32.loss,
+      bf.loss, f8.loss);
 }
 
 TEST(LowPrecisionModel, Bf16AndFp8LossAndEveryGradientTrackF32) { expect_tracks_f32(false); }

@@ -82,7 +82,7 @@ float round_e4m3(float v) { return round_e4m3_inline(v); }
 float fp8_tile_scale(float amax) {
   if (!(amax > 0) || !std::isfinite(amax)) return 1.0f;
   int e = 0;
-  const float m = std::frexp(amax / kE4m3Max, &e);  // amax / 448 = m * 2^e, m in [0.5, 1)
+  const float m = std::frexp(amax / kE4m3Max, &e);      // amax / 448 = m * 2^e, m in [0.5, 1)
   const int p = std::max(m == 0.5f ? e - 1 : e, -126);  // s = 2^ceil(log2(amax / 448))
   return std::ldexp(1.0f, p);
 }
@@ -106,8 +106,8 @@ void fp8_quantize_rows(bf16* y, const float* x, int64_t rows, int64_t cols) {
   }
 }
 
-void fp8_quantize_cols(bf16* y, const float* x, int64_t rows, int64_t cols,
-                       const int64_t* offsets, int64_t groups) {
+void fp8_quantize_cols(bf16* y, const float* x, int64_t rows, int64_t cols, const int64_t* offsets,
+                       int64_t groups) {
   const int64_t one[2] = {0, rows};
   if (!offsets) offsets = one, groups = 1;
   // Work items: (tile of up to 128 rows inside a group, chunk of 64 columns).
