@@ -26,6 +26,7 @@
 
 #include "core/error.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/onednn.h"
 #include "kernels/cpu/quantize.h"
 
 namespace moe::cpu {
@@ -43,24 +44,10 @@ constexpr int64_t kTaskRows = 256;
 // Below this many rows, gemm() runs a primitive built for a runtime row count (see gemm_impl).
 constexpr int64_t kFewRows = 16;
 
-dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
 
-// One stream per thread: GEMMs may run from inside parallel regions (oneDNN then runs the
-// primitive on the calling thread alone).
-dnnl::stream& thread_stream() {
-  thread_local dnnl::stream stream(cpu_engine());
-  return stream;
-}
 
 // The per-thread scratchpad, grown to the largest size any primitive asked for.
-void* thread_scratchpad(size_t bytes) {
-  thread_local std::vector<char> buf;
-  if (buf.size() < bytes) buf.resize(bytes);
-  return buf.data();
-}
+void* thread_scratchpad(size_t bytes) { return thread_buffer<char, 0>(bytes); }
 
 // A row-major matrix of logical shape [rows, cols] with leading dimension ld, stored
 // transposed ([cols, rows]) if `trans`. rows or cols may be kRt, but not the strided one.
@@ -117,7 +104,7 @@ class MatmulCache {
     const dnnl::matmul::desc desc(matrix_desc(s.M, s.K, s.ta, s.lda, in_type(s)),
                                   matrix_desc(s.K, s.N, s.tb, s.ldb, in_type(s)),
                                   matrix_desc(s.M, s.N, false, s.ldc));
-    const dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
+    const dnnl::matmul::primitive_desc pd(desc, attr, onednn_engine());
     // std::map nodes are stable: the reference stays valid after later inserts.
     return cache_.emplace(key, Prim{dnnl::matmul(pd), pd.scratchpad_desc().get_size()})
         .first->second;
@@ -146,10 +133,10 @@ const Prim& prim(Shape s, float alpha, float beta) {
 
 // Widens the `count` bf16 values at src into a per-thread f32 buffer (slot 0 or 1).
 const float* widened(const void* src, int64_t count, int slot) {
-  thread_local std::vector<float> buf[2];
-  if (buf[slot].size() < size_t(count)) buf[slot].resize(size_t(count));
-  widen_bf16(buf[slot].data(), static_cast<const bf16*>(src), count);
-  return buf[slot].data();
+  float* out = slot == 0 ? thread_buffer<float, 0>(size_t(count))
+                         : thread_buffer<float, 1>(size_t(count));
+  widen_bf16(out, static_cast<const bf16*>(src), count);
+  return out;
 }
 
 // Runs `p` (from prim(), built for a shape whose M or K may be runtime) on the sizes in `s`.
@@ -159,13 +146,13 @@ void run(const Prim& p, Shape s, float* C, const void* A, const void* B) {
     B = widened(B, s.tb ? (s.N - 1) * s.ldb + s.K : (s.K - 1) * s.ldb + s.N, 1);
     s.bf16 = false;
   }
-  auto& eng = cpu_engine();
+  auto& eng = onednn_engine();
   memory a(matrix_desc(s.M, s.K, s.ta, s.lda, in_type(s)), eng, const_cast<void*>(A));
   memory b(matrix_desc(s.K, s.N, s.tb, s.ldb, in_type(s)), eng, const_cast<void*>(B));
   memory c(matrix_desc(s.M, s.N, false, s.ldc), eng, C);
   memory pad(memory::desc({int64_t(p.scratch_bytes)}, memory::data_type::u8, Dims{1}), eng,
              thread_scratchpad(p.scratch_bytes));
-  auto& stream = thread_stream();
+  auto& stream = onednn_thread_stream();
   p.matmul.execute(stream, {{DNNL_ARG_SRC, a},
                             {DNNL_ARG_WEIGHTS, b},
                             {DNNL_ARG_DST, c},

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/cpu/onednn.h"
 
 namespace moe::cpu {
 namespace {
@@ -43,23 +44,8 @@ constexpr size_t kMaxFixed = 64;
 // Element-wise loops below this many elements stay on one thread (a fork costs more).
 constexpr int64_t kParallelMin = 1 << 15;
 
-dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
 
-dnnl::stream& thread_stream() {
-  thread_local dnnl::stream stream(cpu_engine());
-  return stream;
-}
 
-// Grow-only per-thread buffers.
-template <class T, int kSlot>
-T* thread_buffer(size_t n) {
-  thread_local std::vector<T> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
 
 // src u8 [M, in], weights s8 [in, out] read from q [out, in] (strides {1, in}), dst s32 [M, out].
 memory::desc src_desc(int64_t M, int64_t in) {
@@ -89,7 +75,7 @@ class Int8Cache {
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     const dnnl::matmul::desc desc(src_desc(M, in), wei_desc(in, out), dst_desc(M, out));
-    const dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
+    const dnnl::matmul::primitive_desc pd(desc, attr, onednn_engine());
     if (M != kRt) ++fixed_;
     return cache_
         .emplace(key, Prim{dnnl::matmul(pd), pd.scratchpad_desc().get_size(), pd.impl_info_str()})
@@ -119,13 +105,13 @@ Int8Cache& cache() {
 // acc (M, out) s32 = xq (M, in) u8 @ q^T.
 void run(const Prim& p, int32_t* acc, const uint8_t* xq, const int8_t* q, int64_t M, int64_t in,
          int64_t out) {
-  auto& eng = cpu_engine();
+  auto& eng = onednn_engine();
   memory a(src_desc(M, in), eng, const_cast<uint8_t*>(xq));
   memory b(wei_desc(in, out), eng, const_cast<int8_t*>(q));
   memory c(dst_desc(M, out), eng, acc);
   memory pad(memory::desc({int64_t(p.scratch_bytes)}, memory::data_type::u8, Dims{1}), eng,
              thread_buffer<char, 0>(p.scratch_bytes));
-  auto& stream = thread_stream();
+  auto& stream = onednn_thread_stream();
   p.matmul.execute(
       stream,
       {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}, {DNNL_ARG_SCRATCHPAD, pad}});
