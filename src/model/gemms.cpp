@@ -69,6 +69,12 @@ const cpu::bf16* Gemms::low(const float* W) const {
   return weights_.data() + off;
 }
 
+void Gemms::check_no_int8() const {
+  MOE_CHECK(!int8_, "gemms",
+            "backward with INT8 weights: INT8 is for inference (moe eval, moe generate); train "
+            "with [train] dtype = fp32, bf16 or fp8");
+}
+
 bool Gemms::fp8(const float* W) const { return dtype_ == ComputeDtype::kFP8 && W - base_ != head_; }
 
 const cpu::bf16* Gemms::by_rows(std::vector<cpu::bf16>& buf, const float* x, int64_t rows,
@@ -99,9 +105,7 @@ void Gemms::forward(float* y, const float* x, const float* W, int64_t N, int64_t
 
 void Gemms::backward(float* dx, float* dW, const float* dy, const float* x, const float* W,
                      int64_t N, int64_t in, int64_t out, bool accumulate) {
-  MOE_CHECK(!int8_, "gemms",
-            "backward with INT8 weights: INT8 is for inference (moe eval, "
-            "moe generate); train with [train] dtype = fp32, bf16 or fp8");
+  check_no_int8();
   if (!low_precision()) {
     cpu::linear_backward_w(dW, dy, x, N, in, out);
     cpu::linear_backward_x(dx, dy, W, N, in, out, accumulate);
@@ -137,9 +141,7 @@ void Gemms::grouped_forward(float* y, const float* x, const float* W, int64_t w_
 void Gemms::grouped_backward(float* dx, float* dW, const float* dy, const float* x, const float* W,
                              int64_t w_stride, const int64_t* offsets, int64_t E, int64_t in,
                              int64_t out) {
-  MOE_CHECK(!int8_, "gemms",
-            "backward with INT8 weights: INT8 is for inference (moe eval, "
-            "moe generate); train with [train] dtype = fp32, bf16 or fp8");
+  check_no_int8();
   if (!low_precision()) {
     cpu::grouped_linear_backward_w(dW, w_stride, dy, x, offsets, E, in, out);
     cpu::grouped_linear_backward_x(dx, dy, W, w_stride, offsets, E, in, out);

@@ -72,6 +72,7 @@ class Gemms {
  private:
   const cpu::bf16* low(const float* W) const;  // the low-precision copy of W
   bool fp8(const float* W) const;              // W's GEMMs quantize to FP8 (all but the head)
+  void check_no_int8() const;                  // backward refuses INT8 weights
   // x (rows, cols) as a GEMM operand reduced over cols (forward, backward_x: bf16, or FP8 in
   // 1 x 128 tiles) or over rows (backward_w in FP8: 128 x 1 tiles restarting at the groups'
   // offsets).
