@@ -46,8 +46,9 @@ TEST(LowPrecisionTrain, Bf16FallbackWithoutAvx512Bf16WarnsAndTrainsTheSame) {
   ASSERT_EQ(rc1, 0) << native;
   ASSERT_EQ(rc2, 0) << fallback;
   EXPECT_NE(fallback.find("no AVX-512 BF16 dot product"), std::string::npos) << fallback;
-  if (cpu::bf16_native())
+  if (cpu::bf16_native()) {
     EXPECT_EQ(native.find("no AVX-512 BF16 dot product"), std::string::npos) << native;
+  }
   // The same bf16 products summed in f32 by another kernel: equal up to summation order.
   const double a = loss_at(native, 12), b = loss_at(fallback, 12);
   ASSERT_TRUE(std::isfinite(a) && std::isfinite(b)) << native << fallback;
