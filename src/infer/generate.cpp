@@ -11,25 +11,11 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/quantized.h"
-#include "kernels/cpu/int8.h"
 #include "kernels/cpu/kernels.h"
-#include "kernels/cpu/moe_kernels.h"
 
 namespace moe {
 
 namespace {
-
-cpu::RouterSpec router_spec(const ModelConfig& c) {
-  cpu::RouterSpec s;
-  s.E = c.n_routed_experts;
-  s.K = c.num_experts_per_tok;
-  s.scoring = c.scoring_func == "sigmoid" ? cpu::ScoringFunc::kSigmoid : cpu::ScoringFunc::kSoftmax;
-  s.norm_topk_prob = c.norm_topk_prob;
-  s.routed_scaling_factor = c.routed_scaling_factor;
-  s.n_group = c.n_group;
-  s.topk_group = c.topk_group;
-  return s;
-}
 
 class Decoder {
  public:
@@ -41,6 +27,10 @@ class Decoder {
     MOE_CHECK(int8_ == nullptr || m.layout().experts_local == c_.n_routed_experts, "generate",
               "int8 decoding needs every routed expert in this process (the model holds ",
               m.layout().experts_local, " of ", c_.n_routed_experts, ")");
+    // The model's own GEMM router (model/gemms.h), f32 with the int8 copies where they exist;
+    // MoE layers reach it through moe_weights().
+    gemms_.bind(ComputeDtype::kF32, m.params().data(), m.layout().total_numel);
+    gemms_.set_int8(int8_);
     const int64_t half = c_.head_dim / 2, P = c_.max_position_embeddings;
     cos_.resize(P * half);
     sin_.resize(P * half);
@@ -112,11 +102,10 @@ class Decoder {
         linear(gu_.data(), ln_.data(), o.mlp_gu, D, 2 * F);
         cpu::swiglu_forward(h_.data(), gu_.data(), 1, F);
         linear(tmp_.data(), h_.data(), o.mlp_down, F, D);
-      } else if (int8_ != nullptr) {
-        moe_int8(tmp_.data(), ln_.data(), l);
       } else {
         MoeStats stats;
-        moe_forward(tmp_.data(), ln_.data(), m_.moe_weights(l), c, 1, 1, caches_[l], stats);
+        moe_forward(tmp_.data(), ln_.data(), m_.moe_weights(l, &gemms_), c, 1, 1, caches_[l],
+                    stats);
       }
       for (int64_t i = 0; i < D; ++i) x_[i] += tmp_[i];
     }
@@ -130,62 +119,13 @@ class Decoder {
  private:
   // y (out) = W x for the weight at arena offset `off`, in int8 when there is a copy.
   void linear(float* y, const float* x, int64_t off, int64_t in, int64_t out) {
-    if (int8_ != nullptr)
-      if (const Int8Tensor t = int8_->find(off, out)) {
-        cpu::linear_forward_int8(y, x, t.q, t.scale, t.sum, 1, in, out);
-        return;
-      }
-    cpu::linear_forward(y, x, m_.params().data() + off, 1, in, out);
-  }
-
-  // The MoE layer of moe_forward (moe_layer.cpp) for one token, experts in int8: the router in
-  // fp32 (scores, top-k, gate weights, capacity as for a batch of one), then the K chosen
-  // experts as a grouped int8 GEMM over the expert-sorted rows, shared experts, weighted sum.
-  void moe_int8(float* y, const float* x, int64_t l) {
-    const ModelConfig& c = c_;
-    const LayerOffsets& o = m_.layout().layers[l];
-    const MoeWeights w = m_.moe_weights(l);
-    const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
-    const int64_t Fe = c.moe_intermediate_size, SF = c.shared_width();
-    logits_e_.resize(E), scores_e_.resize(E), count_.resize(E), offsets_.resize(E + 1);
-    topk_idx_.resize(K), topk_w_.resize(K), slot_row_.resize(K);
-    sorted_x_.resize(K * D), egu_.resize(K * 2 * Fe), eh_.resize(K * Fe), sorted_y_.resize(K * D);
-
-    cpu::linear_forward(logits_e_.data(), x, w.router, 1, D, E);  // (E), fp32
-    cpu::router_forward(scores_e_.data(), topk_idx_.data(), topk_w_.data(), logits_e_.data(),
-                        w.bias, 1, router_spec(c));
-    const int64_t cap = cpu::expert_capacity(c.capacity_factor, 1, K, E);
-    cpu::route_plan(slot_row_.data(), count_.data(), offsets_.data(), topk_idx_.data(), 1, E, K,
-                    cap);
-    const int64_t M = offsets_[E];                                 // kept slots
-    cpu::permute(sorted_x_.data(), x, slot_row_.data(), 1, K, D);  // (M, D)
-    const Int8Tensor gu = int8_->find(o.experts, 2 * Fe);
-    const Int8Tensor dn = int8_->find(o.experts + 2 * Fe * D, D);
-    MOE_CHECK(gu && dn && gu.q_stride > 0, "generate", "layer ", l,
-              ": the int8 weights hold no routed experts; rebuild them from this model");
-    cpu::grouped_linear_forward_int8(egu_.data(), sorted_x_.data(), gu.q, gu.q_stride, gu.scale,
-                                     gu.sum, gu.s_stride, offsets_.data(), E, D, 2 * Fe);
-    cpu::swiglu_forward(eh_.data(), egu_.data(), M, Fe);  // (M, Fe)
-    cpu::grouped_linear_forward_int8(sorted_y_.data(), eh_.data(), dn.q, dn.q_stride, dn.scale,
-                                     dn.sum, dn.s_stride, offsets_.data(), E, Fe, D);
-    if (SF > 0) {
-      sgu_.resize(2 * SF), sh_.resize(SF);
-      linear(sgu_.data(), x, o.shared_gu, D, 2 * SF);
-      cpu::swiglu_forward(sh_.data(), sgu_.data(), 1, SF);
-      linear(y, sh_.data(), o.shared_down, SF, D);
-    } else {
-      std::fill(y, y + D, 0.0f);
-    }
-    cpu::unpermute_weighted(y, sorted_y_.data(), topk_w_.data(), slot_row_.data(), 1, K, D);
+    gemms_.forward(y, x, m_.params().data() + off, 1, in, out);
   }
 
   const Model& m_;
   const ModelConfig& c_;
   const Int8Weights* int8_;
-  // int8 MoE scratch (moe_int8)
-  std::vector<float> logits_e_, scores_e_, topk_w_, sorted_x_, egu_, eh_, sorted_y_, sgu_, sh_;
-  std::vector<int32_t> topk_idx_, slot_row_;
-  std::vector<int64_t> count_, offsets_;
+  Gemms gemms_;
   std::vector<float> cos_, sin_;
   std::vector<std::vector<float>> k_, v_;  // per layer (P, Hkv*Dh)
   std::vector<MoeCache> caches_;
