@@ -426,9 +426,7 @@ int run(const Options& o) {
     // of every linear weight (model/gemms.h); the run above holds both engines' buffers.
     double linear = 0;
     for (const ParamSpec& sp : model.layout().specs)
-      if (sp.name.size() > 12 && (sp.name.compare(sp.name.size() - 12, 12, "_proj.weight") == 0 ||
-                                  sp.name == "lm_head.weight"))
-        linear += double(sp.numel);
+      if (is_linear_weight(sp) || sp.name == "lm_head.weight") linear += double(sp.numel);
     if (cfg.tie_word_embeddings) linear += double(cfg.vocab_size) * cfg.hidden_size;
     const double low_analytic = analytic + 2.0 * linear;
     std::printf("memory: %s analytic %.0f MB = fp32 analytic + bf16 weight copies %.0f MB "

@@ -67,17 +67,13 @@ double router_entropy_sum(const float* scores, int64_t N, int64_t E) {
 // layer l, L + 1 the head. Every *_proj.weight and lm_head; the router (mlp.gate) stays f32.
 std::vector<std::vector<WeightMatrix>> weight_matrices(const ParamLayout& layout, int64_t L) {
   std::vector<std::vector<WeightMatrix>> parts(size_t(L + 2));
-  auto ends_with = [](const std::string& s, const char* tail) {
-    const size_t n = std::strlen(tail);
-    return s.size() >= n && s.compare(s.size() - n, n, tail) == 0;
-  };
   bool head = false;
   for (const ParamSpec& s : layout.specs) {
     if (s.shape.size() != 2) continue;
     if (s.name == "lm_head.weight") {
       parts[size_t(L + 1)].push_back({s.offset, s.shape[0], s.shape[1], true});
       head = true;
-    } else if (ends_with(s.name, "_proj.weight") && s.layer >= 0) {
+    } else if (is_linear_weight(s) && s.layer >= 0) {
       parts[size_t(s.layer + 1)].push_back({s.offset, s.shape[0], s.shape[1], false});
     }
   }

@@ -151,4 +151,10 @@ ParamLayout make_layout(const ModelConfig& c, const LayoutOptions& opt) {
   return lay;
 }
 
+bool is_linear_weight(const ParamSpec& spec) {
+  const std::string tail = "_proj.weight";
+  return spec.shape.size() == 2 && spec.name.size() > tail.size() &&
+         spec.name.compare(spec.name.size() - tail.size(), tail.size(), tail) == 0;
+}
+
 }  // namespace moe

@@ -95,4 +95,9 @@ struct ParamLayout {
 // initializer_range (it starts a stream, adds to none); norms 1; no weight decay on norms.
 ParamLayout make_layout(const ModelConfig& cfg, const LayoutOptions& opt = {});
 
+// A linear layer's [out, in] weight: every "*_proj.weight" (attention, dense FFN, shared and
+// routed experts). Not the router (mlp.gate.weight), the embedding or lm_head. These are the
+// weights that low-precision GEMMs (model/gemms.h) and INT8 (model/quantized.h) take.
+bool is_linear_weight(const ParamSpec& spec);
+
 }  // namespace moe

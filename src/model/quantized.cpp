@@ -16,16 +16,12 @@ namespace {
 
 constexpr const char* kOp = "quantize";
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 }  // namespace
 
 bool is_int8_param(const ParamSpec& spec) {
   // q/k/v/o_proj, gate/up/down_proj of dense FFNs, shared and routed experts. The router is
   // "mlp.gate.weight" and stays fp32.
-  return spec.shape.size() == 2 && ends_with(spec.name, "_proj.weight");
+  return is_linear_weight(spec);
 }
 
 Int8Weights::Int8Weights(const ParamLayout& layout) : layout_numel_(layout.total_numel) {
