@@ -121,13 +121,8 @@ MatmulCache& cache() {
 }
 
 // bf16 shapes run on f32 primitives when the CPU has no bf16 dot product (see the top).
-bool bf16_units() {
-  static const bool native = bf16_native();
-  return native;
-}
-
 const Prim& prim(Shape s, float alpha, float beta) {
-  if (s.bf16 && !bf16_units()) s.bf16 = false;
+  if (s.bf16 && !bf16_native()) s.bf16 = false;
   return cache().get(s, alpha, beta);
 }
 
@@ -141,7 +136,7 @@ const float* widened(const void* src, int64_t count, int slot) {
 
 // Runs `p` (from prim(), built for a shape whose M or K may be runtime) on the sizes in `s`.
 void run(const Prim& p, Shape s, float* C, const void* A, const void* B) {
-  if (s.bf16 && !bf16_units()) {  // the f32 fallback: widen exactly the elements op() reads
+  if (s.bf16 && !bf16_native()) {  // the f32 fallback: widen exactly the elements op() reads
     A = widened(A, s.ta ? (s.K - 1) * s.lda + s.M : (s.M - 1) * s.lda + s.K, 0);
     B = widened(B, s.tb ? (s.N - 1) * s.ldb + s.K : (s.K - 1) * s.ldb + s.N, 1);
     s.bf16 = false;
