@@ -94,6 +94,23 @@ const cpu::bf16* Gemms::by_cols(std::vector<cpu::bf16>& buf, const float* x, int
   return out;
 }
 
+void Gemms::attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T,
+                              int64_t H, int64_t Hkv, int64_t Dh) const {
+  if (low_precision())
+    cpu::attention_forward_bf16(out, att, qkv, B, T, H, Hkv, Dh);
+  else
+    cpu::attention_forward(out, att, qkv, B, T, H, Hkv, Dh);
+}
+
+void Gemms::attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
+                               float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                               int64_t Dh) const {
+  if (low_precision())
+    cpu::attention_backward_bf16(dqkv, dout, qkv, att, scratch, B, T, H, Hkv, Dh);
+  else
+    cpu::attention_backward(dqkv, dout, qkv, att, scratch, B, T, H, Hkv, Dh);
+}
+
 void Gemms::forward(float* y, const float* x, const float* W, int64_t N, int64_t in, int64_t out) {
   if (int8_) {
     if (const Int8Tensor t = int8_->find(W - base_, out))

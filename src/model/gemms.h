@@ -11,9 +11,12 @@
 //         128 x 128 blocks; forward inputs and backward_x output gradients in 1 x 128 tiles along
 //         the reduced dimension; both inputs of backward_w in 128 x 1 tiles along the tokens.
 //         The head (lm_head) runs in bf16, as DeepSeek-V3 keeps the output head.
-// What never leaves f32 in any mode: the embedding, norms, RoPE, the attention core (scores,
-// softmax, values: a hand-written f32 kernel), the router (logits, scores, top-k), SwiGLU,
-// the losses, the residual stream, gradient reduction and AdamW.
+// The attention core's six products (Q K^T, P V and the four of backward) run on bf16 operands
+// in both bf16 and fp8 modes, as DeepSeek-V3 keeps attention in bf16 (kernels.h
+// attention_*_bf16); its scores, softmax and saved probabilities stay f32.
+// What never leaves f32 in any mode: the embedding, norms, RoPE, the softmax of attention, the
+// router (logits, scores, top-k), SwiGLU, the losses, the residual stream, gradient reduction
+// and AdamW.
 //
 // The weights are looked up by address: a Gemms knows the parameter arena it was bound to and
 // keeps a same-layout arena of low-precision copies, so the model passes `P + offset` as it
@@ -68,6 +71,12 @@ class Gemms {
   void grouped_backward(float* dx, float* dW, const float* dy, const float* x, const float* W,
                         int64_t w_stride, const int64_t* offsets, int64_t E, int64_t in,
                         int64_t out);
+  // The attention core of kernels.h in this dtype: f32 products, or bf16 ones in bf16 and fp8.
+  void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t H,
+                         int64_t Hkv, int64_t Dh) const;
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
+                          float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                          int64_t Dh) const;
 
  private:
   const cpu::bf16* low(const float* W) const;  // the low-precision copy of W

@@ -283,7 +283,7 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
     cpu::rope_apply(la.qkv.data(), rope_cos_.data(), rope_sin_.data(), B, T, H, Dh, Qd, 0, false);
     cpu::rope_apply(la.qkv.data() + A, rope_cos_.data(), rope_sin_.data(), B, T, Hkv, Dh, Qd, 0,
                     false);
-    cpu::attention_forward(la.atto.data(), la.att.data(), la.qkv.data(), B, T, H, Hkv, Dh);
+    gm.attention_forward(la.atto.data(), la.att.data(), la.qkv.data(), B, T, H, Hkv, Dh);
     gm.forward(a.tmp.data(), la.atto.data(), P + o.o_proj, N, A, D);
     add(xm, x, a.tmp.data(), N * D);
 
@@ -377,8 +377,8 @@ LossStats Model::run(const int32_t* tokens, int64_t B, int64_t T, bool backward,
 
     // attention: dres is now d x_mid.
     gm.backward(a.datto.data(), G + o.o_proj, dres, la.atto.data(), P + o.o_proj, N, A, D, false);
-    cpu::attention_backward(a.dqkv.data(), a.datto.data(), la.qkv.data(), la.att.data(),
-                            a.att_scratch.data(), B, T, H, Hkv, Dh);
+    gm.attention_backward(a.dqkv.data(), a.datto.data(), la.qkv.data(), la.att.data(),
+                          a.att_scratch.data(), B, T, H, Hkv, Dh);
     cpu::rope_apply(a.dqkv.data(), rope_cos_.data(), rope_sin_.data(), B, T, H, Dh, Qd, 0, true);
     cpu::rope_apply(a.dqkv.data() + A, rope_cos_.data(), rope_sin_.data(), B, T, Hkv, Dh, Qd, 0,
                     true);

@@ -36,10 +36,10 @@ std::vector<float> scratch_for(int64_t T, int64_t Dh) {
 }
 
 TEST(Attention, ForwardAndBackwardMatchRef) {
-  const AttnShape shapes[] = {{1, 1, 1, 1, 8},   {2, 1, 4, 2, 16},  {2, 7, 4, 2, 16},
-                              {2, 33, 4, 4, 8},  {1, 70, 3, 1, 32}, {2, 130, 4, 2, 64},
-                              {1, 129, 4, 1, 24}, {3, 64, 2, 2, 64},
-                              {1, 520, 2, 1, 128}};  // K^T too big for the stack path
+  const AttnShape shapes[] = {
+      {1, 1, 1, 1, 8},    {2, 1, 4, 2, 16},   {2, 7, 4, 2, 16},   {2, 33, 4, 4, 8},
+      {1, 70, 3, 1, 32},  {2, 130, 4, 2, 64}, {1, 129, 4, 1, 24}, {3, 64, 2, 2, 64},
+      {1, 520, 2, 1, 128}};  // K^T too big for the stack path
   uint32_t seed = 1;
   for (const auto& s : shapes) {
     const int64_t C = (s.H + 2 * s.Hkv) * s.Dh;
@@ -48,8 +48,8 @@ TEST(Attention, ForwardAndBackwardMatchRef) {
     std::vector<float> out(s.B * s.T * s.H * s.Dh), out_ref(out.size());
     std::vector<float> att(s.B * s.H * s.T * s.T, -1.0f), att_ref(att.size());
     attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.Dh);
-    attention_forward_ref<float>(out_ref.data(), att_ref.data(), qkv.data(), s.B, s.T, s.H,
-                                 s.Hkv, s.Dh);
+    attention_forward_ref<float>(out_ref.data(), att_ref.data(), qkv.data(), s.B, s.T, s.H, s.Hkv,
+                                 s.Dh);
     EXPECT_TRUE(close(out, out_ref, 1e-5, "attention_forward out " + s.name()));
     EXPECT_TRUE(close(att, att_ref, 1e-5, "attention_forward att " + s.name()));
     for (int64_t r = 0; r < s.B * s.H * s.T; ++r) {  // each row: a distribution over j <= i
@@ -76,6 +76,49 @@ TEST(Attention, ForwardAndBackwardMatchRef) {
   }
 }
 
+std::vector<double> to_double(const std::vector<float>& x) { return {x.begin(), x.end()}; }
+std::vector<float> to_float(const std::vector<double>& x) { return {x.begin(), x.end()}; }
+
+// attention_*_bf16 against the double ref with the same operands rounded to bf16: what is left is
+// f32 summation, and the rare bf16 rounding of a probability or dS that lands on the other side
+// of a tie because the kernel's f32 softmax (exp_fast) differs from the ref's in the last bits.
+// Against the f32 ref the bf16 rounding itself shows, bounded by a few bf16 ulps of the output's
+// scale. Measured: up to 2e-4 against the bf16 ref, 7e-3 against the f32 one (of max |ref|).
+TEST(Attention, Bf16ProductsMatchTheRefOnBf16Operands) {
+  const AttnShape shapes[] = {{1, 1, 1, 1, 8},   {2, 7, 4, 2, 16},   {2, 33, 4, 4, 8},
+                              {1, 70, 3, 1, 33}, {2, 130, 4, 2, 64}, {1, 129, 4, 1, 24}};
+  uint32_t seed = 101;
+  for (const auto& s : shapes) {
+    const int64_t C = (s.H + 2 * s.Hkv) * s.Dh;
+    const auto qkv = randn(s.B * s.T * C, seed++, 1.5f);
+    const auto dout = randn(s.B * s.T * s.H * s.Dh, seed++);
+    std::vector<float> out(s.B * s.T * s.H * s.Dh), att(s.B * s.H * s.T * s.T, -1.0f);
+    attention_forward_bf16(out.data(), att.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.Dh);
+    std::vector<double> out_r(out.size()), att_r(att.size()), out_f(out.size()), att_f(att.size());
+    const auto qkv_d = to_double(qkv);
+    attention_forward_ref<double>(out_r.data(), att_r.data(), qkv_d.data(), s.B, s.T, s.H, s.Hkv,
+                                  s.Dh, /*bf16_products=*/true);
+    attention_forward_ref<double>(out_f.data(), att_f.data(), qkv_d.data(), s.B, s.T, s.H, s.Hkv,
+                                  s.Dh);
+    EXPECT_TRUE(close(att, to_float(att_r), 1e-5, "bf16 att vs bf16 ref " + s.name()));
+    EXPECT_TRUE(close(out, to_float(out_r), 1e-3, "bf16 out vs bf16 ref " + s.name()));
+    EXPECT_TRUE(close(out, to_float(out_f), 2e-2, "bf16 out vs f32 ref " + s.name()));
+
+    std::vector<float> dqkv(qkv.size(), 7.0f);  // overwritten
+    auto scratch = scratch_for(s.T, s.Dh);
+    attention_backward_bf16(dqkv.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B,
+                            s.T, s.H, s.Hkv, s.Dh);
+    std::vector<double> d_r(qkv.size()), d_f(qkv.size()), sc(std::max<int64_t>(s.T, 1));
+    const auto dout_d = to_double(dout), att_d = to_double(att);
+    attention_backward_ref<double>(d_r.data(), dout_d.data(), qkv_d.data(), att_d.data(), sc.data(),
+                                   s.B, s.T, s.H, s.Hkv, s.Dh, true);
+    attention_backward_ref<double>(d_f.data(), dout_d.data(), qkv_d.data(), att_d.data(), sc.data(),
+                                   s.B, s.T, s.H, s.Hkv, s.Dh);
+    EXPECT_TRUE(close(dqkv, to_float(d_r), 1e-3, "bf16 dqkv vs bf16 ref " + s.name()));
+    EXPECT_TRUE(close(dqkv, to_float(d_f), 2e-2, "bf16 dqkv vs f32 ref " + s.name()));
+  }
+}
+
 TEST(Attention, BackwardIsBitwiseDeterministic) {
   const AttnShape s{2, 200, 4, 2, 32};
   const int64_t C = (s.H + 2 * s.Hkv) * s.Dh;
@@ -85,11 +128,11 @@ TEST(Attention, BackwardIsBitwiseDeterministic) {
   attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.Dh);
   std::vector<float> d1(qkv.size()), d2(qkv.size(), 5.0f);
   auto scratch = scratch_for(s.T, s.Dh);
-  attention_backward(d1.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B, s.T,
-                     s.H, s.Hkv, s.Dh);
+  attention_backward(d1.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B, s.T, s.H,
+                     s.Hkv, s.Dh);
   std::fill(scratch.begin(), scratch.end(), 3.0f);  // stale scratch must not matter
-  attention_backward(d2.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B, s.T,
-                     s.H, s.Hkv, s.Dh);
+  attention_backward(d2.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B, s.T, s.H,
+                     s.Hkv, s.Dh);
   EXPECT_EQ(std::memcmp(d1.data(), d2.data(), d1.size() * sizeof(float)), 0);
   std::vector<float> out2(out.size()), att2(att.size());
   attention_forward(out2.data(), att2.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.Dh);
@@ -108,8 +151,8 @@ TEST(Attention, SameBitsForOneAndAllThreads) {
     dqkv.assign(qkv.size(), 0.0f);
     auto scratch = scratch_for(s.T, s.Dh);
     attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.H, s.Hkv, s.Dh);
-    attention_backward(dqkv.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B,
-                       s.T, s.H, s.Hkv, s.Dh);
+    attention_backward(dqkv.data(), dout.data(), qkv.data(), att.data(), scratch.data(), s.B, s.T,
+                       s.H, s.Hkv, s.Dh);
   };
   std::vector<float> o1, a1, d1, on, an, dn;
   const int saved = omp_get_max_threads();

@@ -8,6 +8,7 @@
 
 #include "core/dtype.h"
 #include "kernel_checks.h"
+#include "kernels/cpu/bf16_pairs.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/quantize.h"
 #include "kernels/cpu/ref.h"
@@ -81,8 +82,11 @@ TEST(Bf16Cast, MatchesCoreScalarConversionBitwise) {
     ASSERT_EQ(y[i], f32_to_bf16(x[i])) << "x = " << x[i];
   }
   const std::vector<float> back = widened(y);
-  for (size_t i = 0; i < x.size(); ++i)
-    if (!std::isnan(x[i])) EXPECT_EQ(back[i], bf16_to_f32(y[i]));
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isnan(x[i])) {
+      EXPECT_EQ(back[i], bf16_to_f32(y[i]));
+    }
+  }
 }
 
 TEST(Bf16Gemm, AllTransposesMatchRefWithinTheF32AndBf16Bounds) {
@@ -112,6 +116,76 @@ TEST(Bf16Gemm, AllTransposesMatchRefWithinTheF32AndBf16Bounds) {
           absdot[i] = 0.5 * absdot[i] + beta * std::fabs(C0[i]);
         EXPECT_TRUE(within_dot_bound(C, ref, absdot, 2 * 0x1p-9 + double(K) * 0x1p-24,
                                      "f32 inputs " + tag));
+      }
+}
+
+// The packers are casts to bf16 moved into pairs: bit for bit core/dtype.h's f32_to_bf16, odd
+// sizes padded with zero halves.
+TEST(Bf16Pairs, PackersPlaceEachRoundedValueInItsPair) {
+  const int64_t rows = 7, cols = 9, ld = 11;  // odd both ways, src with a row stride
+  const auto X = randn(rows * ld, 40);
+  const auto at = [&](int64_t r, int64_t c) { return f32_to_bf16(X[r * ld + c]); };
+  const auto half = [](bf16x2 p, int k) { return bf16(k ? p >> 16 : p & 0xFFFFu); };
+  std::vector<bf16x2> a(rows * 5, 1u), t(5 * rows, 1u), c(4 * cols, 1u);
+  pack_pairs_in_rows(a.data(), 5, X.data(), ld, rows, cols);
+  pack_pairs_in_rows_t(t.data(), rows, X.data(), ld, rows, cols);
+  pack_pairs_in_cols(c.data(), cols, X.data(), ld, rows, cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < 10; ++k) {  // k = cols is the padded half
+      const bf16 want = k < cols ? at(r, k) : bf16(0);
+      ASSERT_EQ(half(a[r * 5 + k / 2], k % 2), want) << "in_rows r " << r << " k " << k;
+      ASSERT_EQ(half(t[(k / 2) * rows + r], k % 2), want) << "in_rows_t r " << r << " k " << k;
+    }
+  for (int64_t k = 0; k < 8; ++k)  // k = rows is the padded half
+    for (int64_t col = 0; col < cols; ++col) {
+      const bf16 want = k < rows ? at(k, col) : bf16(0);
+      ASSERT_EQ(half(c[(k / 2) * cols + col], k % 2), want) << "in_cols k " << k << " c " << col;
+    }
+}
+
+// The register-tiled product against gemm_bf16_pairs_ref in double on the same pairs: only f32
+// summation error (K 2^-24 of sum |ab|). Shapes cross the 6-row and 64-column tiles and the
+// masked tail vector; A is read both row-major and transposed (a_rs = 1), as attention does.
+TEST(Bf16Pairs, ProductMatchesTheRefWithinF32Summation) {
+  struct Shape {
+    int64_t M, N, K;
+  };
+  uint32_t seed = 50;
+  for (const Shape sh :
+       {Shape{1, 1, 1}, Shape{5, 13, 7}, Shape{37, 70, 33}, Shape{64, 200, 64}, Shape{13, 64, 512}})
+    for (bool at : {false, true})
+      for (float beta : {0.0f, 1.0f}) {
+        const int64_t M = sh.M, N = sh.N, K = sh.K, Kp = (K + 1) / 2;
+        const auto A = randn(M * K, seed++), B = randn(K * N, seed++), C0 = randn(M * N, seed++);
+        std::vector<bf16x2> Ap(M * Kp), Bp(Kp * N);
+        if (at) {  // A^T given (K, M) row-major: pairs down its columns
+          std::vector<float> AT(K * M);
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t k = 0; k < K; ++k) AT[k * M + m] = A[m * K + k];
+          pack_pairs_in_cols(Ap.data(), M, AT.data(), M, K, M);
+        } else {
+          pack_pairs_in_rows(Ap.data(), Kp, A.data(), K, M, K);
+        }
+        pack_pairs_in_cols(Bp.data(), N, B.data(), N, K, N);
+        const int64_t a_rs = at ? 1 : Kp, a_ks = at ? M : 1;
+        std::vector<float> C = C0;
+        gemm_bf16_pairs(C.data(), N, Ap.data(), a_rs, a_ks, Bp.data(), N, M, N, Kp, 0.5f, beta);
+        std::vector<double> ref(C0.begin(), C0.end()), absdot(M * N);
+        gemm_bf16_pairs_ref<double>(ref.data(), N, Ap.data(), a_rs, a_ks, Bp.data(), N, M, N, Kp,
+                                    0.5, beta);
+        const auto Aw = widened(to_bf16(A)), Bw = widened(to_bf16(B));
+        std::vector<double> unused;
+        dot_ref(unused, absdot, Aw, Bw, M, N, K, false, false);
+        for (int64_t i = 0; i < M * N; ++i) absdot[i] = 0.5 * absdot[i] + beta * std::fabs(C0[i]);
+        const std::string tag = "M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                " K=" + std::to_string(K) + (at ? " A^T" : "") +
+                                " beta=" + std::to_string(beta);
+        EXPECT_TRUE(within_dot_bound(C, ref, absdot, double(K) * 0x1p-24, tag));
+        // And the pairs hold the product of the bf16 values: the ref equals dot_ref's exact sum.
+        std::vector<double> exact;
+        dot_ref(exact, unused, Aw, Bw, M, N, K, false, false);
+        for (int64_t i = 0; i < M * N; ++i)
+          ASSERT_NEAR(ref[i], 0.5 * exact[i] + beta * C0[i], 1e-12 * (1 + absdot[i])) << tag;
       }
 }
 

@@ -68,33 +68,42 @@ void expect_tracks_f32(bool tied) {
   EXPECT_EQ(m.params(), params) << "low-precision passes must not touch the f32 masters";
   // Bounds: bf16 rounds each GEMM input by <= 2^-9 relative, FP8 E4M3 by <= 2^-4 (16 times
   // more); a gradient passes through several GEMMs and sums terms that cancel, so the relative
-  // errors allowed are a few times those (measured here: bf16 <= 0.8%, FP8 6-10% for most
-  // tensors). Routed experts' FP8 gradients also move by whole tokens: a perturbed router input
-  // flips some top-k choices, which is why their worst case gets a wider bound (measured 33%).
+  // errors allowed are a few times those (measured here: bf16 <= 0.8%; FP8 6-12% for every
+  // tensor outside the MoE FFNs). The MoE FFNs' FP8 gradients (router, experts, and the norm in
+  // front of them) also move by whole tokens: a perturbed router input flips some top-k choices,
+  // so they get a wider bound (measured 16-34%).
   EXPECT_NEAR(bf.loss, f32.loss, 2e-3 * f32.loss);
   EXPECT_NEAR(f8.loss, f32.loss, 2e-2 * f32.loss);
-  double worst_bf = 0, worst_f8 = 0;
-  std::vector<double> f8_all;
-  std::string worst_bf_name, worst_f8_name;
+  double worst_bf = 0, worst_f8 = 0, worst_f8_dense = 0;
+  std::string worst_bf_name, worst_f8_name, worst_f8_dense_name;
+  const auto in_moe_ffn = [&](const std::string& name) {
+    for (int64_t l = m.config().first_k_dense_replace; l < m.config().num_hidden_layers; ++l) {
+      const std::string layer = "model.layers." + std::to_string(l) + ".";
+      if (name.rfind(layer + "mlp.", 0) == 0 || name == layer + "post_attention_layernorm.weight")
+        return true;
+    }
+    return false;
+  };
   for (const ParamSpec& s : m.layout().specs) {
     if (!s.trainable) continue;
     const double eb = rel_err(bf.grads.data() + s.offset, f32.grads.data() + s.offset, s.numel);
     const double e8 = rel_err(f8.grads.data() + s.offset, f32.grads.data() + s.offset, s.numel);
     if (eb > worst_bf) worst_bf = eb, worst_bf_name = s.name;
     if (e8 > worst_f8) worst_f8 = e8, worst_f8_name = s.name;
-    f8_all.push_back(e8);
+    if (!in_moe_ffn(s.name) && e8 > worst_f8_dense)
+      worst_f8_dense = e8, worst_f8_dense_name = s.name;
   }
   EXPECT_LT(worst_bf, 0.02) << "bf16: worst gradient " << worst_bf_name;
-  std::sort(f8_all.begin(), f8_all.end());
-  EXPECT_LT(f8_all[f8_all.size() / 2], 0.15) << "fp8: median relative gradient error";
+  EXPECT_LT(worst_f8_dense, 0.15) << "fp8: worst gradient outside the MoE FFNs "
+                                  << worst_f8_dense_name;
   EXPECT_LT(worst_f8, 0.5) << "fp8: worst gradient " << worst_f8_name;
   EXPECT_GT(worst_f8, worst_bf) << "FP8 should be coarser than bf16; is FP8 quantizing at all?";
   EXPECT_GT(worst_bf, 0.0) << "bf16 gave the f32 gradients bit for bit; is it casting at all?";
   std::printf(
-      "relative gradient error vs f32 (tied=%d): bf16 %.2e (%s), fp8 %.2e (%s); loss "
-      "f32 %.6f bf16 %.6f fp8 %.6f\n",
-      int(tied), worst_bf, worst_bf_name.c_str(), worst_f8, worst_f8_name.c_str(), f32.loss,
-      bf.loss, f8.loss);
+      "relative gradient error vs f32 (tied=%d): bf16 %.2e (%s), fp8 %.2e (%s), fp8 outside the "
+      "MoE FFNs %.2e (%s); loss f32 %.6f bf16 %.6f fp8 %.6f\n",
+      int(tied), worst_bf, worst_bf_name.c_str(), worst_f8, worst_f8_name.c_str(), worst_f8_dense,
+      worst_f8_dense_name.c_str(), f32.loss, bf.loss, f8.loss);
 }
 
 TEST(LowPrecisionModel, Bf16AndFp8LossAndEveryGradientTrackF32) { expect_tracks_f32(false); }

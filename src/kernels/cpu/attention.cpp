@@ -1,34 +1,39 @@
-// Causal GQA attention, forward and backward, with the softmax probabilities saved.
+// Causal GQA attention, forward and backward, with the softmax probabilities saved; f32 products
+// or bf16 ones (attention_*_bf16, the bf16 and FP8 compute dtypes).
 //
-// One (batch, head) pair is one task; threads take tasks, and each task runs single-threaded
-// oneDNN sgemm calls (oneDNN does not nest inside our parallel region) on row blocks of
-// kBlock queries: block [i0, i1) only sees keys [0, i1), so the masked upper triangle is
-// skipped except inside the diagonal block. The softmax is fused between the two products
-// while the block's scores are still in cache. Q K^T and dO V^T run about 20% faster with K
-// (V) transposed to a contiguous [Dh, T] copy, made once per task.
+// One (batch, head) pair is one task; threads take tasks, and each task works on row blocks of
+// kBlock queries: block [i0, i1) only sees keys [0, i1), so the masked upper triangle is skipped
+// except inside the diagonal block. The softmax is fused between the two products while the
+// block's scores are still in cache.
 //
 // Backward per task and row block, with P the saved probabilities and the block's dS in the
 // thread's scratch (so P and dS are used while in cache):
 //   dP = dO V^T, dS = P * (dP - rowsum(P * dP)), dQ = s dS K, dK += s dS^T Q, dV += P^T dO.
 // Query heads of one GQA group add into the same dK/dV, so backward tasks are (batch, kv head)
 // pairs and loop over the group's query heads in order: no atomics, deterministic.
-#include <oneapi/dnnl/dnnl.h>
+//
+// The six products go through a policy: F32Products runs single-threaded oneDNN sgemm calls
+// (oneDNN does not nest inside our parallel region), with K (V) transposed once per task to a
+// contiguous [Dh, T] copy (Q K^T and dO V^T run about 20% faster so). Bf16Products packs K and V
+// once per task and each block's operands as they are produced into bf16 pairs and runs the
+// register-tiled kernel of bf16_pairs.h: a library call per block costs more than these small
+// products (tried: oneDNN bf16 matmul primitives per block were slower than f32 sgemm).
 #include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
 
 #include <cmath>
 #include <cstring>
 
 #include "core/error.h"
+#include "kernels/cpu/bf16_pairs.h"
 #include "kernels/cpu/exp_fast.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/onednn.h"
 
 namespace moe::cpu {
 namespace {
 
 constexpr int64_t kBlock = 64;  // query rows per block
-// Forward has no scratch argument: K^T goes on the stack when Dh*T fits in 256 KB, and
-// Q K^T reads K in place (slower) otherwise.
-constexpr int64_t kMaxStackKt = 65536;
 
 // Row-major C[M,N] = alpha * op(A) op(B) + beta * C (oneDNN's dnnl_sgemm is row-major).
 void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -69,15 +74,125 @@ void check_sizes(const char* op, int64_t B, int64_t T, int64_t H, int64_t Hkv, i
   MOE_CHECK(H % Hkv == 0, op, "H=", H, " must be a multiple of Hkv=", Hkv);
 }
 
-}  // namespace
+// Shapes and strides of one task: k and v are (T, Dh) with row stride C; a block's queries,
+// dO and P rows have their own strides, passed per call.
+struct Head {
+  int64_t T, Dh, C;
+};
 
-void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t H,
-                       int64_t Hkv, int64_t Dh) {
+// ---- f32 products -------------------------------------------------------------------------
+class F32Products {
+ public:
+  // Forward: K^T [Dh, T] in this thread's buffer.
+  void begin_forward(const Head& h, const float* k, const float* /*v*/) {
+    kt_ = thread_buffer<float, 10>(size_t(h.Dh * h.T));
+    transpose_head(kt_, k, h.T, h.Dh, h.C);
+  }
+  // s (n, i1) ld T = scale * q_blk K[0:i1]^T.
+  void scores(const Head& h, float* s, const float* q, int64_t ldq, int64_t n, int64_t i1,
+              float scale) {
+    sgemm(false, false, n, i1, h.Dh, scale, q, ldq, kt_, h.T, 0.0f, s, h.T);
+  }
+  // o (n, Dh) = p (n, i1) ld T @ V[0:i1].
+  void values(const Head& h, float* o, int64_t ldo, const float* p, const float* v, int64_t n,
+              int64_t i1) {
+    sgemm(false, false, n, h.Dh, i1, 1.0f, p, h.T, v, h.C, 0.0f, o, ldo);
+  }
+
+  // Backward: V^T [Dh, T] in the caller's scratch.
+  void begin_backward(const Head& h, const float* /*k*/, const float* v, float* vt) {
+    vt_ = vt;
+    transpose_head(vt_, v, h.T, h.Dh, h.C);
+  }
+  // head: dP (n, i1) ld T = dO_blk V[0:i1]^T.
+  void dprobs(const Head& h, float* dp, const float* dob, int64_t lddo, int64_t n, int64_t i1) {
+    sgemm(false, false, n, i1, h.Dh, 1.0f, dob, lddo, vt_, h.T, 0.0f, dp, h.T);
+  }
+  // dQ_blk = scale dS K[0:i1]; dK[0:i1] += scale dS^T Q_blk; dV[0:i1] += P^T dO_blk.
+  void grads(const Head& h, float* dq, float* dk, float* dv, const float* ds, const float* p,
+             const float* q, const float* k, const float* dob, int64_t lddo, int64_t n, int64_t i1,
+             float scale) {
+    sgemm(false, false, n, h.Dh, i1, scale, ds, h.T, k, h.C, 0.0f, dq, h.C);
+    sgemm(true, false, i1, h.Dh, n, scale, ds, h.T, q, h.C, 1.0f, dk, h.C);
+    sgemm(true, false, i1, h.Dh, n, 1.0f, p, h.T, dob, lddo, 1.0f, dv, h.C);
+  }
+
+ private:
+  float* kt_ = nullptr;
+  float* vt_ = nullptr;
+};
+
+// ---- bf16 products ------------------------------------------------------------------------
+// Pairs along the reduced dimension (bf16_pairs.h). Per task: K as [Dh/2][T] pairs over d (B of
+// Q K^T) and V as [T/2][Dh] pairs over keys (B of P V); backward: V as [Dh/2][T] (B of dO V^T)
+// and K as [T/2][Dh] (B of dS K). Per block, each operand is packed once, right after it is
+// produced or read.
+class Bf16Products {
+ public:
+  void begin_forward(const Head& h, const float* k, const float* v) {
+    const int64_t dh2 = (h.Dh + 1) / 2, t2 = (h.T + 1) / 2;
+    kt_ = thread_buffer<bf16x2, 10>(size_t(dh2 * h.T));
+    vp_ = thread_buffer<bf16x2, 11>(size_t(t2 * h.Dh));
+    a_ = thread_buffer<bf16x2, 12>(size_t(kBlock * (dh2 > t2 ? dh2 : t2)));
+    pack_pairs_in_rows_t(kt_, h.T, k, h.C, h.T, h.Dh);
+    pack_pairs_in_cols(vp_, h.Dh, v, h.C, h.T, h.Dh);
+  }
+  void scores(const Head& h, float* s, const float* q, int64_t ldq, int64_t n, int64_t i1,
+              float scale) {
+    const int64_t dh2 = (h.Dh + 1) / 2;
+    pack_pairs_in_rows(a_, dh2, q, ldq, n, h.Dh);
+    gemm_bf16_pairs(s, h.T, a_, dh2, 1, kt_, h.T, n, i1, dh2, scale, 0.0f);
+  }
+  void values(const Head& h, float* o, int64_t ldo, const float* p, const float* /*v*/, int64_t n,
+              int64_t i1) {
+    const int64_t i2 = (i1 + 1) / 2;
+    pack_pairs_in_rows(a_, i2, p, h.T, n, i1);
+    gemm_bf16_pairs(o, ldo, a_, i2, 1, vp_, h.Dh, n, h.Dh, i2, 1.0f, 0.0f);
+  }
+
+  void begin_backward(const Head& h, const float* k, const float* v, float* /*vt*/) {
+    const int64_t dh2 = (h.Dh + 1) / 2, t2 = (h.T + 1) / 2, n2 = (kBlock + 1) / 2;
+    vt_ = thread_buffer<bf16x2, 13>(size_t(dh2 * h.T));
+    kp_ = thread_buffer<bf16x2, 14>(size_t(t2 * h.Dh));
+    a_ = thread_buffer<bf16x2, 12>(size_t(kBlock * (dh2 > t2 ? dh2 : t2)));
+    at_ = thread_buffer<bf16x2, 15>(size_t(n2 * h.T));
+    b_ = thread_buffer<bf16x2, 16>(size_t(n2 * h.Dh));
+    pack_pairs_in_rows_t(vt_, h.T, v, h.C, h.T, h.Dh);
+    pack_pairs_in_cols(kp_, h.Dh, k, h.C, h.T, h.Dh);
+  }
+  void dprobs(const Head& h, float* dp, const float* dob, int64_t lddo, int64_t n, int64_t i1) {
+    const int64_t dh2 = (h.Dh + 1) / 2;
+    pack_pairs_in_rows(a_, dh2, dob, lddo, n, h.Dh);
+    gemm_bf16_pairs(dp, h.T, a_, dh2, 1, vt_, h.T, n, i1, dh2, 1.0f, 0.0f);
+  }
+  void grads(const Head& h, float* dq, float* dk, float* dv, const float* ds, const float* p,
+             const float* q, const float* /*k*/, const float* dob, int64_t lddo, int64_t n,
+             int64_t i1, float scale) {
+    const int64_t i2 = (i1 + 1) / 2, n2 = (n + 1) / 2;
+    pack_pairs_in_rows(a_, i2, ds, h.T, n, i1);  // dS, pairs over keys
+    gemm_bf16_pairs(dq, h.C, a_, i2, 1, kp_, h.Dh, n, h.Dh, i2, scale, 0.0f);
+    pack_pairs_in_cols(at_, i1, ds, h.T, n, i1);  // dS^T, pairs over queries
+    pack_pairs_in_cols(b_, h.Dh, q, h.C, n, h.Dh);
+    gemm_bf16_pairs(dk, h.C, at_, 1, i1, b_, h.Dh, i1, h.Dh, n2, scale, 1.0f);
+    pack_pairs_in_cols(at_, i1, p, h.T, n, i1);  // P^T
+    pack_pairs_in_cols(b_, h.Dh, dob, lddo, n, h.Dh);
+    gemm_bf16_pairs(dv, h.C, at_, 1, i1, b_, h.Dh, i1, h.Dh, n2, 1.0f, 1.0f);
+  }
+
+ private:
+  bf16x2 *kt_ = nullptr, *vp_ = nullptr, *vt_ = nullptr, *kp_ = nullptr;
+  bf16x2 *a_ = nullptr, *at_ = nullptr, *b_ = nullptr;
+};
+
+template <class Products>
+void forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+             int64_t Dh) {
   check_sizes("attention_forward", B, T, H, Hkv, Dh);
   const int64_t C = (H + 2 * Hkv) * Dh;  // qkv row length
   const int64_t HD = H * Dh;             // out row length
   const int64_t group = H / Hkv;
   const float scale = 1.0f / std::sqrt(float(Dh));
+  const Head hd{T, Dh, C};
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t bh = 0; bh < B * H; ++bh) {
     const int64_t b = bh / H, h = bh % H, kvh = h / group;
@@ -86,29 +201,21 @@ void attention_forward(float* out, float* att, const float* qkv, int64_t B, int6
     const float* v = qkv + b * T * C + (H + Hkv + kvh) * Dh;  // (T, Dh), stride C
     float* a = att + bh * T * T;                              // (T, T)
     float* o = out + b * T * HD + h * Dh;                     // (T, Dh), stride HD
-    alignas(64) float kt_buf[kMaxStackKt];                    // [Dh, T] if it fits
-    const bool use_kt = Dh * T <= kMaxStackKt;
-    if (use_kt) transpose_head(kt_buf, k, T, Dh, C);
+    Products prod;
+    prod.begin_forward(hd, k, v);
     for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
       const int64_t i1 = i0 + kBlock < T ? i0 + kBlock : T, n = i1 - i0;
       float* s = a + i0 * T;  // (n, T): scores, then probabilities
-      if (use_kt)
-        sgemm(false, false, n, i1, Dh, scale, q + i0 * C, C, kt_buf, T, 0.0f, s, T);
-      else
-        sgemm(false, true, n, i1, Dh, scale, q + i0 * C, C, k, C, 0.0f, s, T);
+      prod.scores(hd, s, q + i0 * C, C, n, i1, scale);
       for (int64_t r = 0; r < n; ++r) softmax_row(s + r * T, i0 + r + 1, T);
-      sgemm(false, false, n, Dh, i1, 1.0f, s, T, v, C, 0.0f, o + i0 * HD, HD);
+      prod.values(hd, o + i0 * HD, HD, s, v, n, i1);
     }
   }
 }
 
-// Per thread: one row block of dS (kBlock, T) and V^T [Dh, T].
-size_t attention_backward_scratch(int64_t T, int64_t Dh, int nthreads) {
-  return size_t(nthreads > 0 ? nthreads : 1) * size_t(T) * size_t(kBlock + Dh);
-}
-
-void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
-                        float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t Dh) {
+template <class Products>
+void backward(float* dqkv, const float* dout, const float* qkv, const float* att, float* scratch,
+              int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t Dh) {
   check_sizes("attention_backward", B, T, H, Hkv, Dh);
   MOE_CHECK(scratch != nullptr || B * T == 0, "attention_backward",
             "scratch is null; pass attention_backward_scratch(T, Dh, omp_get_max_threads()) "
@@ -117,11 +224,11 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   const int64_t HD = H * Dh;
   const int64_t group = H / Hkv;
   const float scale = 1.0f / std::sqrt(float(Dh));
+  const Head hd{T, Dh, C};
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t bg = 0; bg < B * Hkv; ++bg) {
     const int64_t b = bg / Hkv, kvh = bg % Hkv;
     float* ds = scratch + size_t(omp_get_thread_num()) * size_t(T) * size_t(kBlock + Dh);
-    float* vt = ds + kBlock * T;                              // [Dh, T]
     const float* k = qkv + b * T * C + (H + kvh) * Dh;        // (T, Dh), stride C
     const float* v = qkv + b * T * C + (H + Hkv + kvh) * Dh;  // (T, Dh), stride C
     float* dk = dqkv + b * T * C + (H + kvh) * Dh;
@@ -130,7 +237,8 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
       std::memset(dk + t * C, 0, sizeof(float) * size_t(Dh));
       std::memset(dv + t * C, 0, sizeof(float) * size_t(Dh));
     }
-    transpose_head(vt, v, T, Dh, C);
+    Products prod;
+    prod.begin_backward(hd, k, v, ds + kBlock * T);  // [Dh, T] after the block's dS
     for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
       const float* q = qkv + b * T * C + h * Dh;
       float* dq = dqkv + b * T * C + h * Dh;
@@ -138,9 +246,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
       const float* dout_h = dout + b * T * HD + h * Dh;  // (T, Dh), stride HD
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
         const int64_t i1 = i0 + kBlock < T ? i0 + kBlock : T, n = i1 - i0;
-        const float* pb = p + i0 * T;           // (n, T), zero past the diagonal
-        const float* dob = dout_h + i0 * HD;    // (n, Dh), stride HD
-        sgemm(false, false, n, i1, Dh, 1.0f, dob, HD, vt, T, 0.0f, ds, T);  // dP (n, i1)
+        const float* pb = p + i0 * T;         // (n, T), zero past the diagonal
+        const float* dob = dout_h + i0 * HD;  // (n, Dh), stride HD
+        prod.dprobs(hd, ds, dob, HD, n, i1);  // dP (n, i1)
         for (int64_t r = 0; r < n; ++r) {
           float* d = ds + r * T;
           const float* pr = pb + r * T;
@@ -151,12 +259,36 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
           for (int64_t j = 0; j < i1; ++j) d[j] = pr[j] * (d[j] - rowdot);  // dS, 0 past i
         }
         // The block's queries see keys [0, i1): dQ rows [i0, i1), dK and dV rows [0, i1).
-        sgemm(false, false, n, Dh, i1, scale, ds, T, k, C, 0.0f, dq + i0 * C, C);
-        sgemm(true, false, i1, Dh, n, scale, ds, T, q + i0 * C, C, 1.0f, dk, C);
-        sgemm(true, false, i1, Dh, n, 1.0f, pb, T, dob, HD, 1.0f, dv, C);
+        prod.grads(hd, dq + i0 * C, dk, dv, ds, pb, q + i0 * C, k, dob, HD, n, i1, scale);
       }
     }
   }
+}
+
+}  // namespace
+
+void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t H,
+                       int64_t Hkv, int64_t Dh) {
+  forward<F32Products>(out, att, qkv, B, T, H, Hkv, Dh);
+}
+void attention_forward_bf16(float* out, float* att, const float* qkv, int64_t B, int64_t T,
+                            int64_t H, int64_t Hkv, int64_t Dh) {
+  forward<Bf16Products>(out, att, qkv, B, T, H, Hkv, Dh);
+}
+
+// Per thread: one row block of dS (kBlock, T) and V^T [Dh, T].
+size_t attention_backward_scratch(int64_t T, int64_t Dh, int nthreads) {
+  return size_t(nthreads > 0 ? nthreads : 1) * size_t(T) * size_t(kBlock + Dh);
+}
+
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
+                        float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t Dh) {
+  backward<F32Products>(dqkv, dout, qkv, att, scratch, B, T, H, Hkv, Dh);
+}
+void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* att,
+                             float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                             int64_t Dh) {
+  backward<Bf16Products>(dqkv, dout, qkv, att, scratch, B, T, H, Hkv, Dh);
 }
 
 }  // namespace moe::cpu

@@ -108,6 +108,15 @@ size_t attention_backward_scratch(int64_t T, int64_t Dh, int nthreads);
 // dqkv (B, T, (H+2Hkv)*Dh) overwritten (gradient w.r.t. post-RoPE q, k and v).
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
                         float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t Dh);
+// The same with bf16 products, for the bf16 and FP8 compute dtypes (model/gemms.h): the
+// operands of Q K^T, P V, dO V^T, dS K, dS^T Q and P^T dO are rounded to bf16 and their products
+// summed in f32 (bf16_pairs.h); scores, softmax, its backward, the saved probabilities and all
+// outputs stay f32. Same scratch.
+void attention_forward_bf16(float* out, float* att, const float* qkv, int64_t B, int64_t T,
+                            int64_t H, int64_t Hkv, int64_t Dh);
+void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* att,
+                             float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                             int64_t Dh);
 
 // ---- Fused softmax cross-entropy --------------------------------------------------------
 // For each row n: loss_n = logsumexp(logits_n) - logits_n[target_n];

@@ -21,15 +21,6 @@ float from_bits(uint32_t u) {
   return f;
 }
 
-// Round to nearest even on the high 16 bits; a NaN keeps its sign and becomes quiet. Branch-free
-// so the loops vectorize.
-inline bf16 to_bf16(float x) {
-  const uint32_t u = bits(x);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
-  return static_cast<bf16>(nan ? ((u >> 16) | 0x40u) : rounded);
-}
-
 constexpr bf16 kBf16NaN = 0x7FC0;
 
 // The running largest magnitude; a NaN sticks (std::max would drop it).

@@ -15,6 +15,7 @@
 // Non-finite inputs give NaN outputs, which the stability guards then see.
 #pragma once
 
+#include <bit>
 #include <cstdint>
 
 #include "kernels/cpu/kernels.h"
@@ -24,6 +25,15 @@ namespace moe::cpu {
 // True when this CPU has the AVX-512 BF16 dot product and MOE_NO_AVX512_BF16 is unset or 0.
 // Without it the bf16 GEMMs widen to f32 (the trainer warns). Read once per process.
 bool bf16_native();
+
+// bf16(x): round to nearest even on the high 16 bits; a NaN keeps its sign and becomes quiet.
+// Branch-free so the loops that call it vectorize. Matches core/dtype.h f32_to_bf16.
+inline bf16 to_bf16(float x) {
+  const uint32_t u = std::bit_cast<uint32_t>(x);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  return static_cast<bf16>(nan ? ((u >> 16) | 0x40u) : rounded);
+}
 
 // y (n) = bf16(x), rounded to nearest even, NaN kept (as core/dtype.h f32_to_bf16).
 void cast_bf16(bf16* y, const float* x, int64_t n);

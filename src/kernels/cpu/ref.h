@@ -167,12 +167,20 @@ void rope_apply_ref(T* x, const T* cos, const T* sin, int64_t B, int64_t T_, int
 }
 
 // ---- Causal GQA attention ---------------------------------------------------------------
-// qkv (B, T, (H+2Hkv)*Dh); out (B, T, H*Dh); att (B, H, T, T).
+// qkv (B, T, (H+2Hkv)*Dh); out (B, T, H*Dh); att (B, H, T, T). With bf16_products (the twins of
+// attention_*_bf16) the operands of every product are rounded to bf16 first (dS before its
+// scale); the products and sums stay in T.
+template <class T>
+T round_operand(T x, bool bf16) {
+  return bf16 ? T(bf16_to_f32(f32_to_bf16(float(x)))) : x;
+}
+
 template <class T>
 void attention_forward_ref(T* out, T* att, const T* qkv, int64_t B, int64_t T_, int64_t H,
-                           int64_t Hkv, int64_t Dh) {
+                           int64_t Hkv, int64_t Dh, bool bf16_products = false) {
   const int64_t C = (H + 2 * Hkv) * Dh, group = H / Hkv;
   const T scale = T(1) / std::sqrt(T(Dh));
+  const auto r = [bf16_products](T x) { return round_operand(x, bf16_products); };
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < H; ++h) {
       const int64_t kvh = h / group;
@@ -187,7 +195,7 @@ void attention_forward_ref(T* out, T* att, const T* qkv, int64_t B, int64_t T_, 
           }
           const T* k = qkv + (b * T_ + j) * C + (H + kvh) * Dh;
           T s = 0;
-          for (int64_t d = 0; d < Dh; ++d) s += q[d] * k[d];
+          for (int64_t d = 0; d < Dh; ++d) s += r(q[d]) * r(k[d]);
           p[j] = s * scale;
           mx = p[j] > mx ? p[j] : mx;
         }
@@ -199,7 +207,7 @@ void attention_forward_ref(T* out, T* att, const T* qkv, int64_t B, int64_t T_, 
           T acc = 0;
           for (int64_t j = 0; j <= i; ++j) {
             const T* v = qkv + (b * T_ + j) * C + (H + Hkv + kvh) * Dh;
-            acc += p[j] * v[d];
+            acc += r(p[j]) * r(v[d]);
           }
           o[d] = acc;
         }
@@ -211,9 +219,11 @@ void attention_forward_ref(T* out, T* att, const T* qkv, int64_t B, int64_t T_, 
 // scratch: at least T elements (one row of dP).
 template <class T>
 void attention_backward_ref(T* dqkv, const T* dout, const T* qkv, const T* att, T* scratch,
-                            int64_t B, int64_t T_, int64_t H, int64_t Hkv, int64_t Dh) {
+                            int64_t B, int64_t T_, int64_t H, int64_t Hkv, int64_t Dh,
+                            bool bf16_products = false) {
   const int64_t C = (H + 2 * Hkv) * Dh, group = H / Hkv;
   const T scale = T(1) / std::sqrt(T(Dh));
+  const auto r = [bf16_products](T x) { return round_operand(x, bf16_products); };
   for (int64_t i = 0; i < B * T_ * C; ++i) dqkv[i] = 0;
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < H; ++h) {
@@ -226,21 +236,21 @@ void attention_backward_ref(T* dqkv, const T* dout, const T* qkv, const T* att, 
         for (int64_t j = 0; j <= i; ++j) {
           const T* v = qkv + (b * T_ + j) * C + (H + Hkv + kvh) * Dh;
           T s = 0;
-          for (int64_t d = 0; d < Dh; ++d) s += dO[d] * v[d];
+          for (int64_t d = 0; d < Dh; ++d) s += r(dO[d]) * r(v[d]);
           dp[j] = s;
           rowdot += p[j] * s;
         }
         const T* q = qkv + (b * T_ + i) * C + h * Dh;
         T* dq = dqkv + (b * T_ + i) * C + h * Dh;
         for (int64_t j = 0; j <= i; ++j) {
-          const T ds = p[j] * (dp[j] - rowdot) * scale;  // d loss / d (q.k)
+          const T ds = r(p[j] * (dp[j] - rowdot)) * scale;  // d loss / d (q.k)
           const T* k = qkv + (b * T_ + j) * C + (H + kvh) * Dh;
           T* dk = dqkv + (b * T_ + j) * C + (H + kvh) * Dh;
           T* dv = dqkv + (b * T_ + j) * C + (H + Hkv + kvh) * Dh;
           for (int64_t d = 0; d < Dh; ++d) {
-            dq[d] += ds * k[d];
-            dk[d] += ds * q[d];
-            dv[d] += p[j] * dO[d];
+            dq[d] += ds * r(k[d]);
+            dk[d] += ds * r(q[d]);
+            dv[d] += r(p[j]) * r(dO[d]);
           }
         }
       }
@@ -248,11 +258,31 @@ void attention_backward_ref(T* dqkv, const T* dout, const T* qkv, const T* att, 
   }
 }
 
+// ---- bf16 pair products (bf16_pairs.h) ----------------------------------------------------
+// C (M, N) = alpha * A B + beta * C over Kp pairs of bf16 values (low half the even k), summed
+// in T; A(m, kp) = A[m * a_rs + kp * a_ks], B(kp, n) = B[kp * ldb + n].
+template <class T>
+void gemm_bf16_pairs_ref(T* C, int64_t ldc, const uint32_t* A, int64_t a_rs, int64_t a_ks,
+                         const uint32_t* B, int64_t ldb, int64_t M, int64_t N, int64_t Kp, T alpha,
+                         T beta) {
+  const auto lo = [](uint32_t p) { return T(bf16_to_f32(uint16_t(p & 0xFFFFu))); };
+  const auto hi = [](uint32_t p) { return T(bf16_to_f32(uint16_t(p >> 16))); };
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      T acc = 0;
+      for (int64_t kp = 0; kp < Kp; ++kp) {
+        const uint32_t a = A[m * a_rs + kp * a_ks], b = B[kp * ldb + n];
+        acc += lo(a) * lo(b) + hi(a) * hi(b);
+      }
+      T& c = C[m * ldc + n];
+      c = alpha * acc + (beta != T(0) ? beta * c : T(0));
+    }
+}
+
 // ---- Fused softmax cross-entropy --------------------------------------------------------
 template <class T>
 double cross_entropy_forward_backward_ref(T* dlogits, T* losses, const T* logits,
-                                          const int32_t* targets, int64_t N, int64_t V,
-                                          T dscale) {
+                                          const int32_t* targets, int64_t N, int64_t V, T dscale) {
   double total = 0;
   std::vector<T> row(size_t(V > 0 ? V : 0));  // copy: dlogits may alias logits
   for (int64_t n = 0; n < N; ++n) {
@@ -326,8 +356,9 @@ inline void fp8_quantize_tiles_ref(float* y, const float* x, int64_t rows, int64
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t c = c0; c < c1; ++c)
             y[r * cols + c] =
-                finite ? float(double(fp8e4m3_to_f32(f32_to_fp8e4m3(float(x[r * cols + c] / s)))) * s)
-                       : NAN;
+                finite
+                    ? float(double(fp8e4m3_to_f32(f32_to_fp8e4m3(float(x[r * cols + c] / s)))) * s)
+                    : NAN;
       }
 }
 
