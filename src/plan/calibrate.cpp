@@ -28,8 +28,7 @@ double now() {
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
   }
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // Best (minimum) seconds of `reps` calls after one warm-up call: on a shared machine the
@@ -75,8 +74,8 @@ double time_linear(int64_t N, int64_t in, int64_t out, int reps) {
 }
 
 double time_grouped(int64_t rows, int64_t E, int64_t in, int64_t out, int reps) {
-  std::vector<float> x = filled(rows * in, 0.01f), W = filled(E * out * in, 0.02f),
-                     y(rows * out), dx(rows * in), dW(E * out * in);
+  std::vector<float> x = filled(rows * in, 0.01f), W = filled(E * out * in, 0.02f), y(rows * out),
+                     dx(rows * in), dW(E * out * in);
   std::vector<int64_t> off(E + 1);
   for (int64_t e = 0; e <= E; ++e) off[e] = rows * e / E;
   return time_best(
@@ -111,7 +110,9 @@ Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
   }
   r.lines.push_back(line("gemm peak (large square, fwd+bwd): %.1f GFLOP/s", peak / 1e9, 0, 0));
   // 2. Dense GEMMs at the model's shapes, weighted by their FLOPs.
-  struct Shape { int64_t in, out, count; };
+  struct Shape {
+    int64_t in, out, count;
+  };
   const std::vector<Shape> dense = {
       {D, cfg.qkv_dim(), cfg.num_hidden_layers},
       {cfg.num_attention_heads * cfg.head_dim, D, cfg.num_hidden_layers},
@@ -134,13 +135,26 @@ Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
   const double t_g = time_grouped(rows, E, D, 2 * Fe, reps) + time_grouped(rows, E, Fe, D, reps);
   const double group_rate = 6.0 * rows * (D * 2 * Fe + Fe * D) / t_g;
   r.lines.push_back(line("grouped expert GEMMs: %.1f GFLOP/s", group_rate / 1e9, 0, 0));
+  // 3b. The grouped GEMMs' curve over rows per expert, at this model's expert shapes: up to 64
+  // experts of `rpe` rows each (fewer when that passes 8192 rows, so each point costs about the
+  // same). The cost model reads it at the rows a model's experts get (cluster.h grouped_at).
+  std::vector<double> curve_rows, curve_rate;
+  for (int64_t rpe = 16; rpe <= 4096; rpe *= 2) {
+    const int64_t Em = std::clamp<int64_t>(8192 / rpe, 1, 64);
+    const double t =
+        time_grouped(rpe * Em, Em, D, 2 * Fe, reps) + time_grouped(rpe * Em, Em, Fe, D, reps);
+    curve_rows.push_back(static_cast<double>(rpe));
+    curve_rate.push_back(6.0 * static_cast<double>(rpe * Em) * (D * 2 * Fe + Fe * D) / t);
+    r.lines.push_back(line("grouped GEMMs at %.0f rows per expert (%.0f experts): %.1f GFLOP/s",
+                           double(rpe), double(Em), curve_rate.back() / 1e9));
+  }
   double attn_peak_seen = peak;
   // 4. Attention core, forward + backward, rated by the planner's causal FLOP count.
   const int64_t H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, Dh = cfg.head_dim;
   const int64_t T = o.seq, B = o.batch;
   {
-    std::vector<float> qkv = filled(N * cfg.qkv_dim(), 0.01f), out(N * H * Dh),
-                       att(B * H * T * T), dqkv(N * cfg.qkv_dim()),
+    std::vector<float> qkv = filled(N * cfg.qkv_dim(), 0.01f), out(N * H * Dh), att(B * H * T * T),
+                       dqkv(N * cfg.qkv_dim()),
                        scratch(cpu::attention_backward_scratch(T, Dh, o.threads));
     const double t = time_best(
         [&] {
@@ -152,7 +166,8 @@ Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
     const double flops = 3.0 * N * attn_core_flops_per_token_layer(pm, T, true);
     r.cluster.eff.attention = std::min(1.0, flops / t / peak);
     attn_peak_seen = peak;
-    r.lines.push_back(line("attention fwd+bwd: %.1f GFLOP/s (causal FLOPs)", flops / t / 1e9, 0, 0));
+    r.lines.push_back(
+        line("attention fwd+bwd: %.1f GFLOP/s (causal FLOPs)", flops / t / 1e9, 0, 0));
   }
   // 5. Memory: a large copy sets the bandwidth; RMSNorm and SwiGLU (forward + backward, rated
   // as 3x their forward bytes, the cost model's convention) set the elementwise fraction.
@@ -165,14 +180,13 @@ Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
   }
   {
     const int64_t F = cfg.intermediate_size;
-    std::vector<float> x = filled(N * D, 0.5f), y(N * D), w = filled(D, 1.0f), rstd(N),
-                       dx(N * D), dw(D), gu = filled(N * 2 * F, 0.3f), h(N * F),
-                       dgu(N * 2 * F);
+    std::vector<float> x = filled(N * D, 0.5f), y(N * D), w = filled(D, 1.0f), rstd(N), dx(N * D),
+                       dw(D), gu = filled(N * 2 * F, 0.3f), h(N * F), dgu(N * 2 * F);
     const double t = time_best(
         [&] {
           cpu::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, D, 1e-6f);
-          cpu::rmsnorm_backward(dx.data(), dw.data(), y.data(), x.data(), w.data(), rstd.data(),
-                                N, D);
+          cpu::rmsnorm_backward(dx.data(), dw.data(), y.data(), x.data(), w.data(), rstd.data(), N,
+                                D);
           cpu::swiglu_forward(h.data(), gu.data(), N, F);
           cpu::swiglu_backward(dgu.data(), h.data(), gu.data(), N, F);
         },
@@ -184,7 +198,8 @@ Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
   }
 
   // The peak is the best GEMM rate seen anywhere, so no efficiency exceeds 1.
-  peak = std::max({peak, dense_rate, group_rate});
+  peak = std::max(
+      {peak, dense_rate, group_rate, *std::max_element(curve_rate.begin(), curve_rate.end())});
   r.lines.push_back(line("peak fp32 GEMM rate taken as %.1f GFLOP/s", peak / 1e9, 0, 0));
   r.cluster.eff.attention = std::min(1.0, r.cluster.eff.attention * attn_peak_seen / peak);
   Cluster& c = r.cluster;
@@ -207,6 +222,10 @@ Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
   c.inter_latency = 50e-6;
   c.eff.gemm = std::min(1.0, dense_rate / peak);
   c.eff.grouped_gemm = std::min(1.0, group_rate / peak);
+  c.eff.grouped_gemm_rows = curve_rows;
+  c.eff.grouped_gemm_curve.clear();
+  for (const double rate : curve_rate)
+    c.eff.grouped_gemm_curve.push_back(std::min(1.0, rate / peak));
   c.eff.fp8_gemm = c.eff.gemm;
   c.eff.fp8_grouped_gemm = c.eff.grouped_gemm;
   c.eff.intra_comm = 1.0;
@@ -242,8 +261,8 @@ Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
   int64_t step = 0;
   r.measured_adamw = time_best(
       [&] {
-        cpu::adamw_step(model.params().data(), mm.data(), vv.data(), model.grads().data(), P,
-                        1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, ++step);
+        cpu::adamw_step(model.params().data(), mm.data(), vv.data(), model.grads().data(), P, 1e-4f,
+                        0.9f, 0.95f, 1e-8f, 0.1f, ++step);
       },
       o.reps);
   r.measured_step = r.measured_fwd_bwd + r.measured_adamw;
@@ -252,6 +271,7 @@ Calibration calibrate(const ModelConfig& cfg, const CalibrateOptions& o) {
     for (double* e : {&c.eff.gemm, &c.eff.grouped_gemm, &c.eff.fp8_gemm, &c.eff.fp8_grouped_gemm,
                       &c.eff.attention, &c.eff.memory})
       *e = std::min(1.0, *e * r.fit_factor);
+    for (double& e : c.eff.grouped_gemm_curve) e = std::min(1.0, e * r.fit_factor);
     r.fitted = step_time(pm, c, job, l);
   }
   if (o.share != 1.0) {

@@ -47,9 +47,12 @@ double bubble_time(Schedule s, int64_t pp, int64_t vpp, double F, double B, doub
   if (pp <= 1) return 0.0;
   const double p = static_cast<double>(pp);
   switch (s) {
-    case Schedule::k1F1B: return (p - 1) * (F + B + W);
-    case Schedule::kInterleaved: return (p - 1) * (F + B + W) / static_cast<double>(vpp);
-    case Schedule::kDualPipe: return std::max(0.0, (p / 2 - 1) * ((F + B) + B - 3 * W));
+    case Schedule::k1F1B:
+      return (p - 1) * (F + B + W);
+    case Schedule::kInterleaved:
+      return (p - 1) * (F + B + W) / static_cast<double>(vpp);
+    case Schedule::kDualPipe:
+      return std::max(0.0, (p / 2 - 1) * ((F + B) + B - 3 * W));
   }
   return 0.0;
 }
@@ -64,7 +67,8 @@ double inflight_microbatches(Schedule s, int64_t pp, int64_t vpp, int64_t num_mi
 
 double act_bytes_per_token_layer(const PlanModel& m, bool moe_layer, Recompute r, double a) {
   const auto& c = m.cfg;
-  const double D = static_cast<double>(c.hidden_size), H = static_cast<double>(c.num_attention_heads);
+  const double D = static_cast<double>(c.hidden_size),
+               H = static_cast<double>(c.num_attention_heads);
   if (r == Recompute::kFull) return a * D;  // only the layer input is kept
   const bool sel = r == Recompute::kSelective;
   // Attention block: input x (norm backward), normed x (projection input), attention output
@@ -95,10 +99,10 @@ double act_bytes_per_token_layer(const PlanModel& m, bool moe_layer, Recompute r
   const double K = static_cast<double>(c.num_experts_per_tok);
   const double Fe = static_cast<double>(c.moe_intermediate_size);
   const double SF = static_cast<double>(c.shared_width());
-  ffn += K * D;                     // permuted expert inputs
+  ffn += K * D;                            // permuted expert inputs
   ffn += K * 2 * Fe + (sel ? 0 : K * Fe);  // expert gate|up, SwiGLU output
-  ffn += K * D;                     // expert outputs (gate-weight gradient in combine)
-  ffn += 2 * SF + (sel ? 0 : SF);   // shared expert
+  ffn += K * D;                            // expert outputs (gate-weight gradient in combine)
+  ffn += 2 * SF + (sel ? 0 : SF);          // shared expert
   bytes += a * ffn + 4.0 * static_cast<double>(c.n_routed_experts);  // router scores (fp32)
   return bytes;
 }
@@ -107,13 +111,13 @@ StateBytes state_bytes_per_param(Dtype d, int zero, int64_t shards) {
   const double n = static_cast<double>(std::max<int64_t>(1, shards));
   StateBytes s;
   if (d == Dtype::kFp32) {
-    s.weights = 4;    // fp32 weights are the masters
+    s.weights = 4;  // fp32 weights are the masters
     s.grads = 4;
     s.optimizer = 8;  // m, v
   } else {
-    s.weights = 2;    // bf16 working copy (fp8 GEMMs quantize from it on the fly)
-    s.grads = 4;      // fp32 main gradients (Megatron's --accumulate-allreduce-grads-in-fp32)
-    s.optimizer = 12; // fp32 master, m, v
+    s.weights = 2;     // bf16 working copy (fp8 GEMMs quantize from it on the fly)
+    s.grads = 4;       // fp32 main gradients (Megatron's --accumulate-allreduce-grads-in-fp32)
+    s.optimizer = 12;  // fp32 master, m, v
   }
   if (zero >= 1) s.optimizer /= n;
   if (zero >= 2) s.grads /= n;
@@ -140,9 +144,10 @@ Memory memory_per_device(const PlanModel& m, const Cluster& c, const Job& job, c
   // Table 2; the optimizer state exists once.
   const double copies = l.schedule == Schedule::kDualPipe ? 2.0 : 1.0;
   const double tp = static_cast<double>(l.tp);
-  const double layers_ne = (Ls * per_layer_common +
-                            Ldense_s * static_cast<double>(dense_ffn_params(m)) +
-                            Lmoe_s * static_cast<double>(shared_params(m) + router_params(m))) / tp;
+  const double layers_ne =
+      (Ls * per_layer_common + Ldense_s * static_cast<double>(dense_ffn_params(m)) +
+       Lmoe_s * static_cast<double>(shared_params(m) + router_params(m))) /
+      tp;
   const double ends = (emb_head + final_norm) / tp;
   Memory mem;
   mem.params_nonexpert = layers_ne + ends;
@@ -161,10 +166,9 @@ Memory memory_per_device(const PlanModel& m, const Cluster& c, const Job& job, c
   // per 128 values (DeepSeek-V3 sec. 3.3.2 "low-precision storage").
   const double a = l.dtype == Dtype::kFp8 ? 1.0 + 4.0 / 128.0 : act_elem_bytes(l.dtype);
   const double tok = static_cast<double>(l.micro_batch * job.seq);
-  const double per_mb =
-      tok / static_cast<double>(l.tp) *
-      (Lmoe_s * act_bytes_per_token_layer(m, true, l.recompute, a) +
-       Ldense_s * act_bytes_per_token_layer(m, false, l.recompute, a));
+  const double per_mb = tok / static_cast<double>(l.tp) *
+                        (Lmoe_s * act_bytes_per_token_layer(m, true, l.recompute, a) +
+                         Ldense_s * act_bytes_per_token_layer(m, false, l.recompute, a));
   mem.inflight = inflight_microbatches(l.schedule, l.pp, l.vpp, l.num_micro);
   mem.activations = per_mb * mem.inflight;
   if (l.recompute == Recompute::kFull)  // one layer's full activations while it recomputes
@@ -175,8 +179,8 @@ Memory memory_per_device(const PlanModel& m, const Cluster& c, const Job& job, c
   const double held = mem.params_nonexpert + mem.params_expert;
   if (compressed_grads(l)) mem.comm_state += 4.0 * held;  // error-feedback residual, fp32
   // DiLoCo's fp32 anchor and outer momentum, for the parameters the optimizer owns.
-  const double owned = l.zero >= 1 ? mem.params_nonexpert / sg.dp + mem.params_expert / sg.edp
-                                   : held;
+  const double owned =
+      l.zero >= 1 ? mem.params_nonexpert / sg.dp + mem.params_expert / sg.edp : held;
   if (l.diloco_h > 0) mem.comm_state += 8.0 * owned;
   mem.total = mem.weights + mem.grads + mem.optimizer + mem.activations + mem.dispatch_buffers +
               mem.logits + mem.comm_state;
@@ -195,10 +199,10 @@ double elementwise_bytes_per_token_layer(const PlanModel& m, bool moe_layer, dou
   e += 2 * static_cast<double>(rope);
   if (!moe_layer) return a * (e + 3 * static_cast<double>(c.intermediate_size));  // SwiGLU
   const double K = static_cast<double>(c.num_experts_per_tok);
-  e += (1 + K) * D;                                                // permute
-  e += 3 * K * static_cast<double>(c.moe_intermediate_size);      // expert SwiGLU
-  e += (K + 1) * D;                                                // unpermute + weighted sum
-  e += 3 * static_cast<double>(c.shared_width());                  // shared SwiGLU
+  e += (1 + K) * D;                                           // permute
+  e += 3 * K * static_cast<double>(c.moe_intermediate_size);  // expert SwiGLU
+  e += (K + 1) * D;                                           // unpermute + weighted sum
+  e += 3 * static_cast<double>(c.shared_width());             // shared SwiGLU
   return a * e;
 }
 
@@ -212,7 +216,16 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
   const bool fp8 = l.dtype == Dtype::kFp8;
   const double hi_peak = l.dtype == Dtype::kFp32 ? c.peak_fp32 : c.peak_bf16;
   const double gemm_rate = fp8 ? c.peak_fp8 * c.eff.fp8_gemm : hi_peak * c.eff.gemm;
-  const double group_rate = fp8 ? c.peak_fp8 * c.eff.fp8_grouped_gemm : hi_peak * c.eff.grouped_gemm;
+  // Grouped GEMMs run at the curve's efficiency for the rows each expert gets: the micro-batch's
+  // tokens times top-k, from all ep ranks of the group, over the routed experts. Without a curve
+  // (or in fp8, scaled by the curve's ratio to grouped_gemm) the single efficiency.
+  const double E = static_cast<double>(std::max<int64_t>(cfg.n_routed_experts, 1));
+  const double rows_per_expert = static_cast<double>(l.micro_batch * job.seq) *
+                                 static_cast<double>(cfg.num_experts_per_tok * l.ep) / E;
+  const double group_eff = c.eff.grouped_at(rows_per_expert);
+  const double group_rate =
+      fp8 ? c.peak_fp8 * std::min(1.0, c.eff.fp8_grouped_gemm * group_eff / c.eff.grouped_gemm)
+          : hi_peak * group_eff;
   // Forward of one micro-batch on one stage. Output heads and the router stay in bf16
   // (DeepSeek-V3 sec. 3.3: embedding, output head, gating, norms and attention not in fp8).
   t.fwd_dense = share * f.dense_gemm / gemm_rate;
@@ -256,8 +269,8 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
   // Tensor parallel with sequence parallelism: per layer 2 all-gathers + 2 reduce-scatters
   // forward and the same backward, each of the (tok, D) activation (Korthikanti et al. 2022).
   if (l.tp > 1) {
-    const double one = ring_time(tok * D * a, l.tp, c.intra_bandwidth * c.eff.intra_comm,
-                                 c.intra_latency);
+    const double one =
+        ring_time(tok * D * a, l.tp, c.intra_bandwidth * c.eff.intra_comm, c.intra_latency);
     const double per_layer = (l.recompute == Recompute::kFull ? 12 : 8) * one;
     t.tp_comm = layers_s * per_layer;
   }
@@ -284,9 +297,9 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
     // Communication of one chunk hides under the computation of the paired chunk; the
     // communication kernels take a share of the compute units meanwhile.
     const double hidden = std::min(t.a2a, mb_compute);
-    t.overlap_slowdown = hidden > 0 ? mb_compute * c.eff.overlap_compute_share /
-                                          (1.0 - c.eff.overlap_compute_share)
-                                    : 0.0;
+    t.overlap_slowdown =
+        hidden > 0 ? mb_compute * c.eff.overlap_compute_share / (1.0 - c.eff.overlap_compute_share)
+                   : 0.0;
     t.a2a_exposed = std::max(0.0, t.a2a - mb_compute);
   } else {
     t.a2a_exposed = t.a2a;
@@ -300,8 +313,8 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
   // backward; the steady state overlaps them, warm-up and cool-down do not.
   if (l.pp > 1) {
     const bool inter = l.tp * l.dp >= dpn;
-    const double bw = inter ? c.inter_bandwidth * c.eff.inter_comm
-                            : c.intra_bandwidth * c.eff.intra_comm;
+    const double bw =
+        inter ? c.inter_bandwidth * c.eff.inter_comm : c.intra_bandwidth * c.eff.intra_comm;
     const double p2p = tok / l.tp * D * a / bw + (inter ? c.inter_latency : c.intra_latency);
     t.pp_exposed = 2.0 * static_cast<double>(l.pp - 1) * p2p * static_cast<double>(l.vpp);
     // Bytes: every micro-batch crosses each of the vpp*(pp-1) boundaries forward and back;
@@ -338,9 +351,12 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
     t.dp_comm = rs + ag;
     // ZeRO-0 all-reduces (= reduce-scatter + all-gather of the gradients): same volume,
     // but the whole of it follows the last backward.
-    if (!l.overlap) t.dp_exposed = rs + ag;
-    else if (l.zero == 0) t.dp_exposed = std::max(0.0, rs + ag - t.bwd);
-    else t.dp_exposed = std::max(0.0, rs - t.bwd) + std::max(0.0, ag - t.fwd);
+    if (!l.overlap)
+      t.dp_exposed = rs + ag;
+    else if (l.zero == 0)
+      t.dp_exposed = std::max(0.0, rs + ag - t.bwd);
+    else
+      t.dp_exposed = std::max(0.0, rs - t.bwd) + std::max(0.0, ag - t.fwd);
     t.inter_grad = rs_ne.inter_bytes + rs_ex.inter_bytes;
     t.inter_param = ag_ne.inter_bytes + ag_ex.inter_bytes;
     // AdamW is memory-bound: read p, g, m, v and write p, m, v (fp32), plus the bf16 copy.

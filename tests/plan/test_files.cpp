@@ -86,6 +86,41 @@ TEST(PlanClusterFile, MissingKeyAndSyntaxError) {
   EXPECT_NE(e.find("unknown section [gpu]"), std::string::npos) << e;
 }
 
+TEST(PlanClusterFile, GroupedGemmCurveReadsInterpolatesAndRoundTrips) {
+  const std::string t = std::string(kGood) +
+                        "grouped_gemm_rows = [16, 64, 1024]\n"
+                        "grouped_gemm_curve = [0.2, 0.4, 0.8]\n";
+  const Cluster c = parse_cluster(t, "x.toml");
+  ASSERT_EQ(c.eff.grouped_gemm_rows.size(), 3u);
+  EXPECT_DOUBLE_EQ(c.eff.grouped_at(16), 0.2);
+  EXPECT_DOUBLE_EQ(c.eff.grouped_at(4), 0.2);      // held below the first point
+  EXPECT_DOUBLE_EQ(c.eff.grouped_at(1e6), 0.8);    // and above the last
+  EXPECT_NEAR(c.eff.grouped_at(32), 0.3, 1e-12);   // halfway in log rows from 16 to 64
+  EXPECT_NEAR(c.eff.grouped_at(256), 0.6, 1e-12);  // halfway from 64 to 1024
+  const Cluster d = parse_cluster(cluster_to_toml(c, "# test\n"), "y.toml");
+  EXPECT_EQ(d.eff.grouped_gemm_rows, c.eff.grouped_gemm_rows);
+  EXPECT_EQ(d.eff.grouped_gemm_curve, c.eff.grouped_gemm_curve);
+  // Without a curve the single efficiency holds at every size.
+  EXPECT_DOUBLE_EQ(parse_cluster(kGood, "x.toml").eff.grouped_at(16), 0.5);
+}
+
+TEST(PlanClusterFile, GroupedGemmCurveErrors) {
+  std::string e = error_of(std::string(kGood) + "grouped_gemm_rows = [16, 64]\n" +
+                           "grouped_gemm_curve = [0.2]\n");
+  EXPECT_NE(e.find("grouped_gemm_rows has 2 entries but grouped_gemm_curve has 1"),
+            std::string::npos)
+      << e;
+  e = error_of(std::string(kGood) + "grouped_gemm_rows = [64, 16]\n" +
+               "grouped_gemm_curve = [0.2, 0.3]\n");
+  EXPECT_NE(e.find("strictly ascending"), std::string::npos) << e;
+  e = error_of(std::string(kGood) + "grouped_gemm_rows = [16]\n" +
+               "grouped_gemm_curve = [1.5]\n");
+  EXPECT_NE(e.find("x.toml:16"), std::string::npos) << e;
+  EXPECT_NE(e.find("(0, 1]"), std::string::npos) << e;
+  e = error_of(std::string(kGood) + "grouped_gemm_rows = 16\n");
+  EXPECT_NE(e.find("must be an array"), std::string::npos) << e;
+}
+
 TEST(PlanClusterFile, ShippedClustersLoad) {
   for (const char* f : {"h800.toml", "h100.toml", "ascend_910b.toml"}) {
     const Cluster c = load_cluster(kRoot + "/configs/clusters/" + f);

@@ -175,6 +175,27 @@ TEST(PlanFormulas, StepTimeOneDevice) {
   EXPECT_NEAR(t.tokens_per_s_per_device, 12 / 318.059136, 1e-12);
 }
 
+// With a grouped-GEMM curve the experts run at the efficiency for the rows each gets: 6 tokens x
+// top-2 over 4 experts = 3 rows (one device, ep 1), then 4 experts -> 8 halve the rows.
+TEST(PlanFormulas, ExpertTimeFollowsTheCurveAtTheRowsPerExpert) {
+  PlanModel m = tiny();
+  Cluster c = toy_cluster();
+  c.eff.grouped_gemm_rows = {1.5, 3, 6};
+  c.eff.grouped_gemm_curve = {0.1, 0.2, 0.4};
+  Job job;
+  job.devices = 1, job.global_batch = 2, job.seq = 6;
+  Layout l = parse_layout("mb=1,zero=1,dtype=bf16");
+  ASSERT_TRUE(complete_layout(m, c, job, l, nullptr));
+  const Time t4 = step_time(m, c, job, l);
+  EXPECT_DOUBLE_EQ(t4.fwd_expert, 6 * 768 / (1000 * 0.2));  // 3 rows: 0.2
+  m.cfg.n_routed_experts = 8;  // same active FLOPs, 1.5 rows each
+  Layout l8 = parse_layout("mb=1,zero=1,dtype=bf16");
+  ASSERT_TRUE(complete_layout(m, c, job, l8, nullptr));
+  const Time t8 = step_time(m, c, job, l8);
+  EXPECT_DOUBLE_EQ(t8.fwd_expert, 6 * 768 / (1000 * 0.1));
+  EXPECT_DOUBLE_EQ(t8.fwd_dense, t4.fwd_dense);
+}
+
 TEST(PlanFormulas, DataParallelOverlap) {
   const PlanModel m = tiny();
   Cluster c = toy_cluster();
