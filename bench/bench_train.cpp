@@ -41,12 +41,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "data/corpus.h"
 #include "kernels/cpu/peak.h"
 #include "kernels/cpu/quantize.h"
@@ -76,6 +78,7 @@ struct Options {
   int64_t seq = 512;
   bool torch = true;
   std::string dtype = "fp32";  // also run our engine in bf16 or fp8 and print the ratio to fp32
+  bool profile = false;        // time the kernels by kind of work (core/profile.h)
   std::string source_dir = MOE_SOURCE_DIR;
 };
 
@@ -92,6 +95,8 @@ void usage() {
       "  --no-torch        skip the PyTorch run\n"
       "  --dtype D         bf16 or fp8: each round also runs our engine's steps with GEMMs in\n"
       "                    D (the same model, switched), ratio to our fp32 printed (default fp32)\n"
+      "  --profile         time our steps' kernels by kind of work and print where a step's\n"
+      "                    time goes (core/profile.h)\n"
       "  --source-dir DIR  project source (for tests/reference/bench_torch.py; default %s)\n",
       MOE_SOURCE_DIR);
 }
@@ -114,6 +119,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--seq") o.seq = std::stoll(next());
     else if (a == "--no-torch") o.torch = false;
     else if (a == "--dtype") o.dtype = next();
+    else if (a == "--profile") o.profile = true;
     else if (a == "--source-dir") o.source_dir = next();
     else if (a == "--help" || a == "-h") { usage(); std::exit(0); }
     else MOE_FAIL("bench_train", "unknown option ", a, "; see --help");
@@ -305,8 +311,15 @@ int run(const Options& o) {
   if (compare && !cpu::bf16_native())
     std::printf("warning: no AVX-512 BF16 on this CPU (or MOE_NO_AVX512_BF16 set): %s GEMMs fall "
                 "back to f32 arithmetic\n", o.dtype.c_str());
+  // With --profile: per dtype, the kernels' seconds by part over the measured steps.
+  std::map<ComputeDtype, prof::Totals> prof_sums;
+  std::map<ComputeDtype, double> prof_step_s;
+  std::map<ComputeDtype, int64_t> prof_steps;
+  prof::enable(o.profile);
+  bool measuring = false;
   // One full step: zero gradients, forward + backward, AdamW, balancing-bias update.
   auto train_step = [&](ComputeDtype dtype) {
+    prof::reset();
     torch_batch(tokens, stream, step, B, T);
     model.set_compute_dtype(dtype);
     const auto t0 = Clock::now();
@@ -315,6 +328,16 @@ int run(const Options& o) {
     opt.step(model.params().data(), model.grads().data(), ac.lr);
     model.update_balance_biases();
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (o.profile && measuring) {
+      const prof::Totals t = prof::totals();
+      prof::Totals& sum = prof_sums[dtype];
+      for (size_t i = 0; i < t.seconds.size(); ++i) {
+        sum.seconds[i] += t.seconds[i];
+        sum.calls[i] += t.calls[i];
+      }
+      prof_step_s[dtype] += dt;
+      prof_steps[dtype] += 1;
+    }
     std::printf("ours step %lld (%s): %.0f ms loss %.4f\n", (long long)step,
                 compute_dtype_name(model.compute_dtype()), dt * 1e3, st.loss);
     std::fflush(stdout);
@@ -324,6 +347,7 @@ int run(const Options& o) {
   for (int64_t s = 0; s < o.warmup; ++s) train_step(ComputeDtype::kF32);
   for (int64_t s = 0; compare && s < o.warmup; ++s) train_step(low);
 
+  measuring = true;
   // Rounds: ours (fp32, then --dtype), then PyTorch, so all see the same share of whatever else
   // the machine runs.
   std::vector<double> ours_ms, torch_ms, round_ratio, low_ms, low_ratio;
@@ -433,6 +457,23 @@ int run(const Options& o) {
                 "(%.2fM linear weights x 2 B); peak RSS %.0f MB = %.2fx (target <= 1.3x)\n",
                 o.dtype.c_str(), low_analytic / 1048576.0, 2.0 * linear / 1048576.0, linear / 1e6,
                 rss_peak / 1048576.0, rss_peak / low_analytic);
+  }
+  for (const auto& [dtype, sum] : prof_sums) {
+    const double n = double(prof_steps[dtype]), step = prof_step_s[dtype] / n;
+    std::printf("\nprofile, %s: where a step's %.0f ms go (mean of %.0f measured steps; kernel "
+                "entry points timed, core/profile.h)\n",
+                compute_dtype_name(dtype), 1e3 * step, n);
+    std::printf("%-32s %9s %7s %12s\n", "part", "ms/step", "share", "calls/step");
+    double covered = 0;
+    for (int i = 0; i < static_cast<int>(prof::Part::kCount); ++i) {
+      const double ms = 1e3 * sum.seconds[i] / n;
+      covered += ms;
+      if (sum.calls[i] == 0) continue;
+      std::printf("%-32s %9.1f %6.1f%% %12.0f\n", prof::part_name(static_cast<prof::Part>(i)),
+                  ms, 100.0 * ms / (1e3 * step), double(sum.calls[i]) / n);
+    }
+    std::printf("%-32s %9.1f %6.1f%%\n", "framework and the rest", 1e3 * step - covered,
+                100.0 * (1e3 * step - covered) / (1e3 * step));
   }
   return 0;
 }

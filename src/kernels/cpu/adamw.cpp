@@ -13,12 +13,14 @@
 #endif
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "kernels/cpu/kernels.h"
 
 namespace moe::cpu {
 
 void adamw_step(float* p, float* m, float* v, const float* g, int64_t n, float lr, float beta1,
                 float beta2, float eps, float weight_decay, int64_t step) {
+  const prof::Scope prof_scope(prof::Part::kOptimizer);
   MOE_CHECK(n >= 0, "adamw_step", "n must be >= 0, got ", n);
   MOE_CHECK(step >= 1, "adamw_step", "step is 1-based, got ", step);
   MOE_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "adamw_step",

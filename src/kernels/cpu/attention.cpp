@@ -25,6 +25,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "kernels/cpu/bf16_pairs.h"
 #include "kernels/cpu/exp_fast.h"
 #include "kernels/cpu/kernels.h"
@@ -269,10 +270,12 @@ void backward(float* dqkv, const float* dout, const float* qkv, const float* att
 
 void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t H,
                        int64_t Hkv, int64_t Dh) {
+  const prof::Scope prof_scope(prof::Part::kAttention);
   forward<F32Products>(out, att, qkv, B, T, H, Hkv, Dh);
 }
 void attention_forward_bf16(float* out, float* att, const float* qkv, int64_t B, int64_t T,
                             int64_t H, int64_t Hkv, int64_t Dh) {
+  const prof::Scope prof_scope(prof::Part::kAttention);
   forward<Bf16Products>(out, att, qkv, B, T, H, Hkv, Dh);
 }
 
@@ -283,11 +286,13 @@ size_t attention_backward_scratch(int64_t T, int64_t Dh, int nthreads) {
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
                         float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t Dh) {
+  const prof::Scope prof_scope(prof::Part::kAttention);
   backward<F32Products>(dqkv, dout, qkv, att, scratch, B, T, H, Hkv, Dh);
 }
 void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* att,
                              float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv,
                              int64_t Dh) {
+  const prof::Scope prof_scope(prof::Part::kAttention);
   backward<Bf16Products>(dqkv, dout, qkv, att, scratch, B, T, H, Hkv, Dh);
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "kernels/cpu/exp_fast.h"
 #include "kernels/cpu/kernels.h"
 
@@ -34,6 +35,7 @@ double sum_in_row_order(const float* losses, int64_t N) {
 
 double cross_entropy_forward_backward(float* dlogits, float* losses, const float* logits,
                                       const int32_t* targets, int64_t N, int64_t V, float dscale) {
+  const prof::Scope prof_scope(prof::Part::kElementwise);
   check_args("cross_entropy_forward_backward", targets, N, V);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
@@ -60,6 +62,7 @@ double cross_entropy_forward_backward(float* dlogits, float* losses, const float
 
 double cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
                              int64_t N, int64_t V) {
+  const prof::Scope prof_scope(prof::Part::kElementwise);
   check_args("cross_entropy_forward", targets, N, V);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {

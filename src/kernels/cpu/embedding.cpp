@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "kernels/cpu/kernels.h"
 
 namespace moe::cpu {
@@ -17,6 +18,7 @@ void check_tokens(const char* op, const int32_t* tokens, int64_t N) {
 }  // namespace
 
 void embedding_forward(float* x, const int32_t* tokens, const float* table, int64_t N, int64_t D) {
+  const prof::Scope prof_scope(prof::Part::kElementwise);
   MOE_CHECK(N >= 0 && D >= 0, "embedding_forward", "sizes must be >= 0, got N=", N, " D=", D);
   check_tokens("embedding_forward", tokens, N);
 #pragma omp parallel for schedule(static)
@@ -26,6 +28,7 @@ void embedding_forward(float* x, const int32_t* tokens, const float* table, int6
 
 void embedding_backward(float* dtable, const float* dx, const int32_t* tokens, int64_t N,
                         int64_t D) {
+  const prof::Scope prof_scope(prof::Part::kElementwise);
   MOE_CHECK(N >= 0 && D >= 0, "embedding_backward", "sizes must be >= 0, got N=", N, " D=", D);
   check_tokens("embedding_backward", tokens, N);
   const int64_t chunks = (D + kColChunk - 1) / kColChunk;

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/onednn.h"
 #include "kernels/cpu/quantize.h"
@@ -290,6 +291,7 @@ void grouped_backward_w_impl(float* dW, int64_t w_stride, const In* dy, const In
 #define MOE_GEMM_KERNELS(In)                                                                    \
   void gemm(float* C, const In* A, const In* B, int64_t M, int64_t N, int64_t K, bool trans_a,  \
             bool trans_b, float alpha, float beta) {                                            \
+    const prof::Scope prof_scope(prof::Part::kGemm);                                            \
     gemm_impl(C, A, B, M, N, K, trans_a, trans_b, alpha, beta);                                 \
   }                                                                                             \
   void linear_forward(float* y, const In* x, const In* W, int64_t N, int64_t in, int64_t out) { \
@@ -305,14 +307,17 @@ void grouped_backward_w_impl(float* dW, int64_t w_stride, const In* dy, const In
   }                                                                                             \
   void grouped_linear_forward(float* y, const In* x, const In* W, int64_t w_stride,            \
                               const int64_t* offsets, int64_t E, int64_t in, int64_t out) {     \
+    const prof::Scope prof_scope(prof::Part::kGroupedGemm);                                     \
     grouped_forward_impl(y, x, W, w_stride, offsets, E, in, out);                               \
   }                                                                                             \
   void grouped_linear_backward_x(float* dx, const In* dy, const In* W, int64_t w_stride,       \
                                  const int64_t* offsets, int64_t E, int64_t in, int64_t out) {  \
+    const prof::Scope prof_scope(prof::Part::kGroupedGemm);                                     \
     grouped_backward_x_impl(dx, dy, W, w_stride, offsets, E, in, out);                          \
   }                                                                                             \
   void grouped_linear_backward_w(float* dW, int64_t w_stride, const In* dy, const In* x,       \
                                  const int64_t* offsets, int64_t E, int64_t in, int64_t out) {  \
+    const prof::Scope prof_scope(prof::Part::kGroupedGemm);                                     \
     grouped_backward_w_impl(dW, w_stride, dy, x, offsets, E, in, out);                          \
   }
 

@@ -1,5 +1,6 @@
 // MoE routing kernels (see moe_kernels.h). Token-parallel loops write disjoint rows, so results
 // do not depend on the thread count; the loss values are O(N*E) and summed serially in double.
+#include "core/profile.h"
 #include "kernels/cpu/moe_kernels.h"
 
 #include <algorithm>
@@ -77,6 +78,7 @@ inline GroupCut group_cut(const float* s, const float* bias, int64_t G, int64_t 
 
 void router_forward(float* scores, int32_t* topk_idx, float* topk_w, const float* logits,
                     const float* bias, int64_t N, const RouterSpec& spec) {
+  const prof::Scope prof_scope(prof::Part::kRouter);
   const int64_t E = spec.E, K = spec.K;
   const float scale = float(spec.routed_scaling_factor);
   // topk_group >= n_group keeps every group: the same selection as no limit.
@@ -121,6 +123,7 @@ void router_forward(float* scores, int32_t* topk_idx, float* topk_w, const float
 
 void router_counts(int64_t* load, int64_t* seq_load, const int32_t* topk_idx, int64_t B,
                    int64_t T, int64_t E, int64_t K) {
+  const prof::Scope prof_scope(prof::Part::kRouter);
   std::memset(load, 0, sizeof(int64_t) * size_t(E));
   std::memset(seq_load, 0, sizeof(int64_t) * size_t(B * E));
   for (int64_t i = 0; i < B * T * K; ++i) {
@@ -132,6 +135,7 @@ void router_counts(int64_t* load, int64_t* seq_load, const int32_t* topk_idx, in
 int64_t route_plan(int32_t* slot_row, int64_t* expert_count, int64_t* offsets,
                    const int32_t* topk_idx, int64_t N, int64_t E, int64_t K, int64_t capacity,
                    const int64_t* taken) {
+  const prof::Scope prof_scope(prof::Part::kRouter);
   // Pass 1: each slot's rank within its expert (token order) in slot_row, -1 past capacity.
   // expert_count counts every assignment here and is clamped to the capacity afterwards.
   std::memset(expert_count, 0, sizeof(int64_t) * size_t(E));
@@ -202,6 +206,7 @@ void router_backward(float* dz, const float* dgate, const float* logits, const f
                      const int32_t* topk_idx, const float* topk_w, const int64_t* load,
                      const int64_t* seq_load, int64_t B, int64_t T, const RouterSpec& spec,
                      const RouterLossCoefs& coefs) {
+  const prof::Scope prof_scope(prof::Part::kRouter);
   const int64_t E = spec.E, K = spec.K, N = B * T;
   const float c = float(spec.routed_scaling_factor);
   const bool balance = coefs.aux_alpha != 0 || coefs.seq_aux_alpha != 0;
@@ -253,6 +258,7 @@ void router_backward(float* dz, const float* dgate, const float* logits, const f
 
 void permute(float* sorted_x, const float* x, const int32_t* slot_row, int64_t N, int64_t K,
              int64_t D) {
+  const prof::Scope prof_scope(prof::Part::kPermute);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k) {
@@ -263,6 +269,7 @@ void permute(float* sorted_x, const float* x, const int32_t* slot_row, int64_t N
 
 void permute_backward(float* dx, const float* dsorted_x, const int32_t* slot_row, int64_t N,
                       int64_t K, int64_t D) {
+  const prof::Scope prof_scope(prof::Part::kPermute);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     float* out = dx + n * D;
@@ -279,6 +286,7 @@ void permute_backward(float* dx, const float* dsorted_x, const int32_t* slot_row
 
 void unpermute_weighted(float* y, const float* sorted_y, const float* topk_w,
                         const int32_t* slot_row, int64_t N, int64_t K, int64_t D) {
+  const prof::Scope prof_scope(prof::Part::kPermute);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     float* out = y + n * D;
@@ -296,6 +304,7 @@ void unpermute_weighted(float* y, const float* sorted_y, const float* topk_w,
 void unpermute_weighted_backward(float* dsorted_y, float* dgate, const float* dy,
                                  const float* sorted_y, const float* topk_w,
                                  const int32_t* slot_row, int64_t N, int64_t K, int64_t D) {
+  const prof::Scope prof_scope(prof::Part::kPermute);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const float* g = dy + n * D;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "kernels/cpu/kernels.h"
 
 namespace moe::cpu {
@@ -14,6 +15,7 @@ constexpr int64_t kColChunk = 64;  // columns per dw task: one 256-byte run per 
 
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
                      float eps) {
+  const prof::Scope prof_scope(prof::Part::kNorm);
   MOE_CHECK(N >= 0 && D > 0, "rmsnorm_forward", "need N >= 0 and D > 0, got N=", N, " D=", D);
   MOE_CHECK(eps >= 0, "rmsnorm_forward", "eps must be >= 0, got ", eps);
 #pragma omp parallel for schedule(static)
@@ -32,6 +34,7 @@ void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int6
 
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                       const float* rstd, int64_t N, int64_t D) {
+  const prof::Scope prof_scope(prof::Part::kNorm);
   MOE_CHECK(N >= 0 && D > 0, "rmsnorm_backward", "need N >= 0 and D > 0, got N=", N, " D=", D);
   // dx += r*(dy*w) - x * r^3/D * sum(dy*w*x)
 #pragma omp parallel for schedule(static)

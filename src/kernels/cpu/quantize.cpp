@@ -1,4 +1,5 @@
 // bf16 casts and FP8 (E4M3) tile quantization; see quantize.h for the recipe.
+#include "core/profile.h"
 #include "kernels/cpu/quantize.h"
 
 #include <algorithm>
@@ -59,11 +60,13 @@ bool bf16_native() {
 }
 
 void cast_bf16(bf16* y, const float* x, int64_t n) {
+  const prof::Scope prof_scope(prof::Part::kCast);
 #pragma omp parallel for simd schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) y[i] = to_bf16(x[i]);
 }
 
 void widen_bf16(float* y, const bf16* x, int64_t n) {
+  const prof::Scope prof_scope(prof::Part::kCast);
 #pragma omp parallel for simd schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) y[i] = from_bits(uint32_t(x[i]) << 16);
 }
@@ -79,6 +82,7 @@ float fp8_tile_scale(float amax) {
 }
 
 void fp8_quantize_rows(bf16* y, const float* x, int64_t rows, int64_t cols) {
+  const prof::Scope prof_scope(prof::Part::kCast);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c0 = 0; c0 < cols; c0 += kFp8Tile) {
@@ -99,6 +103,7 @@ void fp8_quantize_rows(bf16* y, const float* x, int64_t rows, int64_t cols) {
 
 void fp8_quantize_cols(bf16* y, const float* x, int64_t rows, int64_t cols, const int64_t* offsets,
                        int64_t groups) {
+  const prof::Scope prof_scope(prof::Part::kCast);
   const int64_t one[2] = {0, rows};
   if (!offsets) offsets = one, groups = 1;
   // Work items: (tile of up to 128 rows inside a group, chunk of 64 columns).
@@ -134,6 +139,7 @@ void fp8_quantize_cols(bf16* y, const float* x, int64_t rows, int64_t cols, cons
 }
 
 void fp8_quantize_blocks(bf16* y, const float* W, int64_t rows, int64_t cols) {
+  const prof::Scope prof_scope(prof::Part::kCast);
   const int64_t br = (rows + kFp8Tile - 1) / kFp8Tile, bc = (cols + kFp8Tile - 1) / kFp8Tile;
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < br * bc; ++b) {

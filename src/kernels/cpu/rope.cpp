@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "kernels/cpu/kernels.h"
 
 namespace moe::cpu {
@@ -25,6 +26,7 @@ void rope_tables(float* cos, float* sin, int64_t max_pos, int64_t Dh, double the
 
 void rope_apply(float* x, const float* cos, const float* sin, int64_t B, int64_t T,
                 int64_t nheads, int64_t Dh, int64_t row_stride, int64_t pos0, bool inverse) {
+  const prof::Scope prof_scope(prof::Part::kElementwise);
   MOE_CHECK(B >= 0 && T >= 0 && nheads >= 0 && Dh > 0 && Dh % 2 == 0, "rope_apply",
             "need sizes >= 0 and an even Dh > 0, got B=", B, " T=", T, " nheads=", nheads,
             " Dh=", Dh);

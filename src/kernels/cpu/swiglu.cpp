@@ -2,12 +2,14 @@
 #include <cstdint>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "kernels/cpu/exp_fast.h"
 #include "kernels/cpu/kernels.h"
 
 namespace moe::cpu {
 
 void swiglu_forward(float* h, const float* gu, int64_t N, int64_t F) {
+  const prof::Scope prof_scope(prof::Part::kElementwise);
   MOE_CHECK(N >= 0 && F >= 0, "swiglu_forward", "sizes must be >= 0, got N=", N, " F=", F);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
@@ -20,6 +22,7 @@ void swiglu_forward(float* h, const float* gu, int64_t N, int64_t F) {
 }
 
 void swiglu_backward(float* dgu, const float* dh, const float* gu, int64_t N, int64_t F) {
+  const prof::Scope prof_scope(prof::Part::kElementwise);
   MOE_CHECK(N >= 0 && F >= 0, "swiglu_backward", "sizes must be >= 0, got N=", N, " F=", F);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
