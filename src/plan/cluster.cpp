@@ -51,6 +51,7 @@ const KeySpec kKeys[] = {
     {"efficiency", "fp8_grouped_gemm", "a fraction in (0, 1]"},
     {"efficiency", "attention", "a fraction in (0, 1]"},
     {"efficiency", "memory", "a fraction in (0, 1]"},
+    {"efficiency", "optimizer", "a fraction in (0, 1] (AdamW; default: memory)"},
     {"efficiency", "intra_comm", "a fraction in (0, 1]"},
     {"efficiency", "inter_comm", "a fraction in (0, 1]"},
     {"efficiency", "overlap_compute_share", "a fraction in [0, 1)"},
@@ -251,6 +252,7 @@ Cluster parse_cluster(const std::string& text, const std::string& origin) {
       get_num(root, origin, "efficiency", "fp8_grouped_gemm", false, e.fp8_gemm, 0, true, 1);
   e.attention = get_num(root, origin, "efficiency", "attention", true, d.attention, 0, true, 1);
   e.memory = get_num(root, origin, "efficiency", "memory", true, d.memory, 0, true, 1);
+  e.optimizer = get_num(root, origin, "efficiency", "optimizer", false, e.memory, 0, true, 1);
   e.intra_comm = get_num(root, origin, "efficiency", "intra_comm", false, d.intra_comm, 0, true, 1);
   e.inter_comm = get_num(root, origin, "efficiency", "inter_comm", false, d.inter_comm, 0, true, 1);
   e.overlap_compute_share =
@@ -300,6 +302,7 @@ std::string cluster_to_toml(const Cluster& c, const std::string& comment) {
      << "fp8_grouped_gemm = " << c.eff.fp8_grouped_gemm << "\n"
      << "attention = " << c.eff.attention << "\n"
      << "memory = " << c.eff.memory << "\n"
+     << "optimizer = " << c.eff.optimizer << "\n"
      << "intra_comm = " << c.eff.intra_comm << "\n"
      << "inter_comm = " << c.eff.inter_comm << "\n"
      << "overlap_compute_share = " << c.eff.overlap_compute_share << "\n";

@@ -19,6 +19,7 @@ struct Efficiency {
   double fp8_grouped_gemm = 0.35;
   double attention = 0.4;   // attention core (QK^T, softmax, PV) at the bf16 peak, e.g. 0.4
   double memory = 0.8;      // elementwise kernels at the memory bandwidth, e.g. 0.8
+  double optimizer = 0;     // AdamW's streams at the memory bandwidth (0: as memory)
   double intra_comm = 0.8;  // collectives inside a node at intra_bandwidth, e.g. 0.8
   double inter_comm = 0.8;  // collectives across nodes at inter_bandwidth, e.g. 0.8
   // Share of compute units that communication kernels take while they overlap compute

@@ -363,7 +363,8 @@ Time step_time(const PlanModel& m, const Cluster& c, const Job& job, const Layou
     const double shard_ne = l.zero >= 1 ? p_ne / sg.dp : p_ne;
     const double shard_ex = l.zero >= 1 ? p_ex / sg.edp : p_ex;
     const double bytes_per_param = l.dtype == Dtype::kFp32 ? 28.0 : 30.0;
-    t.optimizer = (shard_ne + shard_ex) * bytes_per_param / mem_rate;
+    const double opt_eff = c.eff.optimizer > 0 ? c.eff.optimizer : c.eff.memory;
+    t.optimizer = (shard_ne + shard_ex) * bytes_per_param / (c.memory_bandwidth * opt_eff);
     // DiLoCo (Douillard et al. 2023, arXiv 2311.08105; src/parallel/diloco.h): every H steps
     // each device all-reduces the pseudo-gradient (parameter delta) of the P parameters its
     // optimizer owns (ZeRO >= 1: its shard, p_ne/dp + p_ex/edp of the group; ZeRO-0: all it

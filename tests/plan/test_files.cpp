@@ -47,10 +47,14 @@ TEST(PlanClusterFile, ParsesUnits) {
   EXPECT_DOUBLE_EQ(c.inter_bandwidth, 10e9);
   EXPECT_EQ(c.devices_per_node, 4);
   EXPECT_DOUBLE_EQ(c.eff.grouped_gemm, 0.5);  // defaults to gemm
+  EXPECT_DOUBLE_EQ(c.eff.optimizer, 0.8);     // defaults to memory
   // round trip through the writer
   const Cluster d = parse_cluster(cluster_to_toml(c, "# test\n"), "y.toml");
   EXPECT_DOUBLE_EQ(d.inter_bandwidth, c.inter_bandwidth);
   EXPECT_DOUBLE_EQ(d.eff.attention, c.eff.attention);
+  EXPECT_DOUBLE_EQ(d.eff.optimizer, c.eff.optimizer);
+  EXPECT_DOUBLE_EQ(parse_cluster(std::string(kGood) + "optimizer = 0.6\n", "z.toml").eff.optimizer,
+                   0.6);
 }
 
 TEST(PlanClusterFile, UnknownKeyNamesFileLineKeyAndAllowed) {

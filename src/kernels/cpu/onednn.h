@@ -8,6 +8,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 namespace moe::cpu {
@@ -22,12 +23,15 @@ inline dnnl::stream& onednn_thread_stream() {
   return stream;
 }
 
-// n elements of T in this thread's buffer number kSlot, grown to the largest n asked for.
+// n elements of T in this thread's buffer number kSlot, grown to the largest n asked for,
+// starting on a 64-byte boundary (a cache line: operands of the GEMM kernels).
 template <class T, int kSlot>
 T* thread_buffer(size_t n) {
+  constexpr size_t kPad = (64 + sizeof(T) - 1) / sizeof(T);
   thread_local std::vector<T> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
+  if (buf.size() < n + kPad) buf.resize(n + kPad);
+  const auto addr = reinterpret_cast<std::uintptr_t>(buf.data());
+  return reinterpret_cast<T*>((addr + 63) & ~std::uintptr_t{63});
 }
 
 }  // namespace moe::cpu
