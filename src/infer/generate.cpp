@@ -20,6 +20,11 @@ namespace {
 class Decoder {
  public:
   Decoder(const Model& m, const Int8Weights* int8) : m_(m), c_(m.config()), int8_(int8) {
+    // MTP modules (layers L..L+M-1) are training-only here: decoding runs the main model.
+    MOE_CHECK(!c_.is_mla(), "generate",
+              "the KV-cache decoder runs GQA attention only; this model has attention = \"mla\", "
+              "which `moe train` and `moe eval` run but `moe generate` does not decode yet "
+              "(issue 18)");
     if (int8_ != nullptr && int8_->empty()) int8_ = nullptr;
     MOE_CHECK(int8_ == nullptr || int8_->matches(m.layout()), "generate",
               "the int8 weights were made for another model or layout; build them from this "
