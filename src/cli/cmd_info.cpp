@@ -174,9 +174,6 @@ int run_info(const InfoOptions& o) {
   std::printf("  KV cache      %s per token (%s), %s for %lld tokens\n", human_bytes(kv).c_str(),
               kv_how.c_str(), human_bytes(kv * double(c.max_position_embeddings)).c_str(),
               (long long)c.max_position_embeddings);
-  if (c.is_mla())
-    std::printf("note: `moe train` and `moe eval` run MLA; `moe generate` does not decode it yet "
-                "(issue 18)\n");
   return 0;
 }
 

@@ -1,6 +1,6 @@
 // A DeepSeek-V3-format config.json (MLA, MTP, group-limited sigmoid routing; small sizes) goes
-// through the `moe` command: it trains, logs the MTP acceptance at evaluation, evaluates, and
-// `moe generate` refuses it with a clear line. In-process: the loss of a fixed batch falls
+// through the `moe` command: it trains, logs the MTP acceptance at evaluation, evaluates and
+// generates. In-process: the loss of a fixed batch falls
 // under AdamW, and the checkpoint round-trips with its MLA and MTP tensors.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -76,7 +76,7 @@ TEST_F(TrainMla, DeepSeekV3ConfigJsonTrainsThroughTheCli) {
   }
   EXPECT_LT(val[1]["loss"].get<double>(), val[0]["loss"].get<double>() - 0.3) << out;
   EXPECT_GT(val[1]["mtp_acc"].get<double>(), val[0]["mtp_acc"].get<double>());
-  // The run folder's config keeps the MLA and MTP keys; eval runs; generate refuses MLA.
+  // The run folder's config keeps the MLA and MTP keys; eval and generate run.
   const ModelConfig saved = load_config((fs::path(run) / "config.json").string());
   EXPECT_TRUE(saved.is_mla());
   EXPECT_EQ(saved.q_lora_rank, 24);
@@ -86,10 +86,10 @@ TEST_F(TrainMla, DeepSeekV3ConfigJsonTrainsThroughTheCli) {
                                      (dir_ / "text.txt").string());
   EXPECT_EQ(ecode, 0) << eout;
   EXPECT_NE(eout.find("\"loss\": "), std::string::npos) << eout;
-  const auto [gcode, gout] = run_moe("generate --checkpoint " + run + " --prompt hi");
-  EXPECT_NE(gcode, 0) << gout;
-  EXPECT_NE(gout.find("attention = \"mla\""), std::string::npos) << gout;
-  EXPECT_NE(gout.find("issue 18"), std::string::npos) << gout;
+  const auto [gcode, gout] =
+      run_moe("generate --checkpoint " + run + " --prompt hi --max-new-tokens 20");
+  EXPECT_EQ(gcode, 0) << gout;
+  EXPECT_GE(gout.size(), 20u) << gout;
 }
 
 TEST_F(TrainMla, FixedBatchLossFallsAndCheckpointRoundTrips) {
