@@ -189,7 +189,6 @@ LossStats Model::forward(const int32_t* tokens, int64_t B, int64_t T) {
   return run(tokens, B, T, false, 1.0f);
 }
 
-
 void Model::block_forward(int64_t l, const float* x, float* xm, float* xo, int64_t B, int64_t T,
                           LossStats& st, TokenDispatcher& disp) {
   const ModelConfig& c = cfg_;

@@ -33,7 +33,7 @@ struct LossStats {
 // Routing statistics of one MoE layer over the last forward pass (read-only, for metrics; they
 // never feed back into the numerics).
 struct MoeLayerStats {
-  int64_t layer = 0;            // index in [first_k_dense_replace, L)
+  int64_t layer = 0;            // in [first_k_dense_replace, L + M): L + k is MTP module k's
   std::vector<int64_t> load;    // (E) tokens that selected e (before capacity drops)
   int64_t tokens = 0;           // N = B*T
   int64_t slots = 0;            // N*K routed slots
@@ -78,8 +78,9 @@ class Model {
   // Cross-entropy of each of the B*T tokens of the last forward (N), nats.
   const float* token_losses() const;
 
-  // Tokens that selected each expert, per layer (empty for dense layers), summed over the
-  // forward passes since reset_load(): the input of the auxiliary-loss-free bias update.
+  // Tokens that selected each expert, per layer (L main layers, then the M MTP blocks; empty
+  // for dense layers), summed over the forward passes since reset_load(): the input of the
+  // auxiliary-loss-free bias update.
   const std::vector<std::vector<int64_t>>& load() const { return load_; }
   std::vector<std::vector<int64_t>>& load() { return load_; }  // summed over ranks before update
   void reset_load();
