@@ -174,9 +174,6 @@ int run_info(const InfoOptions& o) {
   std::printf("  KV cache      %s per token (%s), %s for %lld tokens\n", human_bytes(kv).c_str(),
               kv_how.c_str(), human_bytes(kv * double(c.max_position_embeddings)).c_str(),
               (long long)c.max_position_embeddings);
-  if (c.needs_mla_engine())
-    std::printf("note: the engine's forward and backward do not run %s yet; `moe plan` sizes it\n",
-                c.is_mla() ? "MLA attention" : "multi-token prediction");
   return 0;
 }
 

@@ -73,8 +73,7 @@ struct ModelConfig {
   // MoE or dense FFN at layer index `layer`; MTP module k is layer index L + k, always MoE.
   bool is_moe_layer(int64_t layer) const { return layer >= first_k_dense_replace; }
   bool is_mla() const { return attention == "mla"; }
-  // What the engine's GQA-only forward/backward cannot run yet: MLA or MTP. The Model
-  // constructor checks this until the MLA/MTP engine lands.
+  // Uses the MLA or MTP parts of the engine (model_attention.cpp, model_mtp.cpp).
   bool needs_mla_engine() const { return is_mla() || num_nextn_predict_layers > 0; }
   // GQA: q|k|v rows of one token, (H + 2 Hkv) * Dh.
   int64_t qkv_dim() const { return (num_attention_heads + 2 * num_key_value_heads) * head_dim; }

@@ -21,12 +21,19 @@ struct LossStats {
   double aux = 0, seq_aux = 0, z = 0;  // summed over MoE layers, coefficients applied
   int64_t tokens = 0;
   int64_t dropped = 0;  // routed slots dropped by capacity, all layers
+  // Multi-token prediction (num_nextn_predict_layers = M > 0; DeepSeek-V3 sec. 2.2):
+  double mtp = 0;                // mtp_loss_weight / M * sum_k mtp_ce[k] (part of loss)
+  std::vector<double> mtp_ce;    // (M) module k's mean cross-entropy over B*(T-k-1) positions
+  // Module 0 predicts token i+2 at position i (B*(T-1) positions): how often its argmax is the
+  // true token t_{i+2} (mtp_hits) and how often it is the main model's own argmax at i+1
+  // (mtp_agree: a greedy draft the main model would accept, given the true t_{i+1}).
+  int64_t mtp_positions = 0, mtp_hits = 0, mtp_agree = 0;
 };
 
 // Routing statistics of one MoE layer over the last forward pass (read-only, for metrics; they
 // never feed back into the numerics).
 struct MoeLayerStats {
-  int64_t layer = 0;            // index in [first_k_dense_replace, L)
+  int64_t layer = 0;            // in [first_k_dense_replace, L + M): L + k is MTP module k's
   std::vector<int64_t> load;    // (E) tokens that selected e (before capacity drops)
   int64_t tokens = 0;           // N = B*T
   int64_t slots = 0;            // N*K routed slots
@@ -66,11 +73,14 @@ class Model {
   // Forward only; logits() then holds (B*T, V).
   LossStats forward(const int32_t* tokens, int64_t B, int64_t T);
   const float* logits() const;
+  // MTP module k's logits of the last forward(): (B*(T-1-k), V), positions in sequence order.
+  const float* mtp_logits(int64_t k) const;
   // Cross-entropy of each of the B*T tokens of the last forward (N), nats.
   const float* token_losses() const;
 
-  // Tokens that selected each expert, per layer (empty for dense layers), summed over the
-  // forward passes since reset_load(): the input of the auxiliary-loss-free bias update.
+  // Tokens that selected each expert, per layer (L main layers, then the M MTP blocks; empty
+  // for dense layers), summed over the forward passes since reset_load(): the input of the
+  // auxiliary-loss-free bias update.
   const std::vector<std::vector<int64_t>>& load() const { return load_; }
   std::vector<std::vector<int64_t>>& load() { return load_; }  // summed over ranks before update
   void reset_load();
@@ -87,13 +97,16 @@ class Model {
   // How MoE layers reach the experts (null: all on this process). Must hold the experts of
   // layout(): expert_first() and experts_local() agree with it.
   void set_dispatcher(TokenDispatcher* d);
-  // Called during backward when a part's gradients are final for this pass: layer L (the head:
-  // final norm and lm_head), then each layer l from L-1 down to 0, then -1 (the embedding).
+  // Parts of the model, for the two hooks below: -1 the embedding, l in [0, L) a layer, L the
+  // head (final norm and lm_head), L + 1 + k MTP module k (parameters of layer index L + k).
+  // Called during backward when a part's gradients are final for this pass: MTP modules
+  // L + M ... L + 1 (last first), L (the head: its lm_head gradient includes the MTP modules'),
+  // then each layer l from L-1 down to 0, then -1 (the embedding).
   // Data parallelism starts reducing a bucket as soon as its layers are done.
   void set_grad_ready_hook(std::function<void(int64_t)> hook) { grad_ready_ = std::move(hook); }
   // Called during forward before a part's parameters are read: -1 (the embedding), each layer
-  // l from 0 up, then L (the head). Data parallelism waits there for the all-gather of the
-  // parameters it updated, which runs meanwhile.
+  // l from 0 up, then L (the head), then the MTP modules L + 1 ... L + M. Data parallelism
+  // waits there for the all-gather of the parameters it updated, which runs meanwhile.
   void set_params_needed_hook(std::function<void(int64_t)> hook) {
     params_needed_ = std::move(hook);
   }
@@ -113,17 +126,35 @@ class Model {
 
  private:
   LossStats run(const int32_t* tokens, int64_t B, int64_t T, bool backward, float grad_scale);
+  // One transformer block at layer index l (main layer or MTP block) over B sequences of T:
+  // xm = x + attention(norm(x)), xo = xm + ffn(norm(xm)); MoE terms and load into st.
+  void block_forward(int64_t l, const float* x, float* xm, float* xo, int64_t B, int64_t T,
+                     LossStats& st, TokenDispatcher& disp);
+  // dres (N, D): d xo in, d x out; parameter gradients accumulated.
+  void block_backward(int64_t l, float* dres, const float* x, const float* xm, int64_t B,
+                      int64_t T, float grad_scale, TokenDispatcher& disp);
+  // out (N, D) = o_proj(attention(la.ln1)) of block l, GQA or MLA (model_attention.cpp).
+  void attention_forward(int64_t l, float* out, int64_t B, int64_t T);
+  // dln (N, D) overwritten with d la.ln1, from dout (N, D) = d out.
+  void attention_backward(int64_t l, float* dln, const float* dout, int64_t B, int64_t T);
+  // MTP module k (model_mtp.cpp): forward from the previous depth's h; with `backward`, its
+  // cross-entropy gradient (scaled by grad_scale * mtp_loss_weight / M) replaces its logits.
+  void mtp_forward(int64_t k, const int32_t* tokens, int64_t B, int64_t T, bool backward,
+                   float grad_scale, LossStats& st, TokenDispatcher& disp);
+  // Backward of module k; a.dh_carry holds d h_{k+1} from module k+1 (k < M-1) and on return
+  // d h_k (B, T-k-1 rows of D): the gradient for the previous depth's first T-k-1 positions.
+  void mtp_backward(int64_t k, int64_t B, int64_t T, float grad_scale, TokenDispatcher& disp);
 
   ModelConfig cfg_;
   ParamLayout layout_;
   std::vector<float> params_, grads_;
   std::vector<std::vector<int64_t>> load_;
   std::vector<MoeLayerStats> moe_stats_;  // (MoE layers) of the last forward pass
-  std::vector<float> rope_cos_, rope_sin_;  // (max_pos, Dh/2)
+  std::vector<float> rope_cos_, rope_sin_;  // (max_pos, Dh/2); MLA: Dh = qk_rope_head_dim
   std::unique_ptr<Activations> acts_;
   ComputeDtype compute_dtype_ = ComputeDtype::kF32;
   Gemms gemms_;
-  std::vector<std::vector<WeightMatrix>> part_weights_;  // (L+2) see weight_matrices()
+  std::vector<std::vector<WeightMatrix>> part_weights_;  // (L+M+2) see weight_matrices()
   TokenDispatcher* dispatcher_ = nullptr;
   std::function<void(int64_t)> grad_ready_, params_needed_;
 };

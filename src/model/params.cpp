@@ -152,9 +152,12 @@ ParamLayout make_layout(const ModelConfig& c, const LayoutOptions& opt) {
 }
 
 bool is_linear_weight(const ParamSpec& spec) {
-  const std::string tail = "_proj.weight";
-  return spec.shape.size() == 2 && spec.name.size() > tail.size() &&
-         spec.name.compare(spec.name.size() - tail.size(), tail.size(), tail) == 0;
+  auto ends_with = [&](const std::string& tail) {
+    return spec.name.size() > tail.size() &&
+           spec.name.compare(spec.name.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  // MLA's kv_a_proj_with_mqa is the one projection whose name does not end in _proj.
+  return spec.shape.size() == 2 && (ends_with("_proj.weight") || ends_with("_proj_with_mqa.weight"));
 }
 
 }  // namespace moe

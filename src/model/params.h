@@ -96,7 +96,7 @@ struct ParamLayout {
 ParamLayout make_layout(const ModelConfig& cfg, const LayoutOptions& opt = {});
 
 // A linear layer's [out, in] weight: every "*_proj.weight" (attention, dense FFN, shared and
-// routed experts). Not the router (mlp.gate.weight), the embedding or lm_head. These are the
+// routed experts, MTP's eh_proj) and MLA's "kv_a_proj_with_mqa.weight". Not the router (mlp.gate.weight), the embedding or lm_head. These are the
 // weights that low-precision GEMMs (model/gemms.h) and INT8 (model/quantized.h) take.
 bool is_linear_weight(const ParamSpec& spec);
 

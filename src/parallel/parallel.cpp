@@ -176,10 +176,14 @@ void Parallel::attach(Model& model) {
   }
   model.set_dispatcher(dispatcher_.get());
   const int64_t L = model.config().num_hidden_layers;
+  const int64_t M = model.config().num_nextn_predict_layers;
   const int64_t align = layout_options().align;
+  // The model's parts (model.h): MTP module k (layer index L + k) is part L + 1 + k, done
+  // first; then the head L (final norm, lm_head); layers L-1 .. 0; the embedding -1 last.
   auto ready_of = [&](const ParamSpec& s) {
+    if (s.layer >= L) return s.layer + 1;
     if (s.layer >= 0) return s.layer;
-    return s.offset == lay.embed ? int64_t(-1) : L;  // embedding last; final norm, lm_head first
+    return s.offset == lay.embed ? int64_t(-1) : L;
   };
   const int64_t target = std::max(align, int64_t(cfg_.bucket_mb * 1024 * 1024 / 4) / align * align);
   // Buckets from each region's end down (backward finishes the last layers first).
@@ -189,7 +193,7 @@ void Parallel::attach(Model& model) {
     for (int64_t hi = end; hi > begin;) {
       const int64_t lo = std::max(begin, hi - target);
       Bucket b;
-      b.begin = lo, b.size = hi - lo, b.expert = expert, b.ready = L + 1;  // L + 1: only gaps
+      b.begin = lo, b.size = hi - lo, b.expert = expert, b.ready = L + M + 1;  // only gaps
       for (const ParamSpec& s : lay.specs)
         if (s.offset < hi && s.offset + s.numel > lo) b.ready = std::min(b.ready, ready_of(s));
       buckets_.push_back(b);

@@ -172,7 +172,7 @@ class Parallel {
  private:
   struct Bucket {
     int64_t begin = 0, size = 0;  // arena range; size a multiple of the group size
-    int64_t ready = 0;            // the smallest layer (L = head, -1 = embedding) inside
+    int64_t ready = 0;            // the smallest part inside (model.h: L head, -1 embedding)
     int64_t shard = 0;            // where this rank's chunk starts in the shard buffer
     bool expert = false;          // reduced over the expert-data-parallel group
     std::shared_ptr<comm::Work> work;

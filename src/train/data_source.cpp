@@ -92,7 +92,7 @@ void sample_train_batch(int32_t* tokens, const TokenData& data, int64_t B, int64
 }
 
 double evaluate(Model& model, const TokenData& data, int64_t T, int64_t batch, int64_t max_tokens,
-                int64_t* tokens_out, Parallel* par) {
+                int64_t* tokens_out, Parallel* par, MtpEval* mtp) {
   int64_t use = 0;
   std::function<void(int32_t*, int64_t, int64_t)> fill;  // (buf, first window, windows)
   if (data.dataset) {
@@ -104,13 +104,14 @@ double evaluate(Model& model, const TokenData& data, int64_t T, int64_t batch, i
     fill = consecutive_windows(data.val, T);
   }
   if (max_tokens > 0) use = std::min(use, std::max<int64_t>(1, max_tokens / T));
-  if (!par || !par->distributed()) return evaluate_windows(model, use, T, batch, fill, tokens_out);
+  if (!par || !par->distributed())
+    return evaluate_windows(model, use, T, batch, fill, tokens_out, mtp);
 
   // Each rank evaluates its slice of every batch of windows. Slices are ceil(nb / ranks) long;
   // a rank past the end pads its slice with window 0 (which it does not count), so that every
   // rank runs the same collectives.
   const int64_t W = par->world_size(), r = par->rank();
-  double acc[2] = {0, 0};  // CE sum, tokens
+  double acc[6] = {0, 0, 0, 0, 0, 0};  // CE sum, tokens; MTP positions, hits, agree, CE sum
   std::vector<int32_t> buf;
   for (int64_t w0 = 0; w0 < use; w0 += batch) {
     const int64_t nb = std::min(batch, use - w0), c = (nb + W - 1) / W;
@@ -118,13 +119,21 @@ double evaluate(Model& model, const TokenData& data, int64_t T, int64_t batch, i
     buf.assign(size_t(c * (T + 1)), 0);
     if (real > 0) fill(buf.data(), first, real);
     for (int64_t b = real; b < c; ++b) fill(buf.data() + b * (T + 1), 0, 1);
-    model.forward(buf.data(), c, T);
+    const LossStats st = model.forward(buf.data(), c, T);
     const float* losses = model.token_losses();
     for (int64_t i = 0; i < real * T; ++i) acc[0] += double(losses[i]);
     acc[1] += double(real * T);
+    if (mtp && real == c && !st.mtp_ce.empty()) {
+      acc[2] += double(st.mtp_positions), acc[3] += double(st.mtp_hits);
+      acc[4] += double(st.mtp_agree), acc[5] += st.mtp_ce[0] * double(st.mtp_positions);
+    }
   }
   model.reset_load();
-  par->all_reduce_sum(acc, 2);
+  par->all_reduce_sum(acc, 6);
+  if (mtp) {
+    mtp->positions += int64_t(acc[2]), mtp->hits += int64_t(acc[3]);
+    mtp->agree += int64_t(acc[4]), mtp->ce_sum += acc[5];
+  }
   if (tokens_out) *tokens_out = int64_t(acc[1]);
   return acc[1] > 0 ? acc[0] / acc[1] : 0.0;
 }

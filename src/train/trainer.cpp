@@ -62,7 +62,7 @@ void sample_batch(int32_t* tokens, const std::vector<int32_t>& data, int64_t B, 
 
 double evaluate_windows(Model& model, int64_t windows, int64_t T, int64_t batch,
                         const std::function<void(int32_t*, int64_t, int64_t)>& fill,
-                        int64_t* tokens_out) {
+                        int64_t* tokens_out, MtpEval* mtp) {
   double sum = 0;
   int64_t count = 0;
   std::vector<int32_t> buf(static_cast<size_t>(batch * (T + 1)));
@@ -71,6 +71,7 @@ double evaluate_windows(Model& model, int64_t windows, int64_t T, int64_t batch,
     fill(buf.data(), w0, nb);
     const LossStats st = model.forward(buf.data(), nb, T);
     sum += st.ce * static_cast<double>(nb * T);
+    if (mtp) mtp->add(st);
     count += nb * T;
   }
   model.reset_load();
@@ -79,11 +80,11 @@ double evaluate_windows(Model& model, int64_t windows, int64_t T, int64_t batch,
 }
 
 double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64_t batch,
-                int64_t max_tokens, int64_t* tokens_out) {
+                int64_t max_tokens, int64_t* tokens_out, MtpEval* mtp) {
   const int64_t windows = (static_cast<int64_t>(data.size()) - 1) / T;
   int64_t use = windows;
   if (max_tokens > 0) use = std::min(use, std::max<int64_t>(1, max_tokens / T));
-  return evaluate_windows(model, use, T, batch, consecutive_windows(data, T), tokens_out);
+  return evaluate_windows(model, use, T, batch, consecutive_windows(data, T), tokens_out, mtp);
 }
 
 std::function<void(int32_t*, int64_t, int64_t)> consecutive_windows(
@@ -333,15 +334,24 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
                    {"update_norm", s.update_norm}});
     return true;
   };
+  const bool has_mtp = model.config().num_nextn_predict_layers > 0;
   auto validate = [&]() {
     if (tc.eval_tokens <= 0 || data.val_tokens() < T + 1) return -1.0;
     par.wait_params();
     int64_t n = 0;
+    MtpEval mtp;
     // DiLoCo: every rank evaluates its slice of the windows with its group's parameters; right
     // after an outer sync (and at the end) they are one model's, between syncs the mean mixes
     // the groups' models (each group 1/groups of the windows). "synced" says which.
-    const double ce = evaluate(model, data, T, B, tc.eval_tokens, &n, &par);
+    const double ce = evaluate(model, data, T, B, tc.eval_tokens, &n, &par, has_mtp ? &mtp : nullptr);
     nlohmann::json rec = {{"kind", "val"}, {"step", st.step}, {"loss", ce}, {"ppl", std::exp(ce)}};
+    if (has_mtp && mtp.positions > 0) {
+      rec["mtp_acc"] = mtp.acc();
+      rec["mtp_agree"] = mtp.agreement();
+      rec["mtp_ce"] = mtp.ce_sum / double(mtp.positions);
+      r.val_mtp_acc = mtp.acc();
+      r.val_mtp_agree = mtp.agreement();
+    }
     if (diloco) rec["synced"] = diloco->due(st.step, tc.steps);
     metrics.write(rec);
     std::string line = fmt("held-out: ce %.4f nats/token over %lld tokens", ce,
@@ -349,6 +359,9 @@ TrainResult train(Model& model, const TokenData& data, const TrainConfig& tc, Pa
     if (data.entropy_floor >= 0)
       line += fmt(" | entropy floor %.4f | gap %.4f", data.entropy_floor, ce - data.entropy_floor);
     line += fmt(" | perplexity %.3f", std::exp(ce));
+    if (has_mtp && mtp.positions > 0)
+      line += fmt(" | MTP next-next token: right %.1f%%, = main model's %.1f%%, ce %.4f",
+                  100 * mtp.acc(), 100 * mtp.agreement(), mtp.ce_sum / double(mtp.positions));
     progress.message(line);
     return ce;
   };

@@ -100,6 +100,9 @@ struct TrainResult {
   std::vector<double> losses;  // per step (mean over accumulation), including aux terms
   double final_train_ce = 0;   // mean CE over the last log interval
   double val_ce = -1;          // held-out CE (nats/token), -1 if not evaluated
+  // Held-out MTP acceptance (num_nextn_predict_layers > 0): module 0's argmax is the true
+  // token i+2 (acc) / the main model's argmax at i+1 (agree); -1 if not evaluated.
+  double val_mtp_acc = -1, val_mtp_agree = -1;
   double tokens_per_s = 0;     // over the steps run in this process
   int64_t steps_run = 0;       // steps this call executed (after a resume: the remainder)
   int64_t skipped = 0, rollbacks = 0;  // guard actions over the whole run
@@ -123,20 +126,34 @@ void sample_train_batch(int32_t* tokens, const TokenData& data, int64_t B, int64
 
 class Parallel;  // parallel/parallel.h
 
+// What an evaluation counts of MTP module 0 (LossStats::mtp_*), summed over its windows.
+struct MtpEval {
+  int64_t positions = 0, hits = 0, agree = 0;
+  double ce_sum = 0;  // module 0's cross-entropy summed over the positions, nats
+  double acc() const { return positions > 0 ? double(hits) / double(positions) : 0.0; }
+  double agreement() const { return positions > 0 ? double(agree) / double(positions) : 0.0; }
+  void add(const LossStats& st) {
+    positions += st.mtp_positions, hits += st.mtp_hits, agree += st.mtp_agree;
+    if (!st.mtp_ce.empty()) ce_sum += st.mtp_ce[0] * double(st.mtp_positions);
+  }
+};
+
 // Mean CE (nats/token) over consecutive windows of data (at most max_tokens predictions).
+// With mtp, MTP module 0's counts are added to it (the model must have MTP modules).
 double evaluate(Model& model, const std::vector<int32_t>& data, int64_t T, int64_t batch,
-                int64_t max_tokens, int64_t* tokens_out = nullptr);
+                int64_t max_tokens, int64_t* tokens_out = nullptr, MtpEval* mtp = nullptr);
 // The same over `windows` windows that fill(buf, first window, count) writes as (count, T+1).
 double evaluate_windows(Model& model, int64_t windows, int64_t T, int64_t batch,
                         const std::function<void(int32_t*, int64_t, int64_t)>& fill,
-                        int64_t* tokens_out = nullptr);
+                        int64_t* tokens_out = nullptr, MtpEval* mtp = nullptr);
 // fill for evaluate_windows: window w is data[w*T, w*T + T + 1) (data must outlive it).
 std::function<void(int32_t*, int64_t, int64_t)> consecutive_windows(
     const std::vector<int32_t>& data, int64_t T);
 // The same over the held-out split (the dataset's val windows, or data.val); with par, every
-// rank of the job evaluates a slice and all get the mean over all windows.
+// rank of the job evaluates a slice and all get the mean over all windows (the MTP counts then
+// come from the batches without padding windows, summed over the ranks).
 double evaluate(Model& model, const TokenData& data, int64_t T, int64_t batch, int64_t max_tokens,
-                int64_t* tokens_out = nullptr, Parallel* par = nullptr);
+                int64_t* tokens_out = nullptr, Parallel* par = nullptr, MtpEval* mtp = nullptr);
 
 // The streams a [data] section names (see DataConfig). cache_dir: where a text file is
 // tokenized into shards ("" = a temporary folder, removed once the shards are mapped).

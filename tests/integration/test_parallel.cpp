@@ -134,6 +134,8 @@ void PrintTo(const Layout& l, std::ostream* os) {
   *os << l.model << " dp " << l.dp << " x ep " << l.ep << " " << l.extra;
 }
 
+const char* const kSmallBuckets = "--parallel.bucket_mb 0.015625";
+
 class ParallelLayouts : public ::testing::TestWithParam<Layout> {};
 
 // Item 1: 20 steps at the same global batch (8 sequences) give the one-process losses and final
@@ -162,10 +164,16 @@ INSTANTIATE_TEST_SUITE_P(
                       Layout{"mixtral", 2, 2},
                       // Capacity counts each expert's slots in the global token order (rank
                       // 0's tokens first), so the same slots are dropped as on one process.
-                      Layout{"mixtral", 2, 2, "--model.capacity_factor 1.0"}),
+                      Layout{"mixtral", 2, 2, "--model.capacity_factor 1.0"},
+                      // MLA + 2 MTP modules: the MTP blocks' experts shard over ep; with
+                      // 16 KiB buckets, each MTP module's gradients are reduced as soon as its
+                      // backward ends (and not before).
+                      Layout{"mla", 2, 1, kSmallBuckets}, Layout{"mla", 1, 2, kSmallBuckets},
+                      Layout{"mla", 2, 2, kSmallBuckets}),
     [](const ::testing::TestParamInfo<Layout>& i) {
       return i.param.model + "_dp" + std::to_string(i.param.dp) + "_ep" +
-             std::to_string(i.param.ep) + (i.param.extra.empty() ? "" : "_capacity");
+             std::to_string(i.param.ep) +
+             (i.param.extra.empty() || i.param.extra == kSmallBuckets ? "" : "_capacity");
     });
 
 // Item 2: the same layout twice gives the same bits (losses and every weight).

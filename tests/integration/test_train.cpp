@@ -54,8 +54,8 @@ TEST(Train, SameSeedSameThreadsBitwiseIdentical) {
   EXPECT_LT(a.back(), a.front()) << "loss did not go down in 20 steps";
 }
 
-TEST(Generate, KvCacheMatchesFullForward) {
-  Model m(tiny_moe(256, 64));
+void expect_kv_cache_matches_full_forward(const ModelConfig& cfg) {
+  Model m(cfg);
   m.init_weights(5);
   const int64_t T = 24;
   std::vector<int32_t> tokens(T + 1);
@@ -70,6 +70,27 @@ TEST(Generate, KvCacheMatchesFullForward) {
     diff = std::max(diff, static_cast<double>(std::fabs(full[v] - dec[v])));
   }
   EXPECT_LE(diff / mx, 1e-5) << "decoder logits differ from the full forward by " << diff;
+}
+
+TEST(Generate, KvCacheMatchesFullForward) { expect_kv_cache_matches_full_forward(tiny_moe(256, 64)); }
+
+// MLA (with and without the query latent, v wider than q/k) and an MTP module, which decoding
+// does not use: the decoder's logits are the main model's.
+TEST(Generate, MlaKvCacheMatchesFullForward) {
+  ModelConfig c = tiny_moe(256, 64);
+  c.attention = "mla";
+  c.num_key_value_heads = c.num_attention_heads;
+  c.q_lora_rank = 24;
+  c.kv_lora_rank = 16;
+  c.qk_nope_head_dim = 8;
+  c.qk_rope_head_dim = 8;
+  c.head_dim = 8;
+  c.v_head_dim = 12;
+  c.num_nextn_predict_layers = 1;
+  expect_kv_cache_matches_full_forward(c);
+  c.q_lora_rank = 0;
+  c.v_head_dim = 20;
+  expect_kv_cache_matches_full_forward(c);
 }
 
 class Cli : public ::testing::Test {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/mla_ref.h"
 #include "kernels/cpu/ref.h"
 
 namespace moe::cpu {
@@ -206,6 +207,60 @@ TEST(GradCheck, AttentionGqa) {
     attention_backward_ref<double>(dqkv.data(), R.data(), qkv.data(), att0.data(), scratch.data(),
                                    sh.B, sh.T, sh.H, sh.Hkv, sh.Dh);
     EXPECT_TRUE(grads_agree(dqkv, numeric_grad(qkv, loss), "attention dqkv " + tag));
+  }
+}
+
+// MLA's attention as the model runs it (model_attention.cpp, kernels/cpu/mla.h): RoPE on each
+// head's q rope part and on the shared k_pe (inside the kv_a output row, after c_kv), the packed
+// GQA kernel at head width Da, the output narrowed to dv per head. Backward: widen, attention
+// backward, unpack (k_pe's gradient summed over heads), inverse RoPE. Checked against central
+// differences of sum(R * out) with respect to q, kv and the kv_a row.
+TEST(GradCheck, MlaAttention) {
+  struct Shape {
+    int64_t B, T, H, rkv, dn, dr, dv;
+  };
+  const Shape shapes[] = {{2, 4, 3, 2, 3, 4, 5}, {1, 5, 2, 3, 2, 2, 6}};  // Da = dqk; Da = dv
+  uint32_t seed = 40;
+  for (const Shape& sh : shapes) {
+    const int64_t N = sh.B * sh.T, dqk = sh.dn + sh.dr, Da = std::max(dqk, sh.dv);
+    const int64_t Qw = sh.H * dqk, KVw = sh.H * (sh.dn + sh.dv), KVa = sh.rkv + sh.dr;
+    const double q_scale = std::sqrt(double(Da) / double(dqk));
+    const std::string tag = "dqk=" + std::to_string(dqk) + " dv=" + std::to_string(sh.dv);
+    Vec c(sh.T * sh.dr / 2), s(c.size());
+    rope_tables_ref<double>(c.data(), s.data(), sh.T, sh.dr, 10000.0);
+    Vec q = randn(N * Qw, seed++), kv = randn(N * KVw, seed++), kva = randn(N * KVa, seed++);
+    const Vec R = randn(N * sh.H * sh.dv, seed++);
+    Vec att(sh.B * sh.H * sh.T * sh.T), qkv(N * 3 * sh.H * Da);
+    auto loss = [&] {
+      Vec qr = q, kr = kva, o(N * sh.H * Da), y(N * sh.H * sh.dv);
+      for (int64_t h = 0; h < sh.H; ++h)
+        rope_apply_ref<double>(qr.data() + h * dqk + sh.dn, c.data(), s.data(), sh.B, sh.T, 1,
+                               sh.dr, Qw, 0, false);
+      rope_apply_ref<double>(kr.data() + sh.rkv, c.data(), s.data(), sh.B, sh.T, 1, sh.dr, KVa, 0,
+                             false);
+      mla_pack_qkv_ref<double>(qkv.data(), qr.data(), kv.data(), kr.data() + sh.rkv, KVa, N, sh.H,
+                               sh.dn, sh.dr, sh.dv, Da, q_scale);
+      attention_forward_ref<double>(o.data(), att.data(), qkv.data(), sh.B, sh.T, sh.H, sh.H, Da);
+      heads_copy_ref<double>(y.data(), o.data(), N, sh.H, sh.dv, Da, sh.dv);
+      return dot(y, R);
+    };
+    loss();  // att and qkv at the unperturbed point
+    const Vec att0 = att, qkv0 = qkv;
+    Vec dO(N * sh.H * Da), dqkv(qkv.size()), scratch(sh.T);
+    heads_copy_ref<double>(dO.data(), R.data(), N, sh.H, Da, sh.dv, sh.dv);
+    attention_backward_ref<double>(dqkv.data(), dO.data(), qkv0.data(), att0.data(),
+                                   scratch.data(), sh.B, sh.T, sh.H, sh.H, Da);
+    Vec dq(q.size()), dkv(kv.size()), dkva(kva.size(), 0.0);  // c_kv columns: no gradient here
+    mla_unpack_qkv_grad_ref<double>(dq.data(), dkv.data(), dkva.data() + sh.rkv, KVa, dqkv.data(),
+                                    N, sh.H, sh.dn, sh.dr, sh.dv, Da, q_scale);
+    for (int64_t h = 0; h < sh.H; ++h)
+      rope_apply_ref<double>(dq.data() + h * dqk + sh.dn, c.data(), s.data(), sh.B, sh.T, 1,
+                             sh.dr, Qw, 0, true);
+    rope_apply_ref<double>(dkva.data() + sh.rkv, c.data(), s.data(), sh.B, sh.T, 1, sh.dr, KVa, 0,
+                           true);
+    EXPECT_TRUE(grads_agree(dq, numeric_grad(q, loss), "mla dq " + tag));
+    EXPECT_TRUE(grads_agree(dkv, numeric_grad(kv, loss), "mla dkv " + tag));
+    EXPECT_TRUE(grads_agree(dkva, numeric_grad(kva, loss), "mla dk_pe " + tag));
   }
 }
 
