@@ -74,6 +74,30 @@ TEST(Gemm, RepeatedCallsAreBitwiseEqual) {  // second call hits the primitive ca
   EXPECT_TRUE(bitwise_equal(C1, C2));
 }
 
+// Transposed-A products with 256 rows of C or more (the weight gradients) run as row tasks of
+// 128 or 256 rows, each on one thread (gemm.cpp gemm_row_tasks): against the ref with a tail
+// task and with beta accumulating, and bitwise the same on one thread and on all.
+TEST(Gemm, TransposedARowTasksMatchRefAndIgnoreTheThreadCount) {
+  uint32_t seed = 200;
+  for (const GemmShape s : {GemmShape{300, 70, 129}, GemmShape{256, 33, 40},
+                            GemmShape{600, 48, 64}})
+    for (int tb = 0; tb < 2; ++tb) {
+      const auto A = randn(size_t(s.K * s.M), seed++), B = randn(size_t(s.K * s.N), seed++);
+      const auto C0 = randn(size_t(s.M * s.N), seed++);
+      auto C = C0, C1 = C0, C_ref = C0;
+      gemm(C.data(), A.data(), B.data(), s.M, s.N, s.K, true, tb, 0.5f, 1.0f);
+      gemm_ref<float>(C_ref.data(), A.data(), B.data(), s.M, s.N, s.K, true, tb, 0.5f, 1.0f);
+      const std::string tag = "M=" + std::to_string(s.M) + " N=" + std::to_string(s.N) +
+                              " K=" + std::to_string(s.K) + " tb=" + std::to_string(tb);
+      EXPECT_TRUE(close(C, C_ref, 1e-5, tag));
+      const int saved = omp_get_max_threads();
+      omp_set_num_threads(1);
+      gemm(C1.data(), A.data(), B.data(), s.M, s.N, s.K, true, tb, 0.5f, 1.0f);
+      omp_set_num_threads(saved);
+      EXPECT_TRUE(bitwise_equal(C, C1)) << tag;
+    }
+}
+
 // Shared cached primitives run on many threads at once (user scratchpad, per-thread streams).
 TEST(Gemm, ConcurrentCallsFromAParallelRegion) {
   const int64_t M = 70, N = 45, K = 33;

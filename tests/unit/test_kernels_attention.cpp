@@ -1,6 +1,7 @@
 // Causal GQA attention: fast kernels against attention_*_ref in float on sizes that cross the
 // kernel's row blocks, GQA groupings (H = Hkv, H = 2 Hkv, Hkv = 1), T = 1; the saved
-// probabilities' shape (rows sum to 1, zeros above the diagonal); bitwise determinism.
+// probabilities' shape (rows sum to 1, zeros above the diagonal); bitwise determinism. And the
+// fp32 attention's register-tiled product (bf16_pairs.h gemm_f32_small) against a double sum.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -14,6 +15,7 @@
 
 #include "core/error.h"
 #include "kernel_checks.h"
+#include "kernels/cpu/bf16_pairs.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/ref.h"
 
@@ -163,6 +165,52 @@ TEST(Attention, SameBitsForOneAndAllThreads) {
   EXPECT_EQ(std::memcmp(o1.data(), on.data(), o1.size() * sizeof(float)), 0);
   EXPECT_EQ(std::memcmp(a1.data(), an.data(), a1.size() * sizeof(float)), 0);
   EXPECT_EQ(std::memcmp(d1.data(), dn.data(), d1.size() * sizeof(float)), 0);
+}
+
+// gemm_f32_small against gemm_ref in double: only f32 summation error, K 2^-24 of the sum of
+// |alpha a b| (plus C's rounding when accumulating). Shapes cross the 6-row tiles, the 64-column
+// panels and the masked tail vector; A is read row-major and transposed (a_rs = 1, as dK and dV
+// read dS and P); B and C have row strides past N, and C's padding must stay untouched.
+TEST(SmallGemm, F32TilesMatchTheRefWithinF32Summation) {
+  struct Shape {
+    int64_t M, N, K;
+  };
+  uint32_t seed = 70;
+  for (const Shape sh : {Shape{1, 1, 1}, Shape{5, 13, 7}, Shape{37, 70, 33}, Shape{64, 200, 64},
+                         Shape{13, 64, 512}, Shape{512, 64, 64}})
+    for (bool at : {false, true})
+      for (float beta : {0.0f, 1.0f}) {
+        const int64_t M = sh.M, N = sh.N, K = sh.K, ldb = N + 3, ldc = N + 5;
+        const auto A = randn(M * K, seed++), B = randn(K * ldb, seed++);
+        const auto C0 = randn(M * ldc, seed++);
+        std::vector<float> As(M * K);  // A as the kernel reads it
+        const int64_t a_rs = at ? 1 : K, a_ks = at ? M : 1;
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t k = 0; k < K; ++k) As[m * a_rs + k * a_ks] = A[m * K + k];
+        std::vector<float> C = C0;
+        gemm_f32_small(C.data(), ldc, As.data(), a_rs, a_ks, B.data(), ldb, M, N, K, 0.5f, beta);
+        const std::string tag = "M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                " K=" + std::to_string(K) + (at ? " A^T" : "") +
+                                " beta=" + std::to_string(beta);
+        for (int64_t m = 0; m < M; ++m) {
+          for (int64_t n = 0; n < N; ++n) {
+            double want = 0, absdot = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              const double ab = double(A[m * K + k]) * double(B[k * ldb + n]);
+              want += ab;
+              absdot += std::fabs(ab);
+            }
+            const double c0 = C0[m * ldc + n];
+            want = 0.5 * want + beta * c0;
+            const double bound = double(K + 2) * 0x1p-24 * (0.5 * absdot + beta * std::fabs(c0));
+            ASSERT_LE(std::fabs(C[m * ldc + n] - want), bound) << tag << " at (" << m << ", " << n
+                                                               << ")";
+          }
+          for (int64_t n = N; n < ldc; ++n)
+            ASSERT_EQ(C[m * ldc + n], C0[m * ldc + n]) << tag << " padding (" << m << ", " << n
+                                                       << ")";
+        }
+      }
 }
 
 TEST(Attention, RejectsBadHeads) {

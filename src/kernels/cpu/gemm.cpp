@@ -2,7 +2,8 @@
 //
 // Creating a matmul primitive costs 0.1-1 ms (JIT); executing one costs microseconds, so
 // primitives are cached. gemm() caches one per full shape (oneDNN's brgemm implementation, the
-// fastest for fixed shapes) and lets oneDNN thread it. The grouped kernels see new row counts on
+// fastest for fixed shapes) and lets oneDNN thread it, except the weight gradients' transposed-A
+// products, which it cuts into row tasks itself (gemm_row_tasks). The grouped kernels see new row counts on
 // every step, so their primitives take the varying dimension as DNNL_RUNTIME_DIM_VAL: created
 // once per (in, out, kind), reused for every group and step. Transposes and sub-matrices are
 // memory-descriptor strides (no copies); beta != 0 is a sum post-op.
@@ -45,7 +46,9 @@ constexpr int64_t kTaskRows = 256;
 // Below this many rows, gemm() runs a primitive built for a runtime row count (see gemm_impl).
 constexpr int64_t kFewRows = 16;
 
-
+// gemm() runs a transposed-A product with at least 2 x kSplitRows rows as row tasks
+// (gemm_row_tasks).
+constexpr int64_t kSplitRows = 128;
 
 // The per-thread scratchpad, grown to the largest size any primitive asked for.
 void* thread_scratchpad(size_t bytes) { return thread_buffer<char, 0>(bytes); }
@@ -196,6 +199,27 @@ void for_each_task(int64_t E, Units units, Fn fn) {
 template <class In>
 constexpr bool kIsBf16 = std::is_same_v<In, bf16>;
 
+// C = alpha A^T B + beta C, A stored (K, M): the weight gradients, K the token count. oneDNN
+// threads these over K and reached 155-170 GFLOP/s on this machine's 2 cores at bench-moe's
+// shapes (M, N 512-3072, K 4096); tasks of 128 or 256 rows of C, each a single-threaded brgemm
+// over the whole K, reached 180-205 (2026-12-03). The task size depends on M only, so the
+// results do not depend on the thread count.
+template <class In>
+void gemm_row_tasks(const Shape& s, float* C, const In* A, const In* B, float alpha, float beta) {
+  const int64_t r = s.M >= 4 * kSplitRows ? 2 * kSplitRows : kSplitRows, tail = s.M % r;
+  auto part = [&](int64_t n) {
+    return Shape{n, s.N, s.K, true, s.tb, s.lda, s.ldb, s.ldc, s.bf16};
+  };
+  const Prim& full = prim(part(r), alpha, beta);
+  const Prim* last = tail != 0 ? &prim(part(tail), alpha, beta) : nullptr;
+  const int64_t tasks = (s.M + r - 1) / r;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t m0 = t * r, n = s.M - m0 < r ? s.M - m0 : r;
+    run(n == r ? full : *last, part(n), C + m0 * s.ldc, A + m0, B);
+  }
+}
+
 template <class In>
 void gemm_impl(float* C, const In* A, const In* B, int64_t M, int64_t N, int64_t K, bool trans_a,
                bool trans_b, float alpha, float beta) {
@@ -216,6 +240,7 @@ void gemm_impl(float* C, const In* A, const In* B, int64_t M, int64_t N, int64_t
     rt.M = kRt;
     return run(prim(rt, alpha, beta), s, C, A, B);
   }
+  if (trans_a && M >= 2 * kSplitRows) return gemm_row_tasks(s, C, A, B, alpha, beta);
   run(prim(s, alpha, beta), s, C, A, B);
 }
 
