@@ -16,9 +16,10 @@
 // (fp32) or Bf16Products (the bf16 and FP8 compute dtypes). Both run register-tiled kernels of
 // bf16_pairs.h on operands laid out once per task (K^T, V^T, and K and V with their rows
 // contiguous) or per block (the block's Q and dO rows): a library call per block costs more than
-// these small products (measured: oneDNN's sgemm ran them at about half a core's FMA peak, and
-// its bf16 matmul primitives per block were slower still; the tiles run at 90-97% of it on
-// operands in cache). F32Tiles reads and sums every B operand and dK, dV with rows of Dh floats:
+// these small products (measured: perf put 62% of the fp32 attention's time in oneDNN's sgemm,
+// running there at about half a core's FMA peak against 80-90% on the same shapes in isolation;
+// its bf16 matmul primitives per block were slower still; the tiles run at 90-95% of the peak
+// on operands in cache). F32Tiles reads and sums every B operand and dK, dV with rows of Dh floats:
 // read in place, rows a qkv row apart (6 KB in bench-moe) fall into a few L1 sets.
 #include <omp.h>
 
