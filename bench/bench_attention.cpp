@@ -15,32 +15,17 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "kernels/cpu/bf16_pairs.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/peak.h"
 
 namespace {
 
+using moe::bench::filled;
+using moe::bench::median;
+using moe::bench::now;
 using moe::cpu::gemm_f32_small;
-
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-std::vector<float> filled(size_t n, uint32_t seed) {
-  std::vector<float> v(n);
-  uint32_t x = seed;
-  for (auto& e : v) {
-    x = x * 1664525u + 1013904223u;
-    e = float(x >> 8) * 0x1p-24f - 0.5f;
-  }
-  return v;
-}
 
 int usage(const char* bad) {
   if (bad) std::fprintf(stderr, "bench_attention: unknown or incomplete argument '%s'\n", bad);

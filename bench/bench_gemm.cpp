@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/peak.h"
 
@@ -26,24 +27,9 @@ namespace {
 using dnnl::memory;
 using Dims = memory::dims;
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-std::vector<float> filled(size_t n, uint32_t seed) {
-  std::vector<float> v(n);
-  uint32_t x = seed;
-  for (auto& e : v) {
-    x = x * 1664525u + 1013904223u;
-    e = float(x >> 8) * 0x1p-24f - 0.5f;
-  }
-  return v;
-}
+using moe::bench::filled;
+using moe::bench::median;
+using moe::bench::now;
 
 dnnl::engine& engine() {
   static dnnl::engine e(dnnl::engine::kind::cpu, 0);
