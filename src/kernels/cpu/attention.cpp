@@ -19,8 +19,9 @@
 // these small products (measured: perf put 62% of the fp32 attention's time in oneDNN's sgemm,
 // running there at about half a core's FMA peak against 80-90% on the same shapes in isolation;
 // its bf16 matmul primitives per block were slower still; the tiles run at 90-95% of the peak
-// on operands in cache). F32Tiles reads and sums every B operand and dK, dV with rows of Dh floats:
-// read in place, rows a qkv row apart (6 KB in bench-moe) fall into a few L1 sets.
+// on operands in cache). F32Tiles reads every B operand with rows of Dh floats, and the backward
+// sums dK and dV per task in (T, Dh) buffers before writing them out: read or summed in place,
+// rows a qkv row apart (6 KB in bench-moe) fall into a few L1 sets.
 #include <omp.h>
 
 #include <cmath>
@@ -77,15 +78,22 @@ struct Head {
   int64_t T, Dh, C;
 };
 
-// ---- f32 products ---------------------------------------------------------------------------
 // dst (rows, Dh) with rows of Dh = src (rows, Dh) with row stride ld.
 void copy_rows(float* dst, const float* src, int64_t rows, int64_t Dh, int64_t ld) {
   for (int64_t r = 0; r < rows; ++r)
     std::memcpy(dst + r * Dh, src + r * ld, sizeof(float) * size_t(Dh));
 }
 
-// Per task: K^T [Dh, T] and V (T, Dh) in the forward; V^T (in the caller's scratch), K (T, Dh)
-// and the dK, dV sums (T, Dh) in the backward. Per block: Q's and dO's rows (n, Dh), dO's copied
+// dst (rows, Dh) with row stride ld = src (rows, Dh) with rows of Dh.
+void copy_rows_to(float* dst, int64_t ld, const float* src, int64_t rows, int64_t Dh) {
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * ld, src + r * Dh, sizeof(float) * size_t(Dh));
+}
+
+// ---- f32 products ---------------------------------------------------------------------------
+
+// Per task: K^T [Dh, T] and V (T, Dh) in the forward; V^T (in the caller's scratch) and K (T, Dh)
+// in the backward. Per block: Q's and dO's rows (n, Dh), dO's copied
 // by dprobs and read again by grads of the same block.
 class F32Tiles {
  public:
@@ -113,10 +121,6 @@ class F32Tiles {
     copy_rows(kc_, v, h.T, h.Dh, h.C);  // V's rows, then V^T from cache
     transpose_head(vt_, kc_, h.T, h.Dh, h.Dh);
     copy_rows(kc_, k, h.T, h.Dh, h.C);
-    dk_ = thread_buffer<float, 13>(size_t(h.Dh * h.T));
-    dv_ = thread_buffer<float, 14>(size_t(h.Dh * h.T));
-    std::memset(dk_, 0, sizeof(float) * size_t(h.Dh * h.T));
-    std::memset(dv_, 0, sizeof(float) * size_t(h.Dh * h.T));
     qb_ = thread_buffer<float, 12>(size_t(h.Dh * kBlock));
     ob_ = thread_buffer<float, 15>(size_t(h.Dh * kBlock));
   }
@@ -124,24 +128,18 @@ class F32Tiles {
     copy_rows(ob_, dob, n, h.Dh, lddo);
     gemm_f32_small(dp, h.T, ob_, h.Dh, 1, vt_, h.T, n, i1, h.Dh, 1.0f, 0.0f);
   }
-  void grads(const Head& h, float* dq, float* /*dk*/, float* /*dv*/, const float* ds,
-             const float* p, const float* q, const float* /*k*/, const float* /*dob*/,
-             int64_t /*lddo*/, int64_t n, int64_t i1, float scale) {
+  void grads(const Head& h, float* dq, float* dk, float* dv, const float* ds, const float* p,
+             const float* q, const float* /*k*/, const float* /*dob*/, int64_t /*lddo*/,
+             int64_t n, int64_t i1, float scale) {
     copy_rows(qb_, q, n, h.Dh, h.C);
     gemm_f32_small(dq, h.C, ds, h.T, 1, kc_, h.Dh, n, h.Dh, i1, scale, 0.0f);
-    gemm_f32_small(dk_, h.Dh, ds, 1, h.T, qb_, h.Dh, i1, h.Dh, n, scale, 1.0f);
-    gemm_f32_small(dv_, h.Dh, p, 1, h.T, ob_, h.Dh, i1, h.Dh, n, 1.0f, 1.0f);
-  }
-  void end_backward(const Head& h, float* dk, float* dv) {
-    for (int64_t t = 0; t < h.T; ++t) {
-      std::memcpy(dk + t * h.C, dk_ + t * h.Dh, sizeof(float) * size_t(h.Dh));
-      std::memcpy(dv + t * h.C, dv_ + t * h.Dh, sizeof(float) * size_t(h.Dh));
-    }
+    gemm_f32_small(dk, h.Dh, ds, 1, h.T, qb_, h.Dh, i1, h.Dh, n, scale, 1.0f);
+    gemm_f32_small(dv, h.Dh, p, 1, h.T, ob_, h.Dh, i1, h.Dh, n, 1.0f, 1.0f);
   }
 
  private:
   float *kt_ = nullptr, *vc_ = nullptr, *qb_ = nullptr, *vt_ = nullptr, *kc_ = nullptr;
-  float *dk_ = nullptr, *dv_ = nullptr, *ob_ = nullptr;
+  float* ob_ = nullptr;
 };
 
 // ---- bf16 products ------------------------------------------------------------------------
@@ -195,13 +193,12 @@ class Bf16Products {
     gemm_bf16_pairs(dq, h.C, a_, i2, 1, kp_, h.Dh, n, h.Dh, i2, scale, 0.0f);
     pack_pairs_in_cols(at_, i1, ds, h.T, n, i1);  // dS^T, pairs over queries
     pack_pairs_in_cols(b_, h.Dh, q, h.C, n, h.Dh);
-    gemm_bf16_pairs(dk, h.C, at_, 1, i1, b_, h.Dh, i1, h.Dh, n2, scale, 1.0f);
+    gemm_bf16_pairs(dk, h.Dh, at_, 1, i1, b_, h.Dh, i1, h.Dh, n2, scale, 1.0f);
     pack_pairs_in_cols(at_, i1, p, h.T, n, i1);  // P^T
     pack_pairs_in_cols(b_, h.Dh, dob, lddo, n, h.Dh);
-    gemm_bf16_pairs(dv, h.C, at_, 1, i1, b_, h.Dh, i1, h.Dh, n2, 1.0f, 1.0f);
+    gemm_bf16_pairs(dv, h.Dh, at_, 1, i1, b_, h.Dh, i1, h.Dh, n2, 1.0f, 1.0f);
   }
 
-  void end_backward(const Head& /*h*/, float* /*dk*/, float* /*dv*/) {}
 
  private:
   bf16x2 *kt_ = nullptr, *vp_ = nullptr, *vt_ = nullptr, *kp_ = nullptr;
@@ -255,12 +252,11 @@ void backward(float* dqkv, const float* dout, const float* qkv, const float* att
     float* ds = scratch + size_t(omp_get_thread_num()) * size_t(T) * size_t(kBlock + Dh);
     const float* k = qkv + b * T * C + (H + kvh) * Dh;        // (T, Dh), stride C
     const float* v = qkv + b * T * C + (H + Hkv + kvh) * Dh;  // (T, Dh), stride C
-    float* dk = dqkv + b * T * C + (H + kvh) * Dh;
-    float* dv = dqkv + b * T * C + (H + Hkv + kvh) * Dh;
-    for (int64_t t = 0; t < T; ++t) {  // dK, dV accumulate over row blocks and query heads
-      std::memset(dk + t * C, 0, sizeof(float) * size_t(Dh));
-      std::memset(dv + t * C, 0, sizeof(float) * size_t(Dh));
-    }
+    // dK, dV sum over row blocks and query heads in (T, Dh) buffers, written out at the end.
+    float* dk = thread_buffer<float, 16>(size_t(T * Dh));
+    float* dv = thread_buffer<float, 17>(size_t(T * Dh));
+    std::memset(dk, 0, sizeof(float) * size_t(T * Dh));
+    std::memset(dv, 0, sizeof(float) * size_t(T * Dh));
     Products prod;
     prod.begin_backward(hd, k, v, ds + kBlock * T);  // [Dh, T] after the block's dS
     for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
@@ -286,7 +282,10 @@ void backward(float* dqkv, const float* dout, const float* qkv, const float* att
         prod.grads(hd, dq + i0 * C, dk, dv, ds, pb, q + i0 * C, k, dob, HD, n, i1, scale);
       }
     }
-    prod.end_backward(hd, dk, dv);
+    float* dk_out = dqkv + b * T * C + (H + kvh) * Dh;
+    float* dv_out = dqkv + b * T * C + (H + Hkv + kvh) * Dh;
+    copy_rows_to(dk_out, C, dk, T, Dh);
+    copy_rows_to(dv_out, C, dv, T, Dh);
   }
 }
 
